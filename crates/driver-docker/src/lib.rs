@@ -1,0 +1,571 @@
+//! The Docker driver: each machine is a container on a Docker Engine, reached with bollard.
+//!
+//! Machines get memory/CPU/pids limits, a hostname, labels marking their owner, and an
+//! address on a platform-owned bridge network with inter-container traffic disabled. A
+//! machine without outbound access sits on an `internal` network; one with it on a second
+//! network that is NATed out. Images are imported root filesystems named `rnr/<name>`.
+
+use async_trait::async_trait;
+use bollard::container::{
+    Config, CreateContainerOptions, InspectContainerOptions, ListContainersOptions, LogOutput,
+    RemoveContainerOptions,
+};
+use bollard::exec::{CreateExecOptions, ResizeExecOptions, StartExecOptions, StartExecResults};
+use bollard::image::{CreateImageOptions, ListImagesOptions};
+use bollard::models::{ContainerInspectResponse, ContainerSummary, HostConfig};
+use bollard::network::CreateNetworkOptions;
+use bollard::Docker;
+use futures::{StreamExt, TryStreamExt};
+use rnr_driver::{
+    Driver, DriverError, ExecHandle, ExecProcess, ExecSpec, ImageInfo, MachineInfo, MachineSpec,
+    MachineStatus, OutputChunk, Result, TtySize, MACHINE_LABEL, OWNER_LABEL,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Repository prefix of the images this driver imports.
+const IMAGE_REPO_PREFIX: &str = "rnr/";
+/// Container name prefix; the machine id follows.
+const CONTAINER_PREFIX: &str = "rnr-";
+
+/// How to reach the engine and which resources are ours.
+#[derive(Debug, Clone)]
+pub struct DockerConfig {
+    /// Path of the engine's unix socket.
+    pub socket: PathBuf,
+    /// Owner stamped on and filtered for every container (the platform instance id).
+    pub owner: String,
+    /// Name of the bridge network for machines without outbound access; `<name>-out`
+    /// is used for those with it.
+    pub network: String,
+    /// Host procfs, to kill exec'd process trees the engine cannot kill.
+    pub proc_root: PathBuf,
+}
+
+/// A driver bound to one engine and one owner.
+#[derive(Clone)]
+pub struct DockerDriver {
+    docker: Docker,
+    cfg: Arc<DockerConfig>,
+}
+
+fn map_err(id: &str, e: bollard::errors::Error) -> DriverError {
+    use bollard::errors::Error as E;
+    match e {
+        E::DockerResponseServerError {
+            status_code: 404,
+            ..
+        } => DriverError::NotFound(id.to_string()),
+        E::DockerResponseServerError {
+            status_code: 409,
+            message,
+        } if message.contains("is not running") => DriverError::NotRunning {
+            id: id.to_string(),
+            state: "stopped".into(),
+        },
+        E::SocketNotFoundError(p) => DriverError::Unavailable(format!("docker socket {p} not found")),
+        E::HyperResponseError { .. } | E::IOError { .. } => {
+            DriverError::Unavailable(format!("docker engine: {e}"))
+        }
+        other => DriverError::backend(id, other),
+    }
+}
+
+fn container_name(id: &str) -> String {
+    format!("{CONTAINER_PREFIX}{id}")
+}
+
+fn image_ref(name: &str) -> String {
+    format!("{IMAGE_REPO_PREFIX}{name}:latest")
+}
+
+impl DockerDriver {
+    /// Connects to the engine, negotiates the API version and makes sure the networks exist.
+    pub async fn connect(cfg: DockerConfig) -> Result<Self> {
+        let socket = cfg.socket.to_string_lossy().into_owned();
+        let docker = Docker::connect_with_unix(&socket, 120, bollard::API_DEFAULT_VERSION)
+            .map_err(|e| map_err("-", e))?
+            .negotiate_version()
+            .await
+            .map_err(|e| DriverError::Unavailable(format!("docker engine at {socket}: {e}")))?;
+        let driver = Self {
+            docker,
+            cfg: Arc::new(cfg),
+        };
+        driver.ensure_network(&driver.cfg.network, true).await?;
+        driver
+            .ensure_network(&format!("{}-out", driver.cfg.network), false)
+            .await?;
+        Ok(driver)
+    }
+
+    async fn ensure_network(&self, name: &str, internal: bool) -> Result<()> {
+        if self
+            .docker
+            .inspect_network::<String>(name, None)
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        let options = HashMap::from([
+            // Machines must not talk to each other across the bridge.
+            ("com.docker.network.bridge.enable_icc", "false"),
+        ]);
+        let res = self
+            .docker
+            .create_network(CreateNetworkOptions {
+                name,
+                driver: "bridge",
+                internal,
+                check_duplicate: true,
+                options,
+                labels: HashMap::from([("io.rootnroll.network", "1")]),
+                ..Default::default()
+            })
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            // Another platform instance created it meanwhile.
+            Err(_) if self.docker.inspect_network::<String>(name, None).await.is_ok() => Ok(()),
+            Err(e) => Err(DriverError::Unavailable(format!(
+                "cannot create docker network {name}: {e}"
+            ))),
+        }
+    }
+
+    fn network_for(&self, outbound: bool) -> String {
+        if outbound {
+            format!("{}-out", self.cfg.network)
+        } else {
+            self.cfg.network.clone()
+        }
+    }
+
+    fn info_from_inspect(&self, id: &str, c: ContainerInspectResponse) -> Result<MachineInfo> {
+        let config = c.config.unwrap_or_default();
+        let labels: BTreeMap<String, String> =
+            config.labels.unwrap_or_default().into_iter().collect();
+        if labels.get(OWNER_LABEL) != Some(&self.cfg.owner) {
+            return Err(DriverError::NotFound(id.to_string()));
+        }
+        let state = c.state.unwrap_or_default();
+        let status = if state.running.unwrap_or(false) {
+            MachineStatus::Running
+        } else if matches!(
+            state.status,
+            Some(bollard::models::ContainerStateStatusEnum::CREATED)
+        ) {
+            MachineStatus::Creating
+        } else {
+            MachineStatus::Stopped
+        };
+        let address = c
+            .network_settings
+            .and_then(|n| n.networks)
+            .and_then(|nets| {
+                nets.values()
+                    .filter_map(|n| n.ip_address.as_deref())
+                    .find_map(|ip| ip.parse::<IpAddr>().ok())
+            });
+        let created_at = c
+            .created
+            .as_deref()
+            .and_then(parse_rfc3339)
+            .map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
+        Ok(MachineInfo {
+            id: id.to_string(),
+            image: labels.get("io.rootnroll.image").cloned().unwrap_or_default(),
+            status,
+            address,
+            created_at,
+            labels,
+        })
+    }
+
+    fn info_from_summary(&self, c: ContainerSummary) -> Option<MachineInfo> {
+        let labels: BTreeMap<String, String> = c.labels.unwrap_or_default().into_iter().collect();
+        let id = labels.get(MACHINE_LABEL)?.clone();
+        let status = match c.state.as_deref() {
+            Some("running") => MachineStatus::Running,
+            Some("created") => MachineStatus::Creating,
+            _ => MachineStatus::Stopped,
+        };
+        let address = c
+            .network_settings
+            .and_then(|n| n.networks)
+            .and_then(|nets| {
+                nets.values()
+                    .filter_map(|n| n.ip_address.as_deref())
+                    .find_map(|ip| ip.parse::<IpAddr>().ok())
+            });
+        Some(MachineInfo {
+            image: labels.get("io.rootnroll.image").cloned().unwrap_or_default(),
+            id,
+            status,
+            address,
+            created_at: c
+                .created
+                .and_then(|s| u64::try_from(s).ok())
+                .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s)),
+            labels,
+        })
+    }
+}
+
+/// Seconds since the epoch of an RFC 3339 timestamp such as Docker's `Created`.
+fn parse_rfc3339(s: &str) -> Option<u64> {
+    // Only the date and time to the second matter here: "YYYY-MM-DDTHH:MM:SS…".
+    let b = s.as_bytes();
+    if b.len() < 19 {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).ok()
+}
+
+struct DockerExec {
+    docker: Docker,
+    exec_id: String,
+    machine: String,
+    proc_root: PathBuf,
+}
+
+#[async_trait]
+impl ExecProcess for DockerExec {
+    async fn resize(&self, size: TtySize) -> Result<()> {
+        self.docker
+            .resize_exec(
+                &self.exec_id,
+                ResizeExecOptions {
+                    height: size.rows,
+                    width: size.cols,
+                },
+            )
+            .await
+            .map_err(|e| map_err(&self.machine, e))
+    }
+
+    async fn wait(&self) -> Result<i64> {
+        // The engine may report the exec as running for a moment after its streams closed.
+        let mut delay = Duration::from_millis(1);
+        loop {
+            let info = self
+                .docker
+                .inspect_exec(&self.exec_id)
+                .await
+                .map_err(|e| map_err(&self.machine, e))?;
+            if info.running != Some(true) {
+                return Ok(info.exit_code.unwrap_or(-1));
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    async fn kill(&self) -> Result<()> {
+        // The engine has no API to kill an exec; its process is visible in the host's procfs.
+        let info = self
+            .docker
+            .inspect_exec(&self.exec_id)
+            .await
+            .map_err(|e| map_err(&self.machine, e))?;
+        if let (Some(true), Some(pid)) = (info.running, info.pid) {
+            let pid = i32::try_from(pid).unwrap_or(0);
+            let root = self.proc_root.clone();
+            tokio::task::spawn_blocking(move || rnr_driver::process::kill_tree(&root, pid))
+                .await
+                .map_err(|e| DriverError::backend(&self.machine, e))?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Driver for DockerDriver {
+    fn name(&self) -> &'static str {
+        "docker"
+    }
+
+    async fn create(&self, spec: &MachineSpec) -> Result<MachineInfo> {
+        let id = spec.id.as_str();
+        let mut labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
+        labels.insert(OWNER_LABEL.into(), self.cfg.owner.clone());
+        labels.insert(MACHINE_LABEL.into(), id.into());
+        labels.insert("io.rootnroll.image".into(), spec.image.clone());
+        let memory = i64::try_from(spec.limits.memory_mib.saturating_mul(1 << 20)).unwrap_or(i64::MAX);
+        let host_config = HostConfig {
+            memory: Some(memory),
+            // Equal to memory: no swap beyond the cap.
+            memory_swap: Some(memory),
+            nano_cpus: Some(i64::try_from(spec.limits.cpu_millis).unwrap_or(i64::MAX) * 1_000_000),
+            pids_limit: Some(i64::try_from(spec.limits.pids).unwrap_or(i64::MAX)),
+            network_mode: Some(self.network_for(spec.network.outbound)),
+            // The learner's own processes must not make the host's OOM killer pick others.
+            oom_score_adj: Some(500),
+            init: Some(false),
+            ..Default::default()
+        };
+        let config = Config {
+            image: Some(image_ref(&spec.image)),
+            hostname: Some(spec.hostname.clone()),
+            labels: Some(labels),
+            // PID 1 that ignores signals it has no handler for (so `kill -9 -1` inside keeps
+            // the machine up) and reaps orphans via `wait`.
+            cmd: Some(vec![
+                "/bin/sh".to_string(),
+                "-c".to_string(),
+                "trap 'exit 0' TERM; while :; do sleep 3600 & wait; done".to_string(),
+            ]),
+            env: Some(vec![
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+                "TERM=xterm-256color".to_string(),
+            ]),
+            host_config: Some(host_config),
+            ..Default::default()
+        };
+        let name = container_name(id);
+        self.docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: name.as_str(),
+                    platform: None,
+                }),
+                config,
+            )
+            .await
+            .map_err(|e| match e {
+                bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                } => DriverError::ImageNotFound(spec.image.clone()),
+                e => map_err(id, e),
+            })?;
+        if let Err(e) = self.docker.start_container::<String>(&name, None).await {
+            let _ = self.delete(id).await;
+            return Err(map_err(id, e));
+        }
+        self.inspect(id).await
+    }
+
+    async fn exec(&self, id: &str, spec: ExecSpec) -> Result<ExecHandle> {
+        if spec.argv.is_empty() {
+            return Err(DriverError::Invalid {
+                id: id.into(),
+                message: "argv must not be empty".into(),
+            });
+        }
+        let tty = spec.tty;
+        let env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let created = self
+            .docker
+            .create_exec(
+                &container_name(id),
+                CreateExecOptions {
+                    attach_stdin: Some(true),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    tty: Some(tty.is_some()),
+                    env: Some(env),
+                    cmd: Some(spec.argv.clone()),
+                    user: spec.user.clone(),
+                    working_dir: spec.workdir.clone(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| map_err(id, e))?;
+        let started = self
+            .docker
+            .start_exec(
+                &created.id,
+                Some(StartExecOptions {
+                    detach: false,
+                    tty: tty.is_some(),
+                    output_capacity: Some(64 * 1024),
+                }),
+            )
+            .await
+            .map_err(|e| map_err(id, e))?;
+        let StartExecResults::Attached { output, input } = started else {
+            return Err(DriverError::backend(id, "exec started detached"));
+        };
+        let process = Arc::new(DockerExec {
+            docker: self.docker.clone(),
+            exec_id: created.id,
+            machine: id.to_string(),
+            proc_root: self.cfg.proc_root.clone(),
+        });
+        if let Some(size) = tty {
+            process.resize(size).await?;
+        }
+        let machine = id.to_string();
+        let output = output
+            .map_err(move |e| map_err(&machine, e))
+            .try_filter_map(|chunk| async move {
+                Ok(match chunk {
+                    LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                        Some(OutputChunk::Stdout(message))
+                    }
+                    LogOutput::StdErr { message } => Some(OutputChunk::Stderr(message)),
+                    LogOutput::StdIn { .. } => None,
+                })
+            })
+            .boxed();
+        Ok(ExecHandle {
+            stdin: input,
+            output,
+            process,
+        })
+    }
+
+    async fn inspect(&self, id: &str) -> Result<MachineInfo> {
+        let c = self
+            .docker
+            .inspect_container(&container_name(id), None::<InspectContainerOptions>)
+            .await
+            .map_err(|e| map_err(id, e))?;
+        self.info_from_inspect(id, c)
+    }
+
+    async fn delete(&self, id: &str) -> Result<()> {
+        // Refuse to touch a container of the same name that another owner has.
+        match self.inspect(id).await {
+            Ok(_) => {}
+            Err(DriverError::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        match self
+            .docker
+            .remove_container(
+                &container_name(id),
+                Some(RemoveContainerOptions {
+                    force: true,
+                    v: true,
+                    link: false,
+                }),
+            )
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            // A concurrent delete of the same machine is already under way.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409,
+                message,
+            }) if message.contains("already in progress") => Ok(()),
+            Err(e) => Err(map_err(id, e)),
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<MachineInfo>> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("{OWNER_LABEL}={}", self.cfg.owner)],
+        )]);
+        let list = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters,
+                ..Default::default()
+            }))
+            .await
+            .map_err(|e| map_err("-", e))?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| self.info_from_summary(c))
+            .collect())
+    }
+
+    async fn import_image(&self, name: &str, rootfs_tar: &Path) -> Result<ImageInfo> {
+        let body = tokio::fs::read(rootfs_tar)
+            .await
+            .map_err(|e| DriverError::io(rootfs_tar.display().to_string(), e))?;
+        let repo = format!("{IMAGE_REPO_PREFIX}{name}");
+        let mut progress = self.docker.create_image(
+            Some(CreateImageOptions {
+                from_src: "-",
+                repo: repo.as_str(),
+                tag: "latest",
+                ..Default::default()
+            }),
+            Some(body.into()),
+            None,
+        );
+        while let Some(msg) = progress.next().await {
+            let msg = msg.map_err(|e| DriverError::backend(name, format!("image import: {e}")))?;
+            if let Some(err) = msg.error {
+                return Err(DriverError::backend(name, format!("image import: {err}")));
+            }
+        }
+        let img = self
+            .docker
+            .inspect_image(&image_ref(name))
+            .await
+            .map_err(|_| DriverError::ImageNotFound(name.to_string()))?;
+        Ok(ImageInfo {
+            name: name.to_string(),
+            size_bytes: img.size.and_then(|s| u64::try_from(s).ok()),
+        })
+    }
+
+    async fn list_images(&self) -> Result<Vec<ImageInfo>> {
+        let filters = HashMap::from([(
+            "reference".to_string(),
+            vec![format!("{IMAGE_REPO_PREFIX}*")],
+        )]);
+        let images = self
+            .docker
+            .list_images(Some(ListImagesOptions {
+                all: false,
+                filters,
+                ..Default::default()
+            }))
+            .await
+            .map_err(|e| map_err("-", e))?;
+        let mut out: Vec<ImageInfo> = images
+            .into_iter()
+            .flat_map(|img| {
+                let size = u64::try_from(img.size).ok();
+                img.repo_tags.into_iter().filter_map(move |tag| {
+                    let name = tag.strip_prefix(IMAGE_REPO_PREFIX)?.strip_suffix(":latest")?;
+                    Some(ImageInfo {
+                        name: name.to_string(),
+                        size_bytes: size,
+                    })
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_rfc3339;
+
+    #[test]
+    fn parses_docker_timestamps() {
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            parse_rfc3339("2026-11-25T01:11:37.123456789Z"),
+            Some(1_795_569_097)
+        );
+        assert_eq!(parse_rfc3339("garbage"), None);
+    }
+}

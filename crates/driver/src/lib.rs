@@ -1,0 +1,62 @@
+//! The driver trait: the one seam between the platform and wherever machines run.
+//!
+//! Everything here speaks of machines, images, limits, addresses and exec streams. No
+//! Docker, OCI or Kubernetes type crosses this boundary, so a new backend (native crun,
+//! Kubernetes) plugs in without the platform noticing. Each backend lives in its own crate
+//! and passes the shared [`conformance`] suite.
+
+mod error;
+mod exec;
+pub mod process;
+mod types;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+pub use error::{DriverError, Result};
+pub use exec::{collect, ExecHandle, ExecOutcome, ExecProcess, ExecRequest, OutputChunk, OutputStream};
+pub use types::{
+    ExecSpec, ImageInfo, Limits, MachineInfo, MachineSpec, MachineStatus, NetworkSpec, TtySize,
+};
+
+use async_trait::async_trait;
+use std::path::Path;
+
+/// Label/annotation key a driver stamps on every machine it creates, carrying the owner
+/// (the platform instance). `list` returns only machines carrying the driver's owner.
+pub const OWNER_LABEL: &str = "io.rootnroll.owner";
+/// Label carrying the platform's machine id.
+pub const MACHINE_LABEL: &str = "io.rootnroll.machine";
+
+/// A backend family that runs machines.
+///
+/// Implementations must be cheap to share (`Arc<dyn Driver>`), and every method must be
+/// safe to call concurrently for different machines.
+#[async_trait]
+pub trait Driver: Send + Sync + 'static {
+    /// Short name used in config and logs (`docker`, `native`, …).
+    fn name(&self) -> &'static str;
+
+    /// Creates and starts a machine. On error nothing is left behind.
+    async fn create(&self, spec: &MachineSpec) -> Result<MachineInfo>;
+
+    /// Starts a process in a running machine; its streams are returned at once.
+    async fn exec(&self, id: &str, spec: ExecSpec) -> Result<ExecHandle>;
+
+    /// Current state of one machine this driver owns; [`DriverError::NotFound`] if gone.
+    async fn inspect(&self, id: &str) -> Result<MachineInfo>;
+
+    /// Stops and removes a machine and everything it holds. Deleting a machine that is
+    /// already gone succeeds, so callers can retry freely.
+    async fn delete(&self, id: &str) -> Result<()>;
+
+    /// Every machine this driver's owner has, running or not, for reconciliation.
+    async fn list(&self) -> Result<Vec<MachineInfo>>;
+
+    /// Imports a root filesystem tarball (uncompressed tar of `/`) as image `name`,
+    /// replacing an image of that name.
+    async fn import_image(&self, name: &str, rootfs_tar: &Path) -> Result<ImageInfo>;
+
+    /// Images this driver can start machines from.
+    async fn list_images(&self) -> Result<Vec<ImageInfo>>;
+}
