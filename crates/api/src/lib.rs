@@ -1,1 +1,109 @@
-//! placeholder
+//! The REST API. Handlers only parse and validate the wire format, call the platform core
+//! and render its answers; every error leaves as `{"error":{"code","message"}}` with the
+//! right status. The OpenAPI document is generated from these same types.
+
+mod error;
+mod machines;
+mod openapi;
+
+pub use error::ApiError;
+pub use openapi::ApiDoc;
+
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use rnr_core::Platform;
+use std::future::Future;
+use tokio::net::TcpListener;
+
+/// Largest request body accepted; exec stdin is the only large field.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub platform: Platform,
+}
+
+/// The API key a request was authenticated with.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub key_id: String,
+    pub key_name: String,
+}
+
+async fn require_api_key(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|k| !k.is_empty());
+    let Some(key) = presented else {
+        return ApiError::unauthorized("missing API key: send `Authorization: Bearer <api key>`")
+            .into_response();
+    };
+    match state
+        .platform
+        .store()
+        .api_key_by_hash(&rnr_core::hash_key(key))
+        .await
+    {
+        Ok(Some(row)) => {
+            req.extensions_mut().insert(Caller {
+                key_id: row.id,
+                key_name: row.name,
+            });
+            next.run(req).await
+        }
+        Ok(None) => ApiError::unauthorized("invalid or revoked API key").into_response(),
+        Err(e) => ApiError::from(rnr_core::CoreError::from(e)).into_response(),
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn openapi_json() -> Response {
+    Json(openapi::document()).into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint",
+    )
+}
+
+/// The whole HTTP application.
+pub fn app(state: AppState) -> Router {
+    let protected = machines::routes().route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        require_api_key,
+    ));
+    Router::new()
+        .merge(protected)
+        .route("/healthz", get(healthz))
+        .route("/api/v1/openapi.json", get(openapi_json))
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Serves `app` on `listener` until `shutdown` completes.
+pub async fn run(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,1 +1,36 @@
-//! placeholder
+//! The platform core: owns machine state and drives the driver.
+//!
+//! The API layer only parses requests and calls into [`Platform`]; everything that decides
+//! (capacity, TTLs, limits policy, reconciliation after a restart, reaping) lives here, so
+//! the CLI, the API and later the gateway and checker all see one source of truth.
+
+mod auth;
+mod error;
+mod platform;
+
+pub use auth::{hash_key, new_api_key, NewApiKey};
+pub use error::{CoreError, Result};
+pub use platform::{
+    CreateMachine, ExecCommand, LimitsRequest, Machine, MachinePolicy, Platform, ReconcileReport,
+};
+pub use rnr_store::MachineState;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A random lowercase id of `n` base-32 characters, e.g. for machine ids.
+pub fn random_id(n: usize) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyz23456789";
+    let mut bytes = vec![0u8; n];
+    // The OS RNG failing is unrecoverable for a server that hands out ids and keys.
+    getrandom::getrandom(&mut bytes).expect("the operating system's random source failed");
+    bytes
+        .iter()
+        .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
+        .collect()
+}

@@ -13,7 +13,7 @@ use bollard::container::{
 use bollard::exec::{CreateExecOptions, ResizeExecOptions, StartExecOptions, StartExecResults};
 use bollard::image::{CreateImageOptions, ListImagesOptions};
 use bollard::models::{ContainerInspectResponse, ContainerSummary, HostConfig};
-use bollard::network::CreateNetworkOptions;
+use bollard::network::{CreateNetworkOptions, ListNetworksOptions};
 use bollard::Docker;
 use futures::{StreamExt, TryStreamExt};
 use rnr_driver::{
@@ -56,8 +56,7 @@ fn map_err(id: &str, e: bollard::errors::Error) -> DriverError {
     use bollard::errors::Error as E;
     match e {
         E::DockerResponseServerError {
-            status_code: 404,
-            ..
+            status_code: 404, ..
         } => DriverError::NotFound(id.to_string()),
         E::DockerResponseServerError {
             status_code: 409,
@@ -66,7 +65,9 @@ fn map_err(id: &str, e: bollard::errors::Error) -> DriverError {
             id: id.to_string(),
             state: "stopped".into(),
         },
-        E::SocketNotFoundError(p) => DriverError::Unavailable(format!("docker socket {p} not found")),
+        E::SocketNotFoundError(p) => {
+            DriverError::Unavailable(format!("docker socket {p} not found"))
+        }
         E::HyperResponseError { .. } | E::IOError { .. } => {
             DriverError::Unavailable(format!("docker engine: {e}"))
         }
@@ -102,39 +103,63 @@ impl DockerDriver {
         Ok(driver)
     }
 
-    async fn ensure_network(&self, name: &str, internal: bool) -> Result<()> {
-        if self
+    /// Ids of the networks named exactly `name`, lowest first.
+    async fn networks_named(&self, name: &str) -> Result<Vec<String>> {
+        let nets = self
             .docker
-            .inspect_network::<String>(name, None)
+            .list_networks(Some(ListNetworksOptions {
+                filters: HashMap::from([("name".to_string(), vec![name.to_string()])]),
+            }))
             .await
-            .is_ok()
-        {
-            return Ok(());
+            .map_err(|e| map_err("-", e))?;
+        // The engine's name filter matches substrings.
+        let mut ids: Vec<String> = nets
+            .into_iter()
+            .filter(|n| n.name.as_deref() == Some(name))
+            .filter_map(|n| n.id)
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    async fn ensure_network(&self, name: &str, internal: bool) -> Result<()> {
+        // The engine does not make "create unless it exists" atomic: platforms starting at
+        // once can create two networks of one name, which makes the name ambiguous.
+        // Creation is serialised in-process, and duplicates from other processes are
+        // removed deterministically (every process keeps the lowest id).
+        static CREATING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let _guard = CREATING.lock().await;
+        if self.networks_named(name).await?.is_empty() {
+            let options = HashMap::from([
+                // Machines must not talk to each other across the bridge.
+                ("com.docker.network.bridge.enable_icc", "false"),
+            ]);
+            if let Err(e) = self
+                .docker
+                .create_network(CreateNetworkOptions {
+                    name,
+                    driver: "bridge",
+                    internal,
+                    check_duplicate: true,
+                    options,
+                    labels: HashMap::from([("io.rootnroll.network", "1")]),
+                    ..Default::default()
+                })
+                .await
+            {
+                tracing::debug!(network = name, error = %e, "network creation raced");
+            }
         }
-        let options = HashMap::from([
-            // Machines must not talk to each other across the bridge.
-            ("com.docker.network.bridge.enable_icc", "false"),
-        ]);
-        let res = self
-            .docker
-            .create_network(CreateNetworkOptions {
-                name,
-                driver: "bridge",
-                internal,
-                check_duplicate: true,
-                options,
-                labels: HashMap::from([("io.rootnroll.network", "1")]),
-                ..Default::default()
-            })
-            .await;
-        match res {
-            Ok(_) => Ok(()),
-            // Another platform instance created it meanwhile.
-            Err(_) if self.docker.inspect_network::<String>(name, None).await.is_ok() => Ok(()),
-            Err(e) => Err(DriverError::Unavailable(format!(
-                "cannot create docker network {name}: {e}"
-            ))),
+        let ids = self.networks_named(name).await?;
+        if ids.is_empty() {
+            return Err(DriverError::Unavailable(format!(
+                "cannot create docker network {name}"
+            )));
         }
+        for extra in &ids[1..] {
+            let _ = self.docker.remove_network(extra).await;
+        }
+        Ok(())
     }
 
     fn network_for(&self, outbound: bool) -> String {
@@ -178,7 +203,10 @@ impl DockerDriver {
             .map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
         Ok(MachineInfo {
             id: id.to_string(),
-            image: labels.get("io.rootnroll.image").cloned().unwrap_or_default(),
+            image: labels
+                .get("io.rootnroll.image")
+                .cloned()
+                .unwrap_or_default(),
             status,
             address,
             created_at,
@@ -203,7 +231,10 @@ impl DockerDriver {
                     .find_map(|ip| ip.parse::<IpAddr>().ok())
             });
         Some(MachineInfo {
-            image: labels.get("io.rootnroll.image").cloned().unwrap_or_default(),
+            image: labels
+                .get("io.rootnroll.image")
+                .cloned()
+                .unwrap_or_default(),
             id,
             status,
             address,
@@ -305,7 +336,8 @@ impl Driver for DockerDriver {
         labels.insert(OWNER_LABEL.into(), self.cfg.owner.clone());
         labels.insert(MACHINE_LABEL.into(), id.into());
         labels.insert("io.rootnroll.image".into(), spec.image.clone());
-        let memory = i64::try_from(spec.limits.memory_mib.saturating_mul(1 << 20)).unwrap_or(i64::MAX);
+        let memory =
+            i64::try_from(spec.limits.memory_mib.saturating_mul(1 << 20)).unwrap_or(i64::MAX);
         let host_config = HostConfig {
             memory: Some(memory),
             // Equal to memory: no swap beyond the cap.
@@ -542,7 +574,9 @@ impl Driver for DockerDriver {
             .flat_map(|img| {
                 let size = u64::try_from(img.size).ok();
                 img.repo_tags.into_iter().filter_map(move |tag| {
-                    let name = tag.strip_prefix(IMAGE_REPO_PREFIX)?.strip_suffix(":latest")?;
+                    let name = tag
+                        .strip_prefix(IMAGE_REPO_PREFIX)?
+                        .strip_suffix(":latest")?;
                     Some(ImageInfo {
                         name: name.to_string(),
                         size_bytes: size,

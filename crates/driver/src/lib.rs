@@ -14,7 +14,9 @@ mod types;
 pub mod conformance;
 
 pub use error::{DriverError, Result};
-pub use exec::{collect, ExecHandle, ExecOutcome, ExecProcess, ExecRequest, OutputChunk, OutputStream};
+pub use exec::{
+    collect, ExecHandle, ExecOutcome, ExecProcess, ExecRequest, OutputChunk, OutputStream,
+};
 pub use types::{
     ExecSpec, ImageInfo, Limits, MachineInfo, MachineSpec, MachineStatus, NetworkSpec, TtySize,
 };

@@ -1,0 +1,48 @@
+//! The OpenAPI document, generated from the handlers' annotations and the wire types.
+
+use crate::error::{ErrorBody, ErrorDetail};
+use crate::machines::{
+    CreateMachineRequest, ExecInput, ExecOutput, LimitsInput, LimitsOutput, MachineList,
+    MachineOutput,
+};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An API key from `rnr apikey create NAME`"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "rootnroll API", description = "Throwaway Linux machines for interactive exercises."),
+    paths(
+        crate::machines::create_machine,
+        crate::machines::list_machines,
+        crate::machines::get_machine,
+        crate::machines::delete_machine,
+        crate::machines::exec_machine,
+    ),
+    components(schemas(
+        CreateMachineRequest, LimitsInput, LimitsOutput, MachineOutput, MachineList,
+        ExecInput, ExecOutput, ErrorBody, ErrorDetail
+    )),
+    modifiers(&BearerAuth),
+)]
+pub struct ApiDoc;
+
+pub fn document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}

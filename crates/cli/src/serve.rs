@@ -1,0 +1,126 @@
+//! `rnr serve`: opens the store, connects the driver, reconciles, then serves the API and
+//! reaps expired machines until SIGINT/SIGTERM.
+
+use crate::config::Config;
+use anyhow::Context;
+use rnr_core::{MachinePolicy, Platform};
+use rnr_driver::Driver;
+use rnr_store::Store;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+pub fn init_logging(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RNR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    // Repeated initialisation (tests) is harmless: the first subscriber stays.
+    let _ = if cfg.log_format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+pub async fn open_store(cfg: &Config) -> anyhow::Result<Store> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
+    Ok(Store::open(&cfg.data_dir.join("rnr.db")).await?)
+}
+
+/// The driver named by the configuration, owning the machines of this data dir's instance.
+pub async fn connect_driver(cfg: &Config, store: &Store) -> anyhow::Result<Arc<dyn Driver>> {
+    let instance = store
+        .meta_or_insert("instance_id", || rnr_core::random_id(10))
+        .await?;
+    let owner = format!("rnr-{instance}");
+    match cfg.driver.as_str() {
+        "docker" => {
+            let driver =
+                rnr_driver_docker::DockerDriver::connect(rnr_driver_docker::DockerConfig {
+                    socket: cfg.docker.socket.clone(),
+                    owner,
+                    network: cfg.docker.network.clone(),
+                    proc_root: cfg.proc_root.clone(),
+                })
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot use the docker driver (is dockerd running at {}?)",
+                        cfg.docker.socket.display()
+                    )
+                })?;
+            Ok(Arc::new(driver))
+        }
+        other => anyhow::bail!("unknown driver {other:?}"),
+    }
+}
+
+pub fn policy(cfg: &Config) -> MachinePolicy {
+    MachinePolicy {
+        capacity: cfg.capacity,
+        default_image: cfg.default_image.clone(),
+        default_ttl: Duration::from_secs(cfg.default_ttl_seconds),
+        max_ttl: Duration::from_secs(cfg.max_ttl_seconds),
+        default_limits: cfg.default_limits,
+        max_limits: cfg.max_limits,
+        allow_outbound: cfg.allow_outbound,
+        max_exec_timeout: Duration::from_secs(600),
+    }
+}
+
+async fn shutdown_signal(token: CancellationToken) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            return token.cancelled().await;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        _ = token.cancelled() => {}
+    }
+    tracing::info!("shutting down; machines keep running and are adopted at the next start");
+    token.cancel();
+}
+
+pub async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let store = open_store(&cfg).await?;
+    let driver = connect_driver(&cfg, &store).await?;
+    let platform = Platform::new(store.clone(), driver, policy(&cfg));
+    let report = platform
+        .reconcile()
+        .await
+        .context("reconciliation failed")?;
+    tracing::info!(
+        adopted = report.adopted.len(),
+        vanished = report.vanished.len(),
+        orphans_removed = report.orphans_removed.len(),
+        "reconciled machines with the driver"
+    );
+    let listener = tokio::net::TcpListener::bind(&cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    let token = CancellationToken::new();
+    let reaper = {
+        let platform = platform.clone();
+        let token = token.clone();
+        let interval = Duration::from_secs(cfg.reap_interval_seconds.max(1));
+        tokio::spawn(async move { platform.run_reaper(interval, token).await })
+    };
+    tracing::info!(driver = %cfg.driver, data_dir = %cfg.data_dir.display(), capacity = cfg.capacity, "platform ready");
+    // Kept free of fields so scripts can read the address off the end of the line.
+    tracing::info!("rnr listening on http://{addr}");
+    let app = rnr_api::app(rnr_api::AppState { platform });
+    let res = rnr_api::run(listener, app, shutdown_signal(token.clone())).await;
+    token.cancel();
+    let _ = reaper.await;
+    store.close().await;
+    res.context("HTTP server failed")
+}

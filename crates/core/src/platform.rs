@@ -1,0 +1,404 @@
+//! Machine lifecycle: create within capacity and policy, exec, delete, reap expired
+//! machines, and reconcile the store with the driver after a restart.
+
+use crate::{now_ms, random_id, CoreError, Result};
+use bytes::Bytes;
+use rnr_driver::{
+    collect, Driver, DriverError, ExecOutcome, ExecRequest, ExecSpec, Limits, MachineSpec,
+    MachineStatus, NetworkSpec,
+};
+use rnr_store::{MachineRow, MachineState, Store};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// A machine as the platform records it.
+pub type Machine = MachineRow;
+
+/// What operators allow; requests are checked against it.
+#[derive(Debug, Clone)]
+pub struct MachinePolicy {
+    /// Most machines creating or running at once; more are refused at once.
+    pub capacity: u64,
+    pub default_image: String,
+    pub default_ttl: Duration,
+    pub max_ttl: Duration,
+    pub default_limits: Limits,
+    pub max_limits: Limits,
+    /// Whether a request may ask for outbound network access.
+    pub allow_outbound: bool,
+    pub max_exec_timeout: Duration,
+}
+
+impl Default for MachinePolicy {
+    fn default() -> Self {
+        Self {
+            capacity: 100,
+            default_image: "debian".into(),
+            default_ttl: Duration::from_secs(3600),
+            max_ttl: Duration::from_secs(24 * 3600),
+            default_limits: Limits::default(),
+            max_limits: Limits {
+                memory_mib: 4096,
+                cpu_millis: 4000,
+                pids: 4096,
+            },
+            allow_outbound: false,
+            max_exec_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Per-field limit overrides in a create request.
+#[derive(Debug, Clone, Default)]
+pub struct LimitsRequest {
+    pub memory_mib: Option<u64>,
+    pub cpu_millis: Option<u64>,
+    pub pids: Option<u64>,
+}
+
+/// A request to create a machine; unset fields take the policy's defaults.
+#[derive(Debug, Clone, Default)]
+pub struct CreateMachine {
+    pub image: Option<String>,
+    pub ttl_seconds: Option<u64>,
+    pub limits: LimitsRequest,
+    pub outbound: Option<bool>,
+    /// Who the machine is for (a learner id, an operator name).
+    pub owner: Option<String>,
+    /// The API key that asked for it.
+    pub api_key_id: Option<String>,
+}
+
+/// A one-shot command.
+#[derive(Debug, Clone)]
+pub struct ExecCommand {
+    pub argv: Vec<String>,
+    pub stdin: Option<Bytes>,
+    pub env: Vec<(String, String)>,
+    pub user: Option<String>,
+    pub workdir: Option<String>,
+    pub timeout: Duration,
+}
+
+/// What a reconciliation found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// Machines the store knew that are still running, now managed again.
+    pub adopted: Vec<String>,
+    /// Machines the store knew that no longer run; marked failed.
+    pub vanished: Vec<String>,
+    /// Machines the driver had that the store does not consider alive; removed.
+    pub orphans_removed: Vec<String>,
+}
+
+/// The platform: store + driver + policy.
+#[derive(Clone)]
+pub struct Platform {
+    store: Store,
+    driver: Arc<dyn Driver>,
+    policy: Arc<MachinePolicy>,
+}
+
+fn check_limit(field: &str, asked: Option<u64>, default: u64, max: u64) -> Result<u64> {
+    let v = asked.unwrap_or(default);
+    if v == 0 {
+        return Err(CoreError::invalid(field, "must be greater than 0"));
+    }
+    if v > max {
+        return Err(CoreError::invalid(
+            field,
+            format!("{v} is above the maximum of {max}"),
+        ));
+    }
+    Ok(v)
+}
+
+fn valid_image_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+}
+
+impl Platform {
+    pub fn new(store: Store, driver: Arc<dyn Driver>, policy: MachinePolicy) -> Self {
+        Self {
+            store,
+            driver,
+            policy: Arc::new(policy),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn driver(&self) -> &Arc<dyn Driver> {
+        &self.driver
+    }
+
+    pub fn policy(&self) -> &MachinePolicy {
+        &self.policy
+    }
+
+    /// Creates and starts a machine, or says precisely why not.
+    pub async fn create(&self, req: CreateMachine) -> Result<Machine> {
+        let p = &self.policy;
+        let image = req.image.unwrap_or_else(|| p.default_image.clone());
+        if !valid_image_name(&image) {
+            return Err(CoreError::invalid(
+                "image",
+                format!("{image:?} is not an image name ([a-z0-9._-], at most 63 characters)"),
+            ));
+        }
+        let ttl = match req.ttl_seconds {
+            None => p.default_ttl,
+            Some(0) => return Err(CoreError::invalid("ttl_seconds", "must be greater than 0")),
+            Some(s) if Duration::from_secs(s) > p.max_ttl => {
+                return Err(CoreError::invalid(
+                    "ttl_seconds",
+                    format!("{s} is above the maximum of {}", p.max_ttl.as_secs()),
+                ))
+            }
+            Some(s) => Duration::from_secs(s),
+        };
+        let limits = Limits {
+            memory_mib: check_limit(
+                "limits.memory_mib",
+                req.limits.memory_mib,
+                p.default_limits.memory_mib,
+                p.max_limits.memory_mib,
+            )?,
+            cpu_millis: check_limit(
+                "limits.cpu_millis",
+                req.limits.cpu_millis,
+                p.default_limits.cpu_millis,
+                p.max_limits.cpu_millis,
+            )?,
+            pids: check_limit(
+                "limits.pids",
+                req.limits.pids,
+                p.default_limits.pids,
+                p.max_limits.pids,
+            )?,
+        };
+        let outbound = req.outbound.unwrap_or(false);
+        if outbound && !p.allow_outbound {
+            return Err(CoreError::invalid(
+                "outbound",
+                "outbound network access is disabled on this platform",
+            ));
+        }
+        let id = format!("m-{}", random_id(12));
+        let now = now_ms();
+        let row = MachineRow {
+            id: id.clone(),
+            image: image.clone(),
+            state: MachineState::Creating,
+            address: None,
+            hostname: id.clone(),
+            memory_mib: limits.memory_mib,
+            cpu_millis: limits.cpu_millis,
+            pids: limits.pids,
+            outbound,
+            owner: req.owner,
+            api_key_id: req.api_key_id,
+            error: None,
+            created_at: now,
+            expires_at: now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)),
+            deleted_at: None,
+        };
+        if !self.store.insert_if_capacity(&row, p.capacity).await? {
+            let active = self.store.count_active().await?;
+            tracing::warn!(
+                capacity = p.capacity,
+                active,
+                "machine refused: capacity reached"
+            );
+            return Err(CoreError::Capacity {
+                active,
+                capacity: p.capacity,
+            });
+        }
+        let spec = MachineSpec {
+            id: id.clone(),
+            image,
+            hostname: row.hostname.clone(),
+            limits,
+            network: NetworkSpec { outbound },
+            labels: BTreeMap::new(),
+        };
+        match self.driver.create(&spec).await {
+            Ok(info) => {
+                let address = info.address.map(|a| a.to_string());
+                self.store.set_running(&id, address.as_deref()).await?;
+                let machine = self.get(&id).await?;
+                if machine.state == MachineState::Deleted {
+                    // Deleted while it was being created: the driver's copy must go too.
+                    let _ = self.driver.delete(&id).await;
+                }
+                tracing::info!(machine = %id, address = ?address, "machine created");
+                Ok(machine)
+            }
+            Err(e) => {
+                tracing::warn!(machine = %id, error = %e, "machine creation failed");
+                self.store.set_failed(&id, &e.to_string()).await?;
+                // Nothing may be left behind by a failed create.
+                let _ = self.driver.delete(&id).await;
+                Err(CoreError::driver(&id, e))
+            }
+        }
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Machine> {
+        self.store
+            .get(id)
+            .await?
+            .ok_or_else(|| CoreError::NotFound(id.to_string()))
+    }
+
+    pub async fn list(&self, states: &[MachineState]) -> Result<Vec<Machine>> {
+        Ok(self.store.list(states).await?)
+    }
+
+    /// Deletes a machine. Deleting one already deleted succeeds (idempotent).
+    pub async fn delete(&self, id: &str) -> Result<()> {
+        let m = self.get(id).await?;
+        if m.state == MachineState::Deleted {
+            return Ok(());
+        }
+        self.driver
+            .delete(id)
+            .await
+            .map_err(|e| CoreError::driver(id, e))?;
+        self.store.set_deleted(id, now_ms()).await?;
+        tracing::info!(machine = %id, "machine deleted");
+        Ok(())
+    }
+
+    /// Runs a one-shot command in a running machine.
+    pub async fn exec(&self, id: &str, cmd: ExecCommand) -> Result<ExecOutcome> {
+        if cmd.argv.is_empty() || cmd.argv[0].is_empty() {
+            return Err(CoreError::invalid("argv", "must name a program"));
+        }
+        if cmd.timeout.is_zero() || cmd.timeout > self.policy.max_exec_timeout {
+            return Err(CoreError::invalid(
+                "timeout_seconds",
+                format!(
+                    "must be between 1 and {}",
+                    self.policy.max_exec_timeout.as_secs()
+                ),
+            ));
+        }
+        let m = self.get(id).await?;
+        if m.state != MachineState::Running {
+            return Err(CoreError::NotRunning {
+                id: id.to_string(),
+                state: m.state.as_str().to_string(),
+            });
+        }
+        let spec = ExecSpec {
+            argv: cmd.argv,
+            env: cmd.env,
+            user: cmd.user,
+            workdir: cmd.workdir,
+            tty: None,
+        };
+        let mut req = ExecRequest::new(spec, cmd.timeout);
+        req.stdin = cmd.stdin;
+        collect(self.driver.as_ref(), id, req)
+            .await
+            .map_err(|e| CoreError::driver(id, e))
+    }
+
+    /// Deletes every machine whose time is up; returns how many.
+    pub async fn reap_once(&self) -> Result<usize> {
+        let mut n = 0;
+        for id in self.store.expired(now_ms()).await? {
+            match self.driver.delete(&id).await {
+                Ok(()) => {
+                    self.store.set_deleted(&id, now_ms()).await?;
+                    tracing::info!(machine = %id, "machine expired and was deleted");
+                    n += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(machine = %id, error = %e, "cannot delete expired machine")
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Reaps expired machines every `interval` until `shutdown` is cancelled.
+    pub async fn run_reaper(&self, interval: Duration, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {
+                    if let Err(e) = self.reap_once().await {
+                        tracing::warn!(error = %e, "reaper pass failed");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Brings the store and the driver into agreement, as after a restart: machines still
+    /// running are adopted, those gone are marked failed, and driver machines the store
+    /// does not consider alive are removed.
+    pub async fn reconcile(&self) -> Result<ReconcileReport> {
+        let live: HashMap<String, rnr_driver::MachineInfo> = self
+            .driver
+            .list()
+            .await
+            .map_err(|e| CoreError::driver("-", e))?
+            .into_iter()
+            .map(|m| (m.id.clone(), m))
+            .collect();
+        let known = self
+            .store
+            .list(&[MachineState::Creating, MachineState::Running])
+            .await?;
+        let mut report = ReconcileReport::default();
+        for m in &known {
+            match live.get(&m.id) {
+                Some(info) if info.status == MachineStatus::Running => {
+                    let address = info.address.map(|a| a.to_string());
+                    self.store.set_running(&m.id, address.as_deref()).await?;
+                    report.adopted.push(m.id.clone());
+                }
+                other => {
+                    let why = if other.is_some() {
+                        "machine stopped while the platform was down"
+                    } else {
+                        "machine vanished while the platform was down"
+                    };
+                    tracing::warn!(machine = %m.id, "{why}");
+                    self.store.set_failed(&m.id, why).await?;
+                    report.vanished.push(m.id.clone());
+                }
+            }
+        }
+        for id in live.keys() {
+            if report.adopted.contains(id) {
+                continue;
+            }
+            match self.driver.delete(id).await {
+                Ok(()) | Err(DriverError::NotFound(_)) => {
+                    tracing::info!(machine = %id, "orphan machine removed");
+                    report.orphans_removed.push(id.clone());
+                }
+                Err(e) => tracing::warn!(machine = %id, error = %e, "cannot remove orphan"),
+            }
+        }
+        report.adopted.sort();
+        report.vanished.sort();
+        report.orphans_removed.sort();
+        Ok(report)
+    }
+}

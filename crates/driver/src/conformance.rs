@@ -1,0 +1,350 @@
+//! The conformance suite every driver must pass, shared so that all backends are held to
+//! exactly the same behaviour. A driver crate instantiates it with
+//! `rnr_driver::conformance_tests!(setup);` where `setup` is an
+//! `async fn() -> Harness` building a fresh driver for that backend.
+
+use crate::{
+    collect, Driver, DriverError, ExecRequest, ExecSpec, Limits, MachineSpec, MachineStatus,
+    NetworkSpec, OutputChunk, TtySize,
+};
+use futures::StreamExt;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+
+/// A driver under test and the image it can start.
+pub struct Harness {
+    pub driver: Arc<dyn Driver>,
+    pub image: String,
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A unique machine id for this process and test.
+pub fn unique_id(tag: &str) -> String {
+    format!(
+        "t{}{}-{tag}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub fn spec(h: &Harness, tag: &str) -> MachineSpec {
+    MachineSpec {
+        id: unique_id(tag),
+        image: h.image.clone(),
+        hostname: format!("host-{tag}"),
+        limits: Limits {
+            memory_mib: 64,
+            cpu_millis: 500,
+            pids: 64,
+        },
+        network: NetworkSpec::default(),
+        labels: BTreeMap::from([("io.rootnroll.test".to_string(), tag.to_string())]),
+    }
+}
+
+/// Deletes the machine when dropped, so a failing assertion leaves nothing behind.
+pub struct Cleanup {
+    driver: Arc<dyn Driver>,
+    id: String,
+}
+
+impl Cleanup {
+    pub fn new(h: &Harness, id: &str) -> Self {
+        Self {
+            driver: h.driver.clone(),
+            id: id.to_string(),
+        }
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let driver = self.driver.clone();
+        let id = self.id.clone();
+        // Drop cannot be async; a scoped runtime on a fresh thread finishes the delete.
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                let _ = rt.block_on(driver.delete(&id));
+            }
+        })
+        .join();
+    }
+}
+
+pub async fn sh(h: &Harness, id: &str, script: &str) -> crate::ExecOutcome {
+    collect(
+        h.driver.as_ref(),
+        id,
+        ExecRequest::new(
+            ExecSpec::new(["/bin/sh", "-c", script]),
+            Duration::from_secs(30),
+        ),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("exec {script:?} in {id}: {e}"))
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+pub async fn create_exec_delete(h: Harness) {
+    let spec = spec(&h, "basic");
+    let _guard = Cleanup::new(&h, &spec.id);
+    let info = h.driver.create(&spec).await.expect("create");
+    assert_eq!(info.id, spec.id);
+    assert_eq!(info.status, MachineStatus::Running);
+    assert!(info.address.is_some(), "machine has an address: {info:?}");
+    assert_eq!(
+        info.labels.get("io.rootnroll.test").map(String::as_str),
+        Some("basic")
+    );
+    let out = sh(&h, &spec.id, "echo ok; echo err >&2; exit 3").await;
+    assert_eq!(text(&out.stdout), "ok\n");
+    assert_eq!(text(&out.stderr), "err\n");
+    assert_eq!(out.exit_code, Some(3));
+    assert!(!out.timed_out);
+    let out = sh(&h, &spec.id, "hostname").await;
+    assert_eq!(text(&out.stdout).trim(), "host-basic");
+    let out = sh(&h, &spec.id, "id -u").await;
+    assert_eq!(text(&out.stdout).trim(), "0", "root inside the machine");
+    h.driver.delete(&spec.id).await.expect("delete");
+    assert!(matches!(
+        h.driver.inspect(&spec.id).await,
+        Err(DriverError::NotFound(_))
+    ));
+    // Deleting again is not an error: callers retry freely.
+    h.driver.delete(&spec.id).await.expect("second delete");
+}
+
+pub async fn exec_stdin_env_user_workdir(h: Harness) {
+    let spec = spec(&h, "exec");
+    let _guard = Cleanup::new(&h, &spec.id);
+    h.driver.create(&spec).await.expect("create");
+    let mut req = ExecRequest::new(ExecSpec::new(["cat"]), Duration::from_secs(10));
+    let payload: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
+    req.stdin = Some(payload.clone().into());
+    let out = collect(h.driver.as_ref(), &spec.id, req)
+        .await
+        .expect("cat");
+    assert_eq!(out.stdout.len(), payload.len(), "binary stdin round trip");
+    assert!(out.stdout[..] == payload[..], "bytes unchanged");
+
+    let mut es = ExecSpec::new(["/bin/sh", "-c", "echo $GREETING; pwd; id -u"]);
+    es.env.push(("GREETING".into(), "hi there".into()));
+    es.workdir = Some("/tmp".into());
+    es.user = Some("65534".into());
+    let out = collect(
+        h.driver.as_ref(),
+        &spec.id,
+        ExecRequest::new(es, Duration::from_secs(10)),
+    )
+    .await
+    .expect("env exec");
+    assert_eq!(text(&out.stdout), "hi there\n/tmp\n65534\n");
+}
+
+pub async fn exec_timeout_kills(h: Harness) {
+    let spec = spec(&h, "timeout");
+    let _guard = Cleanup::new(&h, &spec.id);
+    h.driver.create(&spec).await.expect("create");
+    let started = std::time::Instant::now();
+    let out = collect(
+        h.driver.as_ref(),
+        &spec.id,
+        ExecRequest::new(
+            ExecSpec::new(["/bin/sh", "-c", "echo begun; sleep 1000 & sleep 1000"]),
+            Duration::from_millis(800),
+        ),
+    )
+    .await
+    .expect("exec");
+    assert!(out.timed_out);
+    assert_eq!(out.exit_code, None);
+    assert_eq!(text(&out.stdout), "begun\n");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The killed command and its children are gone.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ps = sh(&h, &spec.id, "ps -o args 2>/dev/null || ps").await;
+    assert!(
+        !text(&ps.stdout).contains("sleep 1000"),
+        "timed-out processes killed: {}",
+        text(&ps.stdout)
+    );
+}
+
+/// Reads tty output into `seen` until it contains `needle`.
+pub async fn read_until(seen: &mut String, output: &mut crate::OutputStream, needle: &str) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !seen.contains(needle) {
+            match output.next().await {
+                Some(Ok(OutputChunk::Stdout(b))) => seen.push_str(&text(&b)),
+                Some(Ok(OutputChunk::Stderr(_))) => panic!("a tty merges stderr"),
+                Some(Err(e)) => panic!("output error: {e}"),
+                None => panic!("output ended; seen {seen:?}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {needle:?}"));
+}
+
+pub async fn exec_tty_and_resize(h: Harness) {
+    let spec = spec(&h, "tty");
+    let _guard = Cleanup::new(&h, &spec.id);
+    h.driver.create(&spec).await.expect("create");
+    let mut es = ExecSpec::new(["/bin/sh"]);
+    es.tty = Some(TtySize { rows: 24, cols: 80 });
+    es.env.push(("PS1".into(), "$ ".into()));
+    let mut handle = h.driver.exec(&spec.id, es).await.expect("tty exec");
+    let mut seen = String::new();
+    handle
+        .stdin
+        .write_all(b"stty size; echo mark-$((40+2))\n")
+        .await
+        .unwrap();
+    read_until(&mut seen, &mut handle.output, "mark-42").await;
+    assert!(seen.contains("24 80"), "initial size applied: {seen:?}");
+    handle
+        .process
+        .resize(TtySize {
+            rows: 50,
+            cols: 132,
+        })
+        .await
+        .expect("resize");
+    seen.clear();
+    handle
+        .stdin
+        .write_all(b"stty size; echo mark-$((50+3))\n")
+        .await
+        .unwrap();
+    read_until(&mut seen, &mut handle.output, "mark-53").await;
+    assert!(seen.contains("50 132"), "resize applied: {seen:?}");
+    handle.stdin.write_all(b"exit 7\n").await.unwrap();
+    while handle.output.next().await.is_some() {}
+    assert_eq!(handle.process.wait().await.expect("wait"), 7);
+}
+
+pub async fn list_and_inspect(h: Harness) {
+    let a = spec(&h, "lista");
+    let b = spec(&h, "listb");
+    let _ga = Cleanup::new(&h, &a.id);
+    let _gb = Cleanup::new(&h, &b.id);
+    let (ra, rb) = tokio::join!(h.driver.create(&a), h.driver.create(&b));
+    let (ra, rb) = (ra.expect("create a"), rb.expect("create b"));
+    assert_ne!(ra.address, rb.address, "each machine its own address");
+    let listed = h.driver.list().await.expect("list");
+    for id in [&a.id, &b.id] {
+        let m = listed
+            .iter()
+            .find(|m| &m.id == id)
+            .unwrap_or_else(|| panic!("{id} listed"));
+        assert_eq!(m.status, MachineStatus::Running);
+        assert_eq!(m.image, h.image);
+    }
+    let info = h.driver.inspect(&a.id).await.expect("inspect");
+    assert_eq!(info.address, ra.address);
+    assert!(matches!(
+        h.driver.inspect("no-such-machine").await,
+        Err(DriverError::NotFound(_))
+    ));
+    assert!(matches!(
+        h.driver
+            .exec("no-such-machine", ExecSpec::new(["true"]))
+            .await,
+        Err(DriverError::NotFound(_))
+    ));
+}
+
+pub async fn unknown_image_is_refused(h: Harness) {
+    let mut s = spec(&h, "noimage");
+    s.image = "no-such-image-xyz".into();
+    let _guard = Cleanup::new(&h, &s.id);
+    match h.driver.create(&s).await {
+        Err(DriverError::ImageNotFound(name)) => assert_eq!(name, "no-such-image-xyz"),
+        other => panic!("expected ImageNotFound, got {other:?}"),
+    }
+    assert!(matches!(
+        h.driver.inspect(&s.id).await,
+        Err(DriverError::NotFound(_))
+    ));
+}
+
+pub async fn memory_limit_kills_process_not_machine(h: Harness) {
+    let spec = spec(&h, "oom");
+    let _guard = Cleanup::new(&h, &spec.id);
+    h.driver.create(&spec).await.expect("create");
+    // 64 MiB machine; try to hold 200 MiB in a shell variable-free way: tail buffers it all.
+    let out = sh(
+        &h,
+        &spec.id,
+        "dd if=/dev/zero of=/dev/null bs=200M count=1 2>/dev/null; echo rc=$?",
+    )
+    .await;
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with("rc=") && stdout.trim() != "rc=0",
+        "hog killed: {stdout:?} {:?}",
+        text(&out.stderr)
+    );
+    let out = sh(&h, &spec.id, "echo alive").await;
+    assert_eq!(text(&out.stdout), "alive\n", "machine lives on");
+}
+
+pub async fn pids_limit_stops_fork_bomb(h: Harness) {
+    let spec = spec(&h, "forkbomb");
+    let _guard = Cleanup::new(&h, &spec.id);
+    h.driver.create(&spec).await.expect("create");
+    // Spawn far more sleepers than the limit (64) allows, in a subshell (a shell exits when
+    // a fork fails), then count processes with builtins only: nothing else can fork now.
+    let out = sh(
+        &h,
+        &spec.id,
+        "( i=0; while [ $i -lt 200 ]; do sleep 5 & i=$((i+1)); done ) 2>/dev/null; \
+         set -- /proc/[0-9]*; echo $#; kill -9 -1",
+    )
+    .await;
+    let n: u64 = text(&out.stdout).trim().parse().unwrap_or(0);
+    assert!(
+        n > 32 && n <= 64,
+        "process count capped at the pids limit: {n} ({:?})",
+        text(&out.stderr)
+    );
+    // The host is fine and the machine still answers once the sleepers are gone.
+    let out = sh(&h, &spec.id, "echo alive").await;
+    assert_eq!(text(&out.stdout), "alive\n");
+}
+
+/// Instantiates every conformance test for a driver. `$setup` is a path to an
+/// `async fn() -> Harness`.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($setup:path) => {
+        $crate::conformance_tests!(@each $setup;
+            create_exec_delete,
+            exec_stdin_env_user_workdir,
+            exec_timeout_kills,
+            exec_tty_and_resize,
+            list_and_inspect,
+            unknown_image_is_refused,
+            memory_limit_kills_process_not_machine,
+            pids_limit_stops_fork_bomb
+        );
+    };
+    (@each $setup:path; $($name:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $crate::conformance::$name($setup().await).await;
+            }
+        )*
+    };
+}

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Runs every test of rootnroll against real parts (Docker Engine, SQLite, …), as root on
+# Debian. Installs and starts what the tests need first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/install-deps.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+
+echo "==> cargo test --workspace" >&2
+# Integration tests each start their own platform and machines; two at a time suit 2 cores.
+cargo test --workspace --locked -- --test-threads="${RNR_TEST_THREADS:-4}"
