@@ -43,6 +43,8 @@ pub struct DockerConfig {
     pub network: String,
     /// Host procfs, to kill exec'd process trees the engine cannot kill.
     pub proc_root: PathBuf,
+    /// Static agent binary bind-mounted read-only at [`rnr_driver::AGENT_PATH`].
+    pub agent: Option<PathBuf>,
 }
 
 /// A driver bound to one engine and one owner.
@@ -348,6 +350,11 @@ impl Driver for DockerDriver {
             // The learner's own processes must not make the host's OOM killer pick others.
             oom_score_adj: Some(500),
             init: Some(false),
+            binds: self
+                .cfg
+                .agent
+                .as_ref()
+                .map(|a| vec![format!("{}:{}:ro", a.display(), rnr_driver::AGENT_PATH)]),
             ..Default::default()
         };
         let config = Config {

@@ -19,6 +19,7 @@ async fn setup() -> Harness {
         owner: format!("conformance-{}", std::process::id()),
         network: "rnr-test".into(),
         proc_root: "/proc".into(),
+        agent: None,
     })
     .await
     .expect("docker engine reachable at /var/run/docker.sock");

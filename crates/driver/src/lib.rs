@@ -27,6 +27,10 @@ use std::path::Path;
 /// Label/annotation key a driver stamps on every machine it creates, carrying the owner
 /// (the platform instance). `list` returns only machines carrying the driver's owner.
 pub const OWNER_LABEL: &str = "io.rootnroll.owner";
+/// Where a driver configured with an agent binary makes it visible, read-only, in every
+/// machine (see DESIGN.md: one static binary that holds terminal sessions and evaluates
+/// checks from inside).
+pub const AGENT_PATH: &str = "/.rnr/rnr-agent";
 /// Label carrying the platform's machine id.
 pub const MACHINE_LABEL: &str = "io.rootnroll.machine";
 

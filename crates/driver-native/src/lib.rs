@@ -1,0 +1,1052 @@
+//! The native driver: machines started with the OCI runtime crun directly, with no daemon
+//! and no per-machine helper process on the host.
+//!
+//! Layout of `state_dir`:
+//!
+//! * `images/<name>/rootfs` → symlink to `images/<name>/r-<nanos>`, an extracted rootfs
+//!   (replaced atomically on re-import); `images/<name>/info.json` holds its size.
+//! * `machines/<id>/machine.json` — what the driver knows (owner, image, address, uid
+//!   range, init pid); `config.json` — the OCI bundle config; `rootfs/`, `lower/`,
+//!   `disk/` — mount points, empty on the host: the machine's overlay (and the tmpfs
+//!   holding its upper layer, and the idmapped image) are mounted only inside the private
+//!   mount namespace crun runs in, so they live exactly as long as the machine's own mount
+//!   namespace and never grow the host's mount table.
+//! * `crun/` — crun's state root (`--root`).
+//!
+//! Every crun call runs in a fresh private mount namespace where, on cgroup v1 hybrid
+//! hosts, an empty file hides `<cgroup_root>/unified/cgroup.controllers` (crun 1.8.1
+//! refuses hybrid hosts otherwise).
+
+mod error;
+mod exec;
+mod net;
+mod oci;
+mod sys;
+
+pub use error::{NResult, NativeError};
+pub use net::Subnet;
+
+use async_trait::async_trait;
+use rnr_driver::{
+    Driver, ExecHandle, ExecSpec, ImageInfo, MachineInfo, MachineSpec, MachineStatus, Result,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+/// Where state lives, which runtime to use, and which host resources are ours.
+#[derive(Debug, Clone)]
+pub struct NativeConfig {
+    /// All on-disk state: `images/`, `machines/<id>/`, `crun/`.
+    pub state_dir: PathBuf,
+    /// The OCI runtime binary (crun).
+    pub runtime: PathBuf,
+    /// Owner recorded with every machine; `list` returns only this owner's machines.
+    pub owner: String,
+    /// Name of the platform's bridge (at most 10 bytes, it also names iptables chains).
+    pub bridge: String,
+    /// The machines' subnet, e.g. `10.231.0.0/16`; the gateway `.1` sits on the bridge.
+    pub subnet: String,
+    /// Mount point of the cgroup hierarchies (normally `/sys/fs/cgroup`).
+    pub cgroup_root: PathBuf,
+    /// Host procfs (normally `/proc`).
+    pub proc_root: PathBuf,
+    /// Run each machine in a user namespace: root inside is an unprivileged host uid.
+    pub userns: bool,
+    /// First host uid of the ranges handed to machines (65536 ids each).
+    pub uid_base: u32,
+    /// Size of each machine's writable layer, held on a per-machine tmpfs whose pages
+    /// count against the machine's memory limit; `None` keeps it on `state_dir`'s disk
+    /// without a quota.
+    pub disk_mib: Option<u64>,
+}
+
+impl NativeConfig {
+    /// A config with the usual host paths and defaults.
+    pub fn new(state_dir: impl Into<PathBuf>, owner: impl Into<String>) -> Self {
+        Self {
+            state_dir: state_dir.into(),
+            runtime: PathBuf::from("/usr/bin/crun"),
+            owner: owner.into(),
+            bridge: "rnr-br0".into(),
+            subnet: "10.231.0.0/16".into(),
+            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+            proc_root: PathBuf::from("/proc"),
+            userns: false,
+            uid_base: 1_000_000_000,
+            disk_mib: Some(1024),
+        }
+    }
+}
+
+/// What the driver records per machine (`machines/<id>/machine.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Meta {
+    id: String,
+    owner: String,
+    image: String,
+    hostname: String,
+    labels: BTreeMap<String, String>,
+    created_at: u64,
+    lower: PathBuf,
+    ip_index: u32,
+    address: Ipv4Addr,
+    veth: String,
+    outbound: bool,
+    /// Index of the uid range (userns machines only).
+    range: Option<u32>,
+    init_pid: Option<i32>,
+    init_start: Option<u64>,
+}
+
+/// Addresses and uid ranges in use.
+#[derive(Debug, Default)]
+struct Alloc {
+    ips: BTreeSet<u32>,
+    ranges: BTreeSet<u32>,
+}
+
+struct Inner {
+    cfg: NativeConfig,
+    subnet: Subnet,
+    /// cgroup v1 with a cgroup2 mount beside it: hide its controllers from crun.
+    hybrid: bool,
+    memsw: bool,
+    empty_file: PathBuf,
+    alloc: Mutex<Alloc>,
+    userns_fds: Mutex<HashMap<u32, Arc<OwnedFd>>>,
+    counter: AtomicU64,
+}
+
+/// A driver bound to one state directory and one owner.
+#[derive(Clone)]
+pub struct NativeDriver {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for NativeDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NativeDriver")
+            .field("cfg", &self.inner.cfg)
+            .finish()
+    }
+}
+
+fn io_err(what: impl std::fmt::Display, path: &Path, e: std::io::Error) -> NativeError {
+    NativeError::io(format!("{what} {}", path.display()), e)
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Machine and image names become paths and crun ids: keep them to a safe alphabet.
+fn check_name(kind: &str, name: &str) -> NResult<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(NativeError::Invalid {
+            id: name.to_string(),
+            message: format!("{kind} name must be 1-64 of [A-Za-z0-9._-], not starting with '.'"),
+        })
+    }
+}
+
+fn mkdir_mode(path: &Path, mode: u32) -> NResult<()> {
+    std::fs::create_dir_all(path).map_err(|e| io_err("creating", path, e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| io_err("setting permissions of", path, e))
+}
+
+fn dir_size(path: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(md) = e.metadata() else { continue };
+            if md.is_dir() {
+                stack.push(e.path());
+            } else {
+                total += md.len();
+            }
+        }
+    }
+    total
+}
+
+impl NativeDriver {
+    /// Prepares the state directory, the bridge and the iptables chains, and adopts the
+    /// machines already recorded in `state_dir`.
+    pub async fn new(cfg: NativeConfig) -> NResult<Self> {
+        let subnet = Subnet::parse(&cfg.subnet)?;
+        if cfg.bridge.is_empty() || cfg.bridge.len() > 10 {
+            return Err(NativeError::Invalid {
+                id: cfg.bridge.clone(),
+                message: "bridge name must be 1-10 bytes".into(),
+            });
+        }
+        // 0711: a machine's root (an unprivileged host uid with user namespaces) must be
+        // able to traverse to its rootfs, not to list anything.
+        mkdir_mode(&cfg.state_dir, 0o711)?;
+        for sub in ["images", "machines", "crun", "sock"] {
+            mkdir_mode(&cfg.state_dir.join(sub), 0o711)?;
+        }
+        let empty_file = cfg.state_dir.join("empty");
+        std::fs::write(&empty_file, b"").map_err(|e| io_err("writing", &empty_file, e))?;
+        let unified = cfg.cgroup_root.join("unified").join("cgroup.controllers");
+        let hybrid = unified.exists() && !cfg.cgroup_root.join("cgroup.controllers").exists();
+        let memsw = cfg
+            .cgroup_root
+            .join("memory")
+            .join("memory.memsw.limit_in_bytes")
+            .exists();
+        let mut alloc = Alloc::default();
+        let machines = cfg.state_dir.join("machines");
+        for entry in std::fs::read_dir(&machines)
+            .map_err(|e| io_err("reading", &machines, e))?
+            .flatten()
+        {
+            if let Ok(meta) = read_meta(&entry.path()) {
+                alloc.ips.insert(meta.ip_index);
+                if let Some(r) = meta.range {
+                    alloc.ranges.insert(r);
+                }
+            }
+        }
+        net::ensure_bridge(&cfg.bridge, &subnet).await?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                cfg,
+                subnet,
+                hybrid,
+                memsw,
+                empty_file,
+                alloc: Mutex::new(alloc),
+                userns_fds: Mutex::new(HashMap::new()),
+                counter: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The configuration this driver runs with.
+    pub fn config(&self) -> &NativeConfig {
+        &self.inner.cfg
+    }
+
+    /// Removes host-wide resources of this driver: the bridge, the iptables chains, and the
+    /// parent cgroups of its machines. Machines must have been deleted first (uninstall,
+    /// tests).
+    pub async fn teardown(&self) {
+        let cfg = &self.inner.cfg;
+        net::remove_bridge(&cfg.bridge, &self.inner.subnet).await;
+        let parent = self.cgroup_parent();
+        let rel = parent.trim_start_matches('/');
+        if let Ok(entries) = std::fs::read_dir(&cfg.cgroup_root) {
+            for e in entries.flatten() {
+                let dir = e.path().join(rel);
+                if dir.is_dir() {
+                    remove_cgroup_tree(&dir);
+                }
+            }
+        }
+    }
+
+    fn machine_dir(&self, id: &str) -> PathBuf {
+        self.inner.cfg.state_dir.join("machines").join(id)
+    }
+
+    fn cgroup_parent(&self) -> String {
+        let owner: String = self
+            .inner
+            .cfg
+            .owner
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!("/rnr-{owner}")
+    }
+
+    /// `crun --root <state>/crun`, in a private mount namespace prepared by `plan`; with
+    /// `cgroups`, cgroup2's controllers are hidden on hybrid hosts (crun 1.8.1 refuses
+    /// them when it creates or removes cgroups; `exec` does not need it, and without any
+    /// plan the command is spawned without a pre-exec hook, which is cheaper).
+    fn crun(&self, mut plan: sys::MountPlan, cgroups: bool) -> NResult<tokio::process::Command> {
+        let cfg = &self.inner.cfg;
+        if cgroups && self.inner.hybrid {
+            let target = cfg.cgroup_root.join("unified").join("cgroup.controllers");
+            plan.mask = Some((
+                sys::cpath(&self.inner.empty_file)
+                    .map_err(|e| io_err("preparing", &self.inner.empty_file, e))?,
+                sys::cpath(&target).map_err(|e| io_err("preparing", &target, e))?,
+            ));
+        }
+        let mut cmd = tokio::process::Command::new(&cfg.runtime);
+        cmd.arg("--root").arg(cfg.state_dir.join("crun"));
+        if plan.needs_mount_ns() || plan.netns_fd.is_some() {
+            sys::with_plan(&mut cmd, Arc::new(plan));
+        }
+        Ok(cmd)
+    }
+
+    fn status_of(&self, meta: &Meta) -> MachineStatus {
+        match (meta.init_pid, meta.init_start) {
+            (Some(pid), Some(start)) => match sys::proc_start(&self.inner.cfg.proc_root, pid) {
+                Some((s, false)) if s == start => MachineStatus::Running,
+                _ => MachineStatus::Stopped,
+            },
+            _ => MachineStatus::Creating,
+        }
+    }
+
+    fn info(&self, meta: &Meta) -> MachineInfo {
+        MachineInfo {
+            id: meta.id.clone(),
+            image: meta.image.clone(),
+            status: self.status_of(meta),
+            address: Some(IpAddr::V4(meta.address)),
+            created_at: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(meta.created_at)),
+            labels: meta.labels.clone(),
+        }
+    }
+
+    /// The machine's record, if it exists and belongs to this driver's owner.
+    fn own_meta(&self, id: &str) -> NResult<Meta> {
+        check_name("machine", id).map_err(|_| NativeError::NotFound(id.to_string()))?;
+        match read_meta(&self.machine_dir(id)) {
+            Ok(m) if m.owner == self.inner.cfg.owner => Ok(m),
+            _ => Err(NativeError::NotFound(id.to_string())),
+        }
+    }
+
+    /// A user namespace fd with the map of uid range `range` (cached).
+    fn userns_fd(&self, id: &str, range: u32) -> NResult<Arc<OwnedFd>> {
+        let base = self.range_base(range);
+        let mut fds = self
+            .inner
+            .userns_fds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(fd) = fds.get(&base) {
+            return Ok(fd.clone());
+        }
+        let fd = Arc::new(sys::make_userns(base).map_err(|e| {
+            NativeError::io(
+                format!("machine {id}: creating a user namespace for uid {base}"),
+                e,
+            )
+        })?);
+        fds.insert(base, fd.clone());
+        Ok(fd)
+    }
+
+    fn range_base(&self, range: u32) -> u32 {
+        self.inner.cfg.uid_base + range * 65536
+    }
+
+    fn allocate(&self, id: &str, outbound: bool) -> NResult<(u32, Option<u32>)> {
+        let mut alloc = self.inner.alloc.lock().unwrap_or_else(|p| p.into_inner());
+        let ip = self
+            .inner
+            .subnet
+            .range(outbound)
+            .find(|i| !alloc.ips.contains(i))
+            .ok_or_else(|| NativeError::other(id, "no free address in the subnet"))?;
+        let range = if self.inner.cfg.userns {
+            let max = (u32::MAX - self.inner.cfg.uid_base) / 65536;
+            let r = (0..max)
+                .find(|r| !alloc.ranges.contains(r))
+                .ok_or_else(|| NativeError::other(id, "no free uid range"))?;
+            alloc.ranges.insert(r);
+            Some(r)
+        } else {
+            None
+        };
+        alloc.ips.insert(ip);
+        Ok((ip, range))
+    }
+
+    fn release(&self, meta: &Meta) {
+        let mut alloc = self.inner.alloc.lock().unwrap_or_else(|p| p.into_inner());
+        alloc.ips.remove(&meta.ip_index);
+        if let Some(r) = meta.range {
+            alloc.ranges.remove(&r);
+        }
+    }
+
+    async fn create_inner(&self, spec: &MachineSpec, meta: &mut Meta) -> NResult<()> {
+        let id = spec.id.as_str();
+        let t0 = std::time::Instant::now();
+        let cfg = &self.inner.cfg;
+        let dir = self.machine_dir(id);
+        let uid_base = meta.range.map(|r| self.range_base(r));
+        let rootfs = dir.join("rootfs");
+        for d in ["rootfs", "lower", "disk"] {
+            let p = dir.join(d);
+            std::fs::create_dir(&p).map_err(|e| io_err("creating", &p, e))?;
+        }
+        let config = oci::config(&oci::ConfigInput {
+            id,
+            owner: &cfg.owner,
+            hostname: &spec.hostname,
+            rootfs: &rootfs,
+            limits: spec.limits,
+            cgroups_path: &format!("{}/{id}", self.cgroup_parent()),
+            memsw: self.inner.memsw,
+            nofile: oci::nofile_limit(),
+            uid_base,
+        });
+        let config_path = dir.join("config.json");
+        std::fs::write(&config_path, config.to_string())
+            .map_err(|e| io_err("writing", &config_path, e))?;
+
+        // The mount namespace crun runs in: tmpfs for the writable layer, the idmapped
+        // image, the overlay. Gone from the host when crun exits; kept by the machine.
+        let c = |p: &Path| sys::cpath(p).map_err(|e| io_err("preparing", p, e));
+        let disk = dir.join("disk");
+        let (upper, work) = (disk.join("upper"), disk.join("work"));
+        let mut plan = sys::MountPlan::default();
+        match cfg.disk_mib {
+            Some(mib) => {
+                plan.tmpfs = Some(sys::TmpfsPlan {
+                    target: c(&disk)?,
+                    options: sys::cstr(&format!("size={mib}m,mode=755"))
+                        .map_err(|e| io_err("preparing", &disk, e))?,
+                    mkdirs: vec![c(&upper)?, c(&work)?],
+                    owner: uid_base,
+                });
+            }
+            None => {
+                for p in [&upper, &work] {
+                    std::fs::create_dir(p).map_err(|e| io_err("creating", p, e))?;
+                    if let Some(b) = uid_base {
+                        std::os::unix::fs::chown(p, Some(b), Some(b))
+                            .map_err(|e| io_err("chowning", p, e))?;
+                    }
+                }
+            }
+        }
+        let mut userns_fd = None;
+        let lower = match meta.range {
+            Some(range) => {
+                let fd = self.userns_fd(id, range)?;
+                let target = dir.join("lower");
+                plan.idmap = Some(sys::IdmapPlan {
+                    source: c(&meta.lower)?,
+                    target: c(&target)?,
+                    userns_fd: fd.as_raw_fd(),
+                });
+                userns_fd = Some(fd);
+                target
+            }
+            None => meta.lower.clone(),
+        };
+        for p in [&lower, &upper, &work] {
+            let s = p.to_string_lossy();
+            if s.contains(',') || s.contains(':') {
+                return Err(NativeError::Invalid {
+                    id: id.to_string(),
+                    message: format!("path {s} must not contain ',' or ':'"),
+                });
+            }
+        }
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.display(),
+            upper.display(),
+            work.display()
+        );
+        plan.overlay = Some((
+            c(&rootfs)?,
+            sys::cstr(&opts).map_err(|e| io_err("preparing", &rootfs, e))?,
+        ));
+
+        let log_path = dir.join("crun.log");
+        let log = std::fs::File::create(&log_path).map_err(|e| io_err("creating", &log_path, e))?;
+        let pid_file = dir.join("init.pid");
+        let mut cmd = self.crun(plan, true)?;
+        cmd.arg("run")
+            .arg("--detach")
+            .arg("--bundle")
+            .arg(&dir)
+            .arg("--pid-file")
+            .arg(&pid_file)
+            .arg(id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log));
+        let t1 = t0.elapsed();
+        let status = cmd.status().await.map_err(|e| {
+            NativeError::io(
+                format!("machine {id}: starting {}", cfg.runtime.display()),
+                e,
+            )
+        })?;
+        drop(userns_fd);
+        if !status.success() {
+            return Err(NativeError::Command {
+                id: id.to_string(),
+                command: format!("{} run", cfg.runtime.display()),
+                status: status.to_string(),
+                stderr: std::fs::read_to_string(&log_path)
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string(),
+            });
+        }
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| NativeError::other(id, format!("no pid in {}", pid_file.display())))?;
+        let (start, _) = sys::proc_start(&cfg.proc_root, pid)
+            .ok_or_else(|| NativeError::other(id, format!("init (pid {pid}) exited at once")))?;
+        meta.init_pid = Some(pid);
+        meta.init_start = Some(start);
+        write_meta(&dir, meta)?;
+
+        let t2 = t0.elapsed();
+        // Network: veth into the bridge, then address and route inside.
+        let host = net::host_batch(&meta.veth, &cfg.bridge, pid);
+        net::run(id, "ip", &["-b", "-"], Some(&host)).await?;
+        let t3 = t0.elapsed();
+        let netns_path = cfg.proc_root.join(pid.to_string()).join("ns").join("net");
+        let netns =
+            std::fs::File::open(&netns_path).map_err(|e| io_err("opening", &netns_path, e))?;
+        let mut ip = tokio::process::Command::new("ip");
+        ip.args(["-b", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        sys::with_plan(
+            &mut ip,
+            Arc::new(sys::MountPlan {
+                netns_fd: Some(netns.as_raw_fd()),
+                ..Default::default()
+            }),
+        );
+        let inner = net::inner_batch(&self.inner.subnet, meta.address);
+        net::run_cmd(id, ip, Some(&inner)).await?;
+        drop(netns);
+        tracing::debug!(
+            machine = id,
+            prepare = ?t1,
+            runtime_run = ?(t2 - t1),
+            host_net = ?(t3 - t2),
+            inner_net = ?(t0.elapsed() - t3),
+            "machine started"
+        );
+        Ok(())
+    }
+
+    async fn delete_inner(&self, id: &str) -> NResult<()> {
+        let dir = self.machine_dir(id);
+        let meta = match read_meta(&dir) {
+            Ok(m) if m.owner == self.inner.cfg.owner => m,
+            Ok(_) => return Ok(()),
+            Err(_) => {
+                // A machine whose creation never got far enough to have a record.
+                return Ok(());
+            }
+        };
+        self.teardown_machine(&meta).await
+    }
+
+    /// Stops the machine and removes everything it holds; tolerant of missing pieces.
+    async fn teardown_machine(&self, meta: &Meta) -> NResult<()> {
+        let id = meta.id.as_str();
+        let cfg = &self.inner.cfg;
+        let dir = self.machine_dir(id);
+        if cfg.state_dir.join("crun").join(id).exists() {
+            let mut cmd = self.crun(sys::MountPlan::default(), true)?;
+            cmd.args(["delete", "-f", id])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
+            if let Err(e) = net::run_cmd(id, cmd, None).await {
+                if cfg.state_dir.join("crun").join(id).exists() {
+                    return Err(e);
+                }
+            }
+        }
+        // Should crun have lost track of it, make sure init is gone.
+        if let (Some(pid), Some(start)) = (meta.init_pid, meta.init_start) {
+            if matches!(sys::proc_start(&cfg.proc_root, pid), Some((s, _)) if s == start) {
+                // SAFETY: kill(2) with integers; pid identity checked by its start time.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        if Path::new("/sys/class/net").join(&meta.veth).exists() {
+            let _ = net::run(id, "ip", &["link", "del", &meta.veth], None).await;
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("removing", &dir, e)),
+        }
+        self.release(meta);
+        Ok(())
+    }
+
+    fn resolve_user(&self, id: &str, pid: i32, user: Option<&str>) -> NResult<(u32, u32, String)> {
+        let Some(user) = user else {
+            return Ok((0, 0, "/root".into()));
+        };
+        let root = self.inner.cfg.proc_root.join(pid.to_string()).join("root");
+        let passwd = std::fs::read_to_string(root.join("etc/passwd")).unwrap_or_default();
+        let group = std::fs::read_to_string(root.join("etc/group")).unwrap_or_default();
+        let (u, g) = match user.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (user, None),
+        };
+        let bad = |what: &str| NativeError::Invalid {
+            id: id.to_string(),
+            message: format!("unknown {what} in user {user:?}"),
+        };
+        let entry = passwd
+            .lines()
+            .map(|l| l.split(':').collect::<Vec<_>>())
+            .find(|f| f.len() >= 6 && (f[0] == u || f[2] == u));
+        let (uid, mut gid, home) = match (entry, u.parse::<u32>()) {
+            (Some(f), _) => (
+                f[2].parse().map_err(|_| bad("user"))?,
+                f[3].parse().map_err(|_| bad("user"))?,
+                f[5].to_string(),
+            ),
+            (None, Ok(n)) => (n, n, "/".to_string()),
+            (None, Err(_)) => return Err(bad("user")),
+        };
+        if let Some(g) = g {
+            gid = match g.parse::<u32>() {
+                Ok(n) => n,
+                Err(_) => group
+                    .lines()
+                    .map(|l| l.split(':').collect::<Vec<_>>())
+                    .find(|f| f.len() >= 3 && f[0] == g)
+                    .and_then(|f| f[2].parse().ok())
+                    .ok_or_else(|| bad("group"))?,
+            };
+        }
+        Ok((uid, gid, home))
+    }
+
+    async fn exec_inner(&self, id: &str, spec: ExecSpec) -> NResult<ExecHandle> {
+        if spec.argv.is_empty() {
+            return Err(NativeError::Invalid {
+                id: id.to_string(),
+                message: "argv must not be empty".into(),
+            });
+        }
+        let meta = self.own_meta(id)?;
+        if self.status_of(&meta) != MachineStatus::Running {
+            return Err(NativeError::NotRunning { id: id.to_string() });
+        }
+        let pid = meta.init_pid.unwrap_or(0);
+        let (uid, gid, home) = self.resolve_user(id, pid, spec.user.as_deref())?;
+        let cfg = &self.inner.cfg;
+        let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("{}-{n}", std::process::id());
+        let pid_file = self.machine_dir(id).join(format!("exec-{tag}.pid"));
+        let mut cmd = self.crun(sys::MountPlan::default(), false)?;
+        cmd.arg("exec").arg("--pid-file").arg(&pid_file);
+        cmd.arg("--user").arg(format!("{uid}:{gid}"));
+        if let Some(cwd) = &spec.workdir {
+            cmd.arg("--cwd").arg(cwd);
+        }
+        let mut env = vec![
+            oci::DEFAULT_PATH.to_string(),
+            "TERM=xterm-256color".to_string(),
+            format!("HOME={home}"),
+        ];
+        env.extend(spec.env.iter().map(|(k, v)| format!("{k}={v}")));
+        for e in env {
+            cmd.arg("--env").arg(e);
+        }
+        let socket_path = cfg.state_dir.join("sock").join(format!("{tag}.sock"));
+        let listener = match spec.tty {
+            Some(_) => {
+                let _ = std::fs::remove_file(&socket_path);
+                let l = tokio::net::UnixListener::bind(&socket_path)
+                    .map_err(|e| io_err("binding console socket", &socket_path, e))?;
+                cmd.arg("--tty").arg("--console-socket").arg(&socket_path);
+                Some(l)
+            }
+            None => None,
+        };
+        cmd.arg(id).args(&spec.argv);
+        cmd.stdin(if spec.tty.is_some() {
+            Stdio::null()
+        } else {
+            Stdio::piped()
+        })
+        .stdout(if spec.tty.is_some() {
+            Stdio::null()
+        } else {
+            Stdio::piped()
+        })
+        .stderr(Stdio::piped())
+        .kill_on_drop(false);
+        let spawned = cmd.spawn();
+        let mut child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = std::fs::remove_file(&socket_path);
+                return Err(NativeError::io(
+                    format!("machine {id}: spawning {} exec", cfg.runtime.display()),
+                    e,
+                ));
+            }
+        };
+        let crun_pid = child.id();
+        let machine = id.to_string();
+        let proc_root = cfg.proc_root.clone();
+        match (spec.tty, listener) {
+            (Some(size), Some(listener)) => {
+                let stderr_buf = Arc::new(Mutex::new(Vec::new()));
+                if let Some(mut err) = child.stderr.take() {
+                    let buf = stderr_buf.clone();
+                    tokio::spawn(async move {
+                        use tokio::io::AsyncReadExt;
+                        let mut chunk = [0u8; 4096];
+                        while let Ok(n) = err.read(&mut chunk).await {
+                            if n == 0 {
+                                break;
+                            }
+                            buf.lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .extend_from_slice(&chunk[..n]);
+                        }
+                    });
+                }
+                let accepted = tokio::select! {
+                    a = listener.accept() => Some(a),
+                    _ = child.wait() => None,
+                };
+                let _ = std::fs::remove_file(&socket_path);
+                let stream = match accepted {
+                    Some(Ok((s, _))) => s,
+                    Some(Err(e)) => {
+                        return Err(io_err("accepting on console socket", &socket_path, e))
+                    }
+                    None => {
+                        // Let the stderr reader finish.
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        let err = exec::text(&stderr_buf.lock().unwrap_or_else(|p| p.into_inner()));
+                        return Err(NativeError::Command {
+                            id: id.to_string(),
+                            command: format!("{} exec --tty", cfg.runtime.display()),
+                            status: "exited before handing over the pty".into(),
+                            stderr: err,
+                        });
+                    }
+                };
+                let master = loop {
+                    stream
+                        .readable()
+                        .await
+                        .map_err(|e| io_err("reading console socket", &socket_path, e))?;
+                    match stream.try_io(tokio::io::Interest::READABLE, || {
+                        sys::recv_fd(stream.as_raw_fd())
+                    }) {
+                        Ok(fd) => break fd,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return Err(io_err("receiving the pty from", &socket_path, e)),
+                    }
+                };
+                let pty = exec::Pty::new(master)
+                    .map_err(|e| NativeError::io(format!("machine {id}: pty"), e))?;
+                pty.resize(size)
+                    .map_err(|e| NativeError::io(format!("machine {id}: resizing pty"), e))?;
+                let output = exec::pty_output(machine.clone(), pty.handle());
+                let stdin = Box::pin(pty.handle());
+                let process = Arc::new(exec::NativeExec {
+                    machine,
+                    child: tokio::sync::Mutex::new(child),
+                    crun_pid,
+                    status: tokio::sync::OnceCell::new(),
+                    pid_file,
+                    proc_root,
+                    pty: Some(pty),
+                });
+                Ok(ExecHandle {
+                    stdin,
+                    output,
+                    process,
+                })
+            }
+            _ => {
+                let missing = || NativeError::other(id, "exec pipes missing");
+                let stdin = child.stdin.take().ok_or_else(missing)?;
+                let stdout = child.stdout.take().ok_or_else(missing)?;
+                let stderr = child.stderr.take().ok_or_else(missing)?;
+                let output = exec::pipe_output(machine.clone(), stdout, stderr);
+                let process = Arc::new(exec::NativeExec {
+                    machine,
+                    child: tokio::sync::Mutex::new(child),
+                    crun_pid,
+                    status: tokio::sync::OnceCell::new(),
+                    pid_file,
+                    proc_root,
+                    pty: None,
+                });
+                Ok(ExecHandle {
+                    stdin: Box::pin(stdin),
+                    output,
+                    process,
+                })
+            }
+        }
+    }
+
+    async fn import_inner(&self, name: &str, tar: &Path) -> NResult<ImageInfo> {
+        check_name("image", name)?;
+        let dir = self.inner.cfg.state_dir.join("images").join(name);
+        mkdir_mode(&dir, 0o755)?;
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let version = format!("r-{nanos}");
+        let tmp = dir.join(format!(".tmp-{version}"));
+        mkdir_mode(&tmp, 0o755)?;
+        let res = net::run(
+            name,
+            "tar",
+            &[
+                "--extract",
+                "--numeric-owner",
+                "--preserve-permissions",
+                "--xattrs",
+                "--xattrs-include=*",
+                "-f",
+                &tar.to_string_lossy(),
+                "-C",
+                &tmp.to_string_lossy(),
+            ],
+            None,
+        )
+        .await;
+        if let Err(e) = res {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(match e {
+                NativeError::Command { stderr, .. } => NativeError::Invalid {
+                    id: name.to_string(),
+                    message: format!("cannot extract {}: {stderr}", tar.display()),
+                },
+                e => e,
+            });
+        }
+        let size = dir_size(&tmp);
+        let final_dir = dir.join(&version);
+        std::fs::rename(&tmp, &final_dir).map_err(|e| io_err("renaming", &tmp, e))?;
+        // Swap the `rootfs` symlink atomically.
+        let link_tmp = dir.join(format!(".link-{version}"));
+        std::os::unix::fs::symlink(&version, &link_tmp)
+            .map_err(|e| io_err("creating", &link_tmp, e))?;
+        let link = dir.join("rootfs");
+        std::fs::rename(&link_tmp, &link).map_err(|e| io_err("renaming", &link_tmp, e))?;
+        let info = ImageInfo {
+            name: name.to_string(),
+            size_bytes: Some(size),
+        };
+        let info_path = dir.join("info.json");
+        std::fs::write(&info_path, serde_json::to_vec(&info).unwrap_or_default())
+            .map_err(|e| io_err("writing", &info_path, e))?;
+        self.prune_image_versions(&dir, &version);
+        Ok(info)
+    }
+
+    /// Removes old versions of an image that no machine uses any more.
+    fn prune_image_versions(&self, dir: &Path, keep: &str) {
+        let machines = self.inner.cfg.state_dir.join("machines");
+        let used: BTreeSet<PathBuf> = std::fs::read_dir(&machines)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| read_meta(&e.path()).ok())
+            .map(|m| m.lower)
+            .collect();
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("r-") && name != keep && !used.contains(&e.path()) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+fn read_meta(dir: &Path) -> NResult<Meta> {
+    let path = dir.join("machine.json");
+    let data = std::fs::read(&path).map_err(|e| io_err("reading", &path, e))?;
+    serde_json::from_slice(&data).map_err(|e| NativeError::other(path.display().to_string(), e))
+}
+
+fn write_meta(dir: &Path, meta: &Meta) -> NResult<()> {
+    let path = dir.join("machine.json");
+    let tmp = dir.join(".machine.json.tmp");
+    let data = serde_json::to_vec(meta).map_err(|e| NativeError::other(&meta.id, e))?;
+    std::fs::write(&tmp, data).map_err(|e| io_err("writing", &tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| io_err("renaming", &tmp, e))
+}
+
+/// Removes a cgroup directory and its (empty) children, deepest first.
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+#[async_trait]
+impl Driver for NativeDriver {
+    fn name(&self) -> &'static str {
+        "native"
+    }
+
+    async fn create(&self, spec: &MachineSpec) -> Result<MachineInfo> {
+        let id = spec.id.as_str();
+        check_name("machine", id)?;
+        check_name("image", &spec.image)
+            .map_err(|_| NativeError::ImageNotFound(spec.image.clone()))?;
+        let cfg = &self.inner.cfg;
+        let link = cfg
+            .state_dir
+            .join("images")
+            .join(&spec.image)
+            .join("rootfs");
+        let lower = std::fs::canonicalize(&link)
+            .map_err(|_| NativeError::ImageNotFound(spec.image.clone()))?;
+        let dir = self.machine_dir(id);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(NativeError::Invalid {
+                    id: id.to_string(),
+                    message: "a machine with this id already exists".into(),
+                }
+                .into())
+            }
+            Err(e) => return Err(io_err("creating", &dir, e).into()),
+        }
+        let (ip_index, range) = match self.allocate(id, spec.network.outbound) {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e.into());
+            }
+        };
+        let mut meta = Meta {
+            id: id.to_string(),
+            owner: cfg.owner.clone(),
+            image: spec.image.clone(),
+            hostname: spec.hostname.clone(),
+            labels: spec.labels.clone(),
+            created_at: now_secs(),
+            lower,
+            ip_index,
+            address: self.inner.subnet.addr(ip_index),
+            veth: net::veth_name(&cfg.state_dir.to_string_lossy(), id),
+            outbound: spec.network.outbound,
+            range,
+            init_pid: None,
+            init_start: None,
+        };
+        let res = match (
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711)),
+            write_meta(&dir, &meta),
+        ) {
+            (Err(e), _) => Err(io_err("setting permissions of", &dir, e)),
+            (_, Err(e)) => Err(e),
+            _ => self.create_inner(spec, &mut meta).await,
+        };
+        if let Err(e) = res {
+            if let Err(cleanup) = self.teardown_machine(&meta).await {
+                tracing::warn!(machine = id, error = %cleanup, "cleanup after failed create");
+            }
+            return Err(e.into());
+        }
+        Ok(self.info(&meta))
+    }
+
+    async fn exec(&self, id: &str, spec: ExecSpec) -> Result<ExecHandle> {
+        Ok(self.exec_inner(id, spec).await?)
+    }
+
+    async fn inspect(&self, id: &str) -> Result<MachineInfo> {
+        let meta = self.own_meta(id)?;
+        Ok(self.info(&meta))
+    }
+
+    async fn delete(&self, id: &str) -> Result<()> {
+        if check_name("machine", id).is_err() {
+            return Ok(());
+        }
+        Ok(self.delete_inner(id).await?)
+    }
+
+    async fn list(&self) -> Result<Vec<MachineInfo>> {
+        let machines = self.inner.cfg.state_dir.join("machines");
+        let entries = std::fs::read_dir(&machines).map_err(|e| io_err("reading", &machines, e))?;
+        let mut out: Vec<MachineInfo> = entries
+            .flatten()
+            .filter_map(|e| read_meta(&e.path()).ok())
+            .filter(|m| m.owner == self.inner.cfg.owner)
+            .map(|m| self.info(&m))
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    async fn import_image(&self, name: &str, rootfs_tar: &Path) -> Result<ImageInfo> {
+        Ok(self.import_inner(name, rootfs_tar).await?)
+    }
+
+    async fn list_images(&self) -> Result<Vec<ImageInfo>> {
+        let images = self.inner.cfg.state_dir.join("images");
+        let entries = std::fs::read_dir(&images).map_err(|e| io_err("reading", &images, e))?;
+        let mut out = Vec::new();
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !e.path().join("rootfs").exists() {
+                continue;
+            }
+            let size = std::fs::read(e.path().join("info.json"))
+                .ok()
+                .and_then(|d| serde_json::from_slice::<ImageInfo>(&d).ok())
+                .and_then(|i| i.size_bytes);
+            out.push(ImageInfo {
+                name,
+                size_bytes: size,
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+}

@@ -1,0 +1,303 @@
+//! Machine networking: a platform-owned bridge with the gateway address `.1`, one veth
+//! pair per machine, an address allocator, and the platform's iptables chains.
+//!
+//! Addresses come from the configured subnet: the lower half for machines without
+//! outbound access, the upper half for those with it, so that one static rule per half
+//! (not one per machine) decides who may leave the bridge. The chains, named after the
+//! bridge so several platforms can share a host, are:
+//!
+//! * `RNRF-<bridge>` (filter, jumped to from the top of `FORWARD` for traffic in or out of
+//!   the bridge): replies to host-initiated or allowed connections pass; machine → machine
+//!   is dropped; machines of the outbound half may leave; everything else is dropped.
+//! * `RNRI-<bridge>` (filter, from `INPUT -i <bridge>`): machines reach no service of the
+//!   host; only replies to connections the host opened pass.
+//! * `RNRN-<bridge>` (nat, from `POSTROUTING`): masquerades the outbound half.
+//!
+//! Bridge ports are also marked `isolated`, so machines cannot reach each other even when
+//! br_netfilter is off. The host reaches every machine port (its packets leave by OUTPUT).
+
+use crate::error::{NResult, NativeError};
+use std::net::Ipv4Addr;
+use std::process::Stdio;
+use tokio::io::AsyncWriteExt;
+
+/// A parsed IPv4 subnet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subnet {
+    pub base: u32,
+    pub prefix: u8,
+}
+
+impl Subnet {
+    /// Parses `a.b.c.d/n` (n between 8 and 28).
+    pub fn parse(s: &str) -> NResult<Self> {
+        let bad = || NativeError::Invalid {
+            id: s.to_string(),
+            message: "subnet must look like 10.231.0.0/16 (prefix 8..=28)".into(),
+        };
+        let (addr, prefix) = s.split_once('/').ok_or_else(bad)?;
+        let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
+        let prefix: u8 = prefix.parse().map_err(|_| bad())?;
+        if !(8..=28).contains(&prefix) {
+            return Err(bad());
+        }
+        let mask = u32::MAX << (32 - prefix);
+        Ok(Self {
+            base: u32::from(addr) & mask,
+            prefix,
+        })
+    }
+
+    /// Number of addresses in the subnet.
+    pub fn size(&self) -> u32 {
+        1u32 << (32 - self.prefix)
+    }
+
+    /// The gateway (`.1`), on the bridge.
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.base + 1)
+    }
+
+    /// Address at offset `index`.
+    pub fn addr(&self, index: u32) -> Ipv4Addr {
+        Ipv4Addr::from(self.base + index)
+    }
+
+    /// Offsets usable for machines with (`true`) or without outbound access.
+    pub fn range(&self, outbound: bool) -> std::ops::Range<u32> {
+        let half = self.size() / 2;
+        if outbound {
+            half..self.size() - 1
+        } else {
+            2..half
+        }
+    }
+
+    /// The upper half in CIDR notation (machines allowed out).
+    pub fn outbound_cidr(&self) -> String {
+        format!("{}/{}", self.addr(self.size() / 2), self.prefix + 1)
+    }
+
+    /// The whole subnet in CIDR notation.
+    pub fn cidr(&self) -> String {
+        format!("{}/{}", Ipv4Addr::from(self.base), self.prefix)
+    }
+}
+
+/// Runs a command, turning a failure into an error naming `id` and its stderr.
+pub async fn run(id: &str, program: &str, args: &[&str], stdin: Option<&str>) -> NResult<String> {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    run_cmd(id, cmd, stdin).await
+}
+
+/// Runs a prepared command (see [`run`]).
+pub async fn run_cmd(
+    id: &str,
+    mut cmd: tokio::process::Command,
+    stdin: Option<&str>,
+) -> NResult<String> {
+    let desc = format!("{:?}", cmd.as_std());
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| NativeError::io(format!("machine {id}: spawning {desc}"), e))?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(input.as_bytes())
+            .await
+            .map_err(|e| NativeError::io(format!("machine {id}: writing to {desc}"), e))?;
+    }
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|e| NativeError::io(format!("machine {id}: waiting for {desc}"), e))?;
+    if !out.status.success() {
+        return Err(NativeError::Command {
+            id: id.to_string(),
+            command: desc,
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Chain names for `bridge`.
+pub fn chains(bridge: &str) -> (String, String, String) {
+    (
+        format!("RNRF-{bridge}"),
+        format!("RNRI-{bridge}"),
+        format!("RNRN-{bridge}"),
+    )
+}
+
+async fn ipt(args: &[&str]) -> NResult<String> {
+    let mut full = vec!["-w"];
+    full.extend_from_slice(args);
+    run("-", "iptables", &full, None).await
+}
+
+/// Adds `rule` to `chain` of `table` unless it is there already; `insert` puts it first.
+async fn ensure_rule(table: &str, chain: &str, rule: &[&str], insert: bool) -> NResult<()> {
+    let mut check = vec!["-t", table, "-C", chain];
+    check.extend_from_slice(rule);
+    if ipt(&check).await.is_ok() {
+        return Ok(());
+    }
+    let mut add = vec!["-t", table, if insert { "-I" } else { "-A" }, chain];
+    if insert {
+        add.push("1");
+    }
+    add.extend_from_slice(rule);
+    ipt(&add).await.map(|_| ())
+}
+
+/// Creates (if missing) the bridge with the gateway address, and (re)writes the chains.
+/// Idempotent: safe to run at every start.
+pub async fn ensure_bridge(bridge: &str, subnet: &Subnet) -> NResult<()> {
+    let gw = format!("{}/{}", subnet.gateway(), subnet.prefix);
+    if !std::path::Path::new("/sys/class/net").join(bridge).exists() {
+        // Another instance may create it meanwhile; the address/up steps below still run.
+        let _ = run(
+            bridge,
+            "ip",
+            &["link", "add", bridge, "type", "bridge"],
+            None,
+        )
+        .await;
+    }
+    run(bridge, "ip", &["addr", "replace", &gw, "dev", bridge], None).await?;
+    run(bridge, "ip", &["link", "set", bridge, "up"], None).await?;
+    // Outbound machines are routed (and masqueraded) by the host.
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+        .map_err(|e| NativeError::io("/proc/sys/net/ipv4/ip_forward", e))?;
+
+    let (fwd, inp, nat) = chains(bridge);
+    let out_cidr = subnet.outbound_cidr();
+    let cidr = subnet.cidr();
+    for (table, chain) in [("filter", &fwd), ("filter", &inp), ("nat", &nat)] {
+        let _ = ipt(&["-t", table, "-N", chain]).await;
+        ipt(&["-t", table, "-F", chain]).await?;
+    }
+    let established = [
+        "-m",
+        "conntrack",
+        "--ctstate",
+        "RELATED,ESTABLISHED",
+        "-j",
+        "ACCEPT",
+    ];
+    let mut r = vec!["-o", bridge];
+    r.extend_from_slice(&established);
+    ipt(&[&["-A", fwd.as_str()], r.as_slice()].concat()).await?;
+    ipt(&["-A", &fwd, "-i", bridge, "-o", bridge, "-j", "DROP"]).await?;
+    ipt(&["-A", &fwd, "-i", bridge, "-s", &out_cidr, "-j", "ACCEPT"]).await?;
+    ipt(&["-A", &fwd, "-j", "DROP"]).await?;
+    ipt(&[&["-A", inp.as_str()], &established[..]].concat()).await?;
+    ipt(&["-A", &inp, "-j", "DROP"]).await?;
+    ipt(&[
+        "-t",
+        "nat",
+        "-A",
+        &nat,
+        "-s",
+        &out_cidr,
+        "!",
+        "-o",
+        bridge,
+        "-j",
+        "MASQUERADE",
+    ])
+    .await?;
+    ensure_rule("filter", "FORWARD", &["-o", bridge, "-j", &fwd], true).await?;
+    ensure_rule("filter", "FORWARD", &["-i", bridge, "-j", &fwd], true).await?;
+    ensure_rule("filter", "INPUT", &["-i", bridge, "-j", &inp], true).await?;
+    ensure_rule("nat", "POSTROUTING", &["-s", &cidr, "-j", &nat], true).await?;
+    Ok(())
+}
+
+/// Removes the chains, the jumps to them and the bridge. Missing pieces are ignored.
+pub async fn remove_bridge(bridge: &str, subnet: &Subnet) {
+    let (fwd, inp, nat) = chains(bridge);
+    let cidr = subnet.cidr();
+    let jumps: [(&str, &str, Vec<&str>); 4] = [
+        ("filter", "FORWARD", vec!["-o", bridge, "-j", &fwd]),
+        ("filter", "FORWARD", vec!["-i", bridge, "-j", &fwd]),
+        ("filter", "INPUT", vec!["-i", bridge, "-j", &inp]),
+        ("nat", "POSTROUTING", vec!["-s", &cidr, "-j", &nat]),
+    ];
+    for (table, chain, rule) in jumps {
+        let mut del = vec!["-t", table, "-D", chain];
+        del.extend_from_slice(&rule);
+        while ipt(&del).await.is_ok() {}
+    }
+    for (table, chain) in [("filter", &fwd), ("filter", &inp), ("nat", &nat)] {
+        let _ = ipt(&["-t", table, "-F", chain]).await;
+        let _ = ipt(&["-t", table, "-X", chain]).await;
+    }
+    let _ = run(bridge, "ip", &["link", "del", bridge], None).await;
+}
+
+/// Name of the host end of a machine's veth pair (at most 15 bytes).
+pub fn veth_name(seed: &str, id: &str) -> String {
+    // FNV-1a: stable across runs and builds, unlike std's hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in seed.bytes().chain([0]).chain(id.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("rv{:012x}", h & 0xffff_ffff_ffff)
+}
+
+/// Host side of a machine's wiring: the veth pair, its inner end moved into the netns of
+/// `pid` as `eth0`, the outer end on the bridge, isolated from other ports.
+pub fn host_batch(veth: &str, bridge: &str, pid: i32) -> String {
+    format!(
+        "link add {veth} type veth peer name eth0 netns {pid}\n\
+         link set {veth} master {bridge}\n\
+         link set dev {veth} type bridge_slave isolated on\n\
+         link set {veth} up\n"
+    )
+}
+
+/// Inside the machine's netns: loopback, the address, the default route via the bridge.
+pub fn inner_batch(subnet: &Subnet, addr: Ipv4Addr) -> String {
+    format!(
+        "link set lo up\n\
+         addr add {addr}/{prefix} dev eth0\n\
+         link set eth0 up\n\
+         route add default via {gw}\n",
+        prefix = subnet.prefix,
+        gw = subnet.gateway()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subnet_halves() {
+        let s = Subnet::parse("10.231.7.9/16").unwrap();
+        assert_eq!(s.cidr(), "10.231.0.0/16");
+        assert_eq!(s.gateway().to_string(), "10.231.0.1");
+        assert_eq!(s.range(false), 2..32768);
+        assert_eq!(s.range(true), 32768..65535);
+        assert_eq!(s.outbound_cidr(), "10.231.128.0/17");
+        assert!(Subnet::parse("10.0.0.0/30").is_err());
+        assert!(Subnet::parse("nope").is_err());
+    }
+
+    #[test]
+    fn veth_names_fit() {
+        let n = veth_name("/var/lib/rnr", "a-very-long-machine-identifier-0123456789");
+        assert!(n.len() <= 15, "{n}");
+        assert_ne!(n, veth_name("/var/lib/rnr", "other"));
+    }
+}

@@ -1,0 +1,188 @@
+//! The OCI runtime config (config.json) of a machine, close to what Docker generates:
+//! its namespaces, mounts, capabilities, masked and read-only paths, and resource limits.
+
+use rnr_driver::{Limits, MACHINE_LABEL, OWNER_LABEL};
+use serde_json::{json, Value};
+use std::path::Path;
+
+/// PID 1: survives `kill -9 -1` from inside (no handler for it in a pid namespace's init)
+/// and reaps orphans through `wait`.
+pub const INIT_SCRIPT: &str = "trap 'exit 0' TERM; while :; do sleep 3600 & wait; done";
+
+/// PATH given to every process in a machine.
+pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Docker's default capability set.
+pub const CAPABILITIES: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+const MASKED_PATHS: &[&str] = &[
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+const READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// Inputs of [`config`].
+#[derive(Debug)]
+pub struct ConfigInput<'a> {
+    pub id: &'a str,
+    pub owner: &'a str,
+    pub hostname: &'a str,
+    pub rootfs: &'a Path,
+    pub limits: Limits,
+    pub cgroups_path: &'a str,
+    /// Whether the host's memory cgroup has memory.memsw.* (swap accounting).
+    pub memsw: bool,
+    /// RLIMIT_NOFILE of the machine's processes (at most the platform's own hard limit).
+    pub nofile: u64,
+    /// Host uid/gid that root in the machine maps to; `None` without a user namespace.
+    pub uid_base: Option<u32>,
+}
+
+fn device_rule(kind: &str, major: Option<i64>, minor: Option<i64>, access: &str) -> Value {
+    let mut v = json!({"allow": true, "type": kind, "access": access});
+    if let Some(m) = major {
+        v["major"] = json!(m);
+    }
+    if let Some(m) = minor {
+        v["minor"] = json!(m);
+    }
+    v
+}
+
+/// The machine's config.json.
+pub fn config(i: &ConfigInput<'_>) -> Value {
+    let caps: Vec<&str> = CAPABILITIES.to_vec();
+    let memory = i.limits.memory_mib.saturating_mul(1 << 20);
+    let mut memory_res = json!({"limit": memory});
+    if i.memsw {
+        // OCI "swap" is memory + swap: equal to the limit means no swap beyond the cap.
+        memory_res["swap"] = json!(memory);
+    }
+    let period: u64 = 100_000;
+    let quota = i.limits.cpu_millis.saturating_mul(period) / 1000;
+    let mut namespaces = vec![
+        json!({"type": "pid"}),
+        json!({"type": "mount"}),
+        json!({"type": "ipc"}),
+        json!({"type": "uts"}),
+        json!({"type": "network"}),
+    ];
+    let mut linux = json!({
+        "resources": {
+            "memory": memory_res,
+            "cpu": {"quota": quota, "period": period},
+            "pids": {"limit": i.limits.pids},
+            "devices": [
+                {"allow": false, "access": "rwm"},
+                device_rule("c", None, None, "m"),
+                device_rule("b", None, None, "m"),
+                device_rule("c", Some(1), Some(3), "rwm"),
+                device_rule("c", Some(1), Some(5), "rwm"),
+                device_rule("c", Some(1), Some(7), "rwm"),
+                device_rule("c", Some(1), Some(8), "rwm"),
+                device_rule("c", Some(1), Some(9), "rwm"),
+                device_rule("c", Some(5), Some(0), "rwm"),
+                device_rule("c", Some(5), Some(1), "rwm"),
+                device_rule("c", Some(5), Some(2), "rwm"),
+                device_rule("c", Some(136), None, "rwm"),
+            ],
+        },
+        "cgroupsPath": i.cgroups_path,
+        "maskedPaths": MASKED_PATHS,
+        "readonlyPaths": READONLY_PATHS,
+    });
+    if let Some(base) = i.uid_base {
+        namespaces.push(json!({"type": "user"}));
+        let map = json!([{"containerID": 0, "hostID": base, "size": 65536}]);
+        linux["uidMappings"] = map.clone();
+        linux["gidMappings"] = map;
+    }
+    linux["namespaces"] = json!(namespaces);
+    json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": 0, "gid": 0},
+            "args": ["/bin/sh", "-c", INIT_SCRIPT],
+            "env": [DEFAULT_PATH, "TERM=xterm-256color", "HOME=/root"],
+            "cwd": "/",
+            "capabilities": {
+                "bounding": caps,
+                "effective": caps,
+                "permitted": caps,
+                "inheritable": [],
+                "ambient": [],
+            },
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": i.nofile, "soft": i.nofile}],
+            "noNewPrivileges": false,
+            // The learner's processes must not make the host's OOM killer pick others.
+            "oomScoreAdj": 500,
+        },
+        "root": {"path": i.rootfs, "readonly": false},
+        "hostname": i.hostname,
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc",
+             "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+             "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+             "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+             "options": ["nosuid", "noexec", "nodev", "ro"]},
+        ],
+        "annotations": {
+            OWNER_LABEL: i.owner,
+            MACHINE_LABEL: i.id,
+        },
+        "linux": linux,
+    })
+}
+
+/// The platform's own hard RLIMIT_NOFILE, capped at 1048576: a machine cannot be given
+/// more than its runtime may set.
+pub fn nofile_limit() -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return 1024;
+    }
+    r.rlim_max.min(1 << 20)
+}

@@ -1,0 +1,314 @@
+//! Raw Linux plumbing: the private mount namespace every runtime call runs in (hiding
+//! cgroup2's controllers from crun on hybrid hosts, and holding a machine's overlay out of
+//! the host's mount table), idmapped mounts, user namespaces with a given id map, and
+//! pty helpers (receiving a master over a unix socket, setting its size).
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// A path as a C string; paths with NUL bytes are rejected.
+pub fn cpath(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
+}
+
+/// A plain string as a C string.
+pub fn cstr(s: &str) -> io::Result<CString> {
+    CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "string contains NUL"))
+}
+
+/// A per-machine tmpfs that holds the overlay's upper and work dirs (the disk quota).
+#[derive(Debug)]
+pub struct TmpfsPlan {
+    pub target: CString,
+    pub options: CString,
+    /// Directories created inside it after mounting, in order.
+    pub mkdirs: Vec<CString>,
+    /// Owner given to the tmpfs root and `mkdirs` (the machine's root uid/gid on the host).
+    pub owner: Option<u32>,
+}
+
+/// An idmapped bind mount of the image as the overlay's lower layer.
+#[derive(Debug)]
+pub struct IdmapPlan {
+    pub source: CString,
+    pub target: CString,
+    /// A user namespace fd whose map is the machine's range (kept open by the driver).
+    pub userns_fd: RawFd,
+}
+
+/// Everything done in a runtime call's private mount namespace, between fork and exec.
+///
+/// All strings are prepared beforehand: [`MountPlan::apply`] makes raw system calls
+/// only, which is what is allowed in a forked child of a multi-threaded process.
+#[derive(Debug, Default)]
+pub struct MountPlan {
+    /// (empty file, `<cgroup_root>/unified/cgroup.controllers`) on hybrid hosts.
+    pub mask: Option<(CString, CString)>,
+    pub tmpfs: Option<TmpfsPlan>,
+    pub idmap: Option<IdmapPlan>,
+    /// (target, options) of the machine's overlay.
+    pub overlay: Option<(CString, CString)>,
+    /// A network namespace to join (for `ip` calls inside a machine).
+    pub netns_fd: Option<RawFd>,
+}
+
+fn check(ret: libc::c_int) -> io::Result<()> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+impl MountPlan {
+    /// Whether the plan needs a private mount namespace at all.
+    pub fn needs_mount_ns(&self) -> bool {
+        self.mask.is_some()
+            || self.tmpfs.is_some()
+            || self.idmap.is_some()
+            || self.overlay.is_some()
+    }
+
+    /// Runs in the child after fork and before exec: raw system calls only, no allocation.
+    pub fn apply(&self) -> io::Result<()> {
+        if let Some(fd) = self.netns_fd {
+            // SAFETY: setns(2) on a namespace fd the parent opened and keeps open.
+            check(unsafe { libc::setns(fd, libc::CLONE_NEWNET) })?;
+        }
+        if !self.needs_mount_ns() {
+            return Ok(());
+        }
+        // SAFETY: unshare(2) only affects this (child) process.
+        check(unsafe { libc::unshare(libc::CLONE_NEWNS) })?;
+        // SAFETY: NUL-terminated static strings; makes every mount private so nothing done
+        // here propagates back to the host's mount table.
+        check(unsafe {
+            libc::mount(
+                c"none".as_ptr(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            )
+        })?;
+        if let Some((empty, target)) = &self.mask {
+            // SAFETY: valid C strings prepared by the parent.
+            check(unsafe {
+                libc::mount(
+                    empty.as_ptr(),
+                    target.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                )
+            })?;
+        }
+        if let Some(t) = &self.tmpfs {
+            // SAFETY: valid C strings prepared by the parent.
+            check(unsafe {
+                libc::mount(
+                    c"tmpfs".as_ptr(),
+                    t.target.as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV,
+                    t.options.as_ptr().cast(),
+                )
+            })?;
+            for dir in &t.mkdirs {
+                // SAFETY: valid C string.
+                check(unsafe { libc::mkdir(dir.as_ptr(), 0o755) })?;
+                if let Some(owner) = t.owner {
+                    // SAFETY: valid C string.
+                    check(unsafe { libc::chown(dir.as_ptr(), owner, owner) })?;
+                }
+            }
+        }
+        if let Some(i) = &self.idmap {
+            // SAFETY: open_tree(2) with a valid path; returns a new fd or -1.
+            let tree = unsafe {
+                libc::syscall(
+                    libc::SYS_open_tree,
+                    libc::AT_FDCWD,
+                    i.source.as_ptr(),
+                    OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+                )
+            };
+            if tree < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let tree = tree as libc::c_int;
+            let attr = MountAttr {
+                attr_set: MOUNT_ATTR_IDMAP,
+                attr_clr: 0,
+                propagation: 0,
+                userns_fd: i.userns_fd as u64,
+            };
+            // SAFETY: mount_setattr(2) on the fd just opened, with a properly sized struct.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_mount_setattr,
+                    tree,
+                    c"".as_ptr(),
+                    libc::AT_EMPTY_PATH as libc::c_uint,
+                    &attr as *const MountAttr,
+                    std::mem::size_of::<MountAttr>(),
+                )
+            };
+            if r < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: move_mount(2) of the detached tree onto a valid target path.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_move_mount,
+                    tree,
+                    c"".as_ptr(),
+                    libc::AT_FDCWD,
+                    i.target.as_ptr(),
+                    MOVE_MOUNT_F_EMPTY_PATH,
+                )
+            };
+            if r < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        if let Some((target, options)) = &self.overlay {
+            // SAFETY: valid C strings prepared by the parent.
+            check(unsafe {
+                libc::mount(
+                    c"overlay".as_ptr(),
+                    target.as_ptr(),
+                    c"overlay".as_ptr(),
+                    0,
+                    options.as_ptr().cast(),
+                )
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Makes `cmd` apply `plan` in its child before exec.
+pub fn with_plan(cmd: &mut tokio::process::Command, plan: std::sync::Arc<MountPlan>) {
+    // SAFETY: the closure only makes raw system calls on data prepared before the fork
+    // (see `MountPlan::apply`), which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || plan.apply());
+    }
+}
+
+/// Creates a user namespace mapping ids 0..65536 to `base..base+65536` and returns an fd
+/// to it (the namespace lives as long as the fd).
+pub fn make_userns(base: u32) -> io::Result<OwnedFd> {
+    let mut cmd = std::process::Command::new("/bin/cat");
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: unshare(2) is a raw system call, safe between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            check(libc::unshare(libc::CLONE_NEWUSER))
+        });
+    }
+    let mut child = cmd.spawn()?;
+    let pid = child.id();
+    let res = (|| {
+        let map = format!("0 {base} 65536\n");
+        std::fs::write(format!("/proc/{pid}/uid_map"), &map)?;
+        std::fs::write(format!("/proc/{pid}/gid_map"), &map)?;
+        let f = std::fs::File::open(format!("/proc/{pid}/ns/user"))?;
+        Ok(OwnedFd::from(f))
+    })();
+    drop(child.stdin.take());
+    let _ = child.kill();
+    let _ = child.wait();
+    res
+}
+
+/// Receives one file descriptor sent with SCM_RIGHTS on `sock` (crun's console socket).
+pub fn recv_fd(sock: RawFd) -> io::Result<OwnedFd> {
+    let mut data = [0u8; 4096];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: data.len(),
+    };
+    // Room for one cmsg carrying a few fds, 8-byte aligned.
+    let mut cbuf = [0u64; 16];
+    // SAFETY: msghdr is plain old data; zeroed is a valid initial value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&cbuf);
+    // SAFETY: msg points at buffers that live across the call.
+    let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: walking the control buffer the kernel filled, with the libc CMSG macros.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let fd = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                return Ok(OwnedFd::from_raw_fd(fd));
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidData,
+        "console socket message carried no file descriptor",
+    ))
+}
+
+/// Sets the window size of a pty.
+pub fn set_winsize(fd: &impl AsRawFd, rows: u16, cols: u16) -> io::Result<()> {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a winsize struct that lives across the call.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) })
+}
+
+/// Puts a fd into non-blocking mode.
+pub fn set_nonblocking(fd: &impl AsRawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a valid fd with integer arguments.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) })
+}
+
+/// Start time (clock ticks since boot, field 22 of /proc/<pid>/stat) and whether the
+/// process is a zombie; `None` if there is no such process.
+pub fn proc_start(proc_root: &Path, pid: i32) -> Option<(u64, bool)> {
+    let stat = std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?;
+    // After the state, field 22 overall is the 19th remaining one.
+    let start = fields.nth(18)?.parse().ok()?;
+    Some((start, state == "Z" || state == "X"))
+}

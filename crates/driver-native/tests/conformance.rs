@@ -1,0 +1,6 @@
+//! The shared driver conformance suite, run against the native (crun) driver.
+//! Needs root, crun, iproute2, iptables and /bin/busybox (busybox-static).
+
+mod common;
+
+rnr_driver::conformance_tests!(common::harness);
