@@ -14,6 +14,8 @@ export RNR_DATA_DIR=$DATA_DIR
 echo "==> building rnr (release)" >&2
 cargo build --release --locked -p rnr
 RNR=target/release/rnr
+RNR_AGENT_PATH=$(./scripts/build-agent.sh release)
+export RNR_AGENT_PATH
 
 echo "==> default image (built once)" >&2
 $RNR image build debian --if-missing

@@ -6,6 +6,10 @@ cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 
+echo "==> building the in-machine agent" >&2
+RNR_AGENT_PATH=$(./scripts/build-agent.sh release)
+export RNR_AGENT_PATH
+
 echo "==> cargo test --workspace" >&2
 # Integration tests each start their own platform and machines; two at a time suit 2 cores.
 cargo test --workspace --locked -- --test-threads="${RNR_TEST_THREADS:-4}"

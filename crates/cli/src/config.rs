@@ -32,6 +32,9 @@ pub struct Config {
     pub cgroup_root: PathBuf,
     /// `text` or `json`.
     pub log_format: String,
+    /// Static in-machine agent binary (`scripts/build-agent.sh`), mounted read-only into
+    /// every machine; default: `rnr-agent` beside the `rnr` binary, if there is one.
+    pub agent_path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -73,6 +76,7 @@ impl Default for Config {
             proc_root: "/proc".into(),
             cgroup_root: "/sys/fs/cgroup".into(),
             log_format: "text".into(),
+            agent_path: None,
         }
     }
 }
@@ -130,6 +134,17 @@ pub fn load(file: Option<&Path>, flags: &FlagOverrides) -> anyhow::Result<Config
     Ok(config)
 }
 
+impl Config {
+    /// The agent binary to mount into machines, if one is configured or installed.
+    pub fn agent(&self) -> Option<PathBuf> {
+        if let Some(p) = &self.agent_path {
+            return Some(p.clone());
+        }
+        let beside = std::env::current_exe().ok()?.parent()?.join("rnr-agent");
+        beside.is_file().then_some(beside)
+    }
+}
+
 /// A commented example configuration holding the defaults.
 pub const EXAMPLE: &str = r#"# rootnroll configuration (TOML). Every key is optional; shown are the defaults.
 # Layers, last wins: defaults -> this file (--config FILE, RNR_CONFIG, or /etc/rnr/config.toml)
@@ -154,6 +169,9 @@ reap_interval_seconds = 5
 allow_outbound = false
 # "text" or "json" logs (level: RNR_LOG, e.g. RNR_LOG=debug).
 log_format = "text"
+# Static in-machine agent (scripts/build-agent.sh), mounted read-only into every machine.
+# Default: rnr-agent beside the rnr binary, if there is one.
+# agent_path = "/usr/local/lib/rnr/rnr-agent"
 # Host procfs and cgroup roots.
 proc_root = "/proc"
 cgroup_root = "/sys/fs/cgroup"

@@ -45,7 +45,7 @@ pub async fn connect_driver(cfg: &Config, store: &Store) -> anyhow::Result<Arc<d
                     owner,
                     network: cfg.docker.network.clone(),
                     proc_root: cfg.proc_root.clone(),
-                    agent: None,
+                    agent: cfg.agent(),
                 })
                 .await
                 .with_context(|| {

@@ -1,0 +1,23 @@
+//! `rnr-agent`: runs inside every machine, mounted read-only at `/.rnr/rnr-agent`.
+//!
+//! Built statically (`scripts/build-agent.sh`) so it runs on any image, even one without a
+//! libc. Each subcommand lives in its own module: `version` here, more as the checker and
+//! the terminal gateway need them.
+
+use std::process::ExitCode;
+
+fn usage() -> ExitCode {
+    eprintln!("usage: rnr-agent <version> [args…]");
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("version") => {
+            println!("rnr-agent {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        _ => usage(),
+    }
+}
