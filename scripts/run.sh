@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Runs the rootnroll platform on this machine, as root on Debian: installs what it needs,
 # builds rnr and (once) the default Debian image, creates an API key on first start, then
-# serves on http://localhost:${RNR_PORT:-8080}.
+# serves on http://localhost:8080 (RNR_LISTEN=ADDR:PORT and RNR_DATA_DIR=DIR change them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 
 DATA_DIR=${RNR_DATA_DIR:-/var/lib/rnr}
-PORT=${RNR_PORT:-8080}
-export RNR_DATA_DIR=$DATA_DIR
+LISTEN=${RNR_LISTEN:-127.0.0.1:8080}
+export RNR_DATA_DIR=$DATA_DIR RNR_LISTEN=$LISTEN
 
 echo "==> building rnr (release)" >&2
 cargo build --release --locked -p rnr
@@ -25,5 +25,5 @@ if [ ! -s "$DATA_DIR/admin.key" ]; then
   $RNR apikey create admin > "$DATA_DIR/admin.key"
 fi
 echo "==> API key in $DATA_DIR/admin.key" >&2
-echo "==> rootnroll at http://localhost:$PORT  (try: RNR_API_KEY=\$(cat $DATA_DIR/admin.key) $RNR machine create)" >&2
-exec $RNR serve --listen "127.0.0.1:$PORT"
+echo "==> rootnroll at http://localhost:${LISTEN##*:}  (try: RNR_API_KEY=\$(cat $DATA_DIR/admin.key) $RNR machine create)" >&2
+exec $RNR serve
