@@ -12,7 +12,7 @@ use bollard::container::{
 };
 use bollard::exec::{CreateExecOptions, ResizeExecOptions, StartExecOptions, StartExecResults};
 use bollard::image::{CreateImageOptions, ListImagesOptions};
-use bollard::models::{ContainerInspectResponse, ContainerSummary, HostConfig};
+use bollard::models::{ContainerInspectResponse, ContainerSummary, EndpointSettings, HostConfig};
 use bollard::network::{CreateNetworkOptions, ListNetworksOptions};
 use bollard::Docker;
 use futures::{StreamExt, TryStreamExt};
@@ -190,14 +190,7 @@ impl DockerDriver {
         } else {
             MachineStatus::Stopped
         };
-        let address = c
-            .network_settings
-            .and_then(|n| n.networks)
-            .and_then(|nets| {
-                nets.values()
-                    .filter_map(|n| n.ip_address.as_deref())
-                    .find_map(|ip| ip.parse::<IpAddr>().ok())
-            });
+        let address = first_address(c.network_settings.and_then(|n| n.networks));
         let created_at = c
             .created
             .as_deref()
@@ -224,14 +217,7 @@ impl DockerDriver {
             Some("created") => MachineStatus::Creating,
             _ => MachineStatus::Stopped,
         };
-        let address = c
-            .network_settings
-            .and_then(|n| n.networks)
-            .and_then(|nets| {
-                nets.values()
-                    .filter_map(|n| n.ip_address.as_deref())
-                    .find_map(|ip| ip.parse::<IpAddr>().ok())
-            });
+        let address = first_address(c.network_settings.and_then(|n| n.networks));
         Some(MachineInfo {
             image: labels
                 .get("io.rootnroll.image")
@@ -247,6 +233,14 @@ impl DockerDriver {
             labels,
         })
     }
+}
+
+/// The machine's address: a machine sits on exactly one of the platform's networks.
+fn first_address(networks: Option<HashMap<String, EndpointSettings>>) -> Option<IpAddr> {
+    networks?
+        .values()
+        .filter_map(|n| n.ip_address.as_deref())
+        .find_map(|ip| ip.parse::<IpAddr>().ok())
 }
 
 /// Seconds since the epoch of an RFC 3339 timestamp such as Docker's `Created`.
