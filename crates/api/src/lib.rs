@@ -69,6 +69,31 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
+/// Ready when the store and the driver both answer; load balancers stop sending work
+/// otherwise.
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.platform.ready().await {
+        Ok(()) => "ready".into_response(),
+        Err(e) => {
+            let mut err = ApiError::from(e);
+            err.status = axum::http::StatusCode::SERVICE_UNAVAILABLE;
+            err.into_response()
+        }
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let text = state.platform.render_metrics().await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
 async fn openapi_json() -> Response {
     Json(openapi::document()).into_response()
 }
@@ -90,6 +115,8 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(protected)
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/api/v1/openapi.json", get(openapi_json))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -6,10 +6,12 @@
 
 mod auth;
 mod error;
+mod metrics;
 mod platform;
 
 pub use auth::{hash_key, new_api_key, NewApiKey};
 pub use error::{CoreError, Result};
+pub use metrics::{Histogram, Metrics};
 pub use platform::{
     CreateMachine, ExecCommand, LimitsRequest, Machine, MachinePolicy, Platform, ReconcileReport,
 };

@@ -1,7 +1,7 @@
 //! Machine lifecycle: create within capacity and policy, exec, delete, reap expired
 //! machines, and reconcile the store with the driver after a restart.
 
-use crate::{now_ms, random_id, CoreError, Result};
+use crate::{now_ms, random_id, CoreError, Metrics, Result};
 use bytes::Bytes;
 use rnr_driver::{
     collect, Driver, DriverError, ExecOutcome, ExecRequest, ExecSpec, Limits, MachineSpec,
@@ -9,6 +9,7 @@ use rnr_driver::{
 };
 use rnr_store::{MachineRow, MachineState, Store};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -99,6 +100,7 @@ pub struct Platform {
     store: Store,
     driver: Arc<dyn Driver>,
     policy: Arc<MachinePolicy>,
+    metrics: Arc<Metrics>,
 }
 
 fn check_limit(field: &str, asked: Option<u64>, default: u64, max: u64) -> Result<u64> {
@@ -129,6 +131,49 @@ impl Platform {
             store,
             driver,
             policy: Arc::new(policy),
+            metrics: Arc::new(Metrics::default()),
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Prometheus text for every platform metric, machine gauges read from the store.
+    pub async fn render_metrics(&self) -> Result<String> {
+        let all = [
+            MachineState::Creating,
+            MachineState::Running,
+            MachineState::Failed,
+            MachineState::Deleted,
+        ];
+        let counts = self.store.count_by_state().await?;
+        let by_state: Vec<(&str, u64)> = all
+            .iter()
+            .map(|s| {
+                let n = counts.iter().find(|(st, _)| st == s).map_or(0, |(_, n)| *n);
+                (s.as_str(), n)
+            })
+            .collect();
+        Ok(self.metrics.render(&by_state, self.policy.capacity))
+    }
+
+    /// Whether the store and the driver both answer.
+    pub async fn ready(&self) -> Result<()> {
+        self.store.count_active().await?;
+        self.driver
+            .list()
+            .await
+            .map_err(|e| CoreError::driver("-", e))?;
+        Ok(())
+    }
+
+    fn count_driver_error(&self, e: &DriverError) {
+        if !matches!(
+            e,
+            DriverError::NotFound(_) | DriverError::ImageNotFound(_) | DriverError::Invalid { .. }
+        ) {
+            self.metrics.driver_errors.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -211,7 +256,11 @@ impl Platform {
             expires_at: now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)),
             deleted_at: None,
         };
+        let started = std::time::Instant::now();
         if !self.store.insert_if_capacity(&row, p.capacity).await? {
+            self.metrics
+                .machines_refused_capacity
+                .fetch_add(1, Ordering::Relaxed);
             let active = self.store.count_active().await?;
             tracing::warn!(
                 capacity = p.capacity,
@@ -240,11 +289,19 @@ impl Platform {
                     // Deleted while it was being created: the driver's copy must go too.
                     let _ = self.driver.delete(&id).await;
                 }
+                self.metrics
+                    .machines_created
+                    .fetch_add(1, Ordering::Relaxed);
+                self.metrics.create_latency.observe(started.elapsed());
                 tracing::info!(machine = %id, address = ?address, "machine created");
                 Ok(machine)
             }
             Err(e) => {
                 tracing::warn!(machine = %id, error = %e, "machine creation failed");
+                self.count_driver_error(&e);
+                self.metrics
+                    .machine_create_failures
+                    .fetch_add(1, Ordering::Relaxed);
                 self.store.set_failed(&id, &e.to_string()).await?;
                 // Nothing may be left behind by a failed create.
                 let _ = self.driver.delete(&id).await;
@@ -270,10 +327,10 @@ impl Platform {
         if m.state == MachineState::Deleted {
             return Ok(());
         }
-        self.driver
-            .delete(id)
-            .await
-            .map_err(|e| CoreError::driver(id, e))?;
+        self.driver.delete(id).await.map_err(|e| {
+            self.count_driver_error(&e);
+            CoreError::driver(id, e)
+        })?;
         self.store.set_deleted(id, now_ms()).await?;
         tracing::info!(machine = %id, "machine deleted");
         Ok(())
@@ -309,9 +366,10 @@ impl Platform {
         };
         let mut req = ExecRequest::new(spec, cmd.timeout);
         req.stdin = cmd.stdin;
-        collect(self.driver.as_ref(), id, req)
-            .await
-            .map_err(|e| CoreError::driver(id, e))
+        collect(self.driver.as_ref(), id, req).await.map_err(|e| {
+            self.count_driver_error(&e);
+            CoreError::driver(id, e)
+        })
     }
 
     /// Deletes every machine whose time is up; returns how many.
@@ -321,6 +379,7 @@ impl Platform {
             match self.driver.delete(&id).await {
                 Ok(()) => {
                     self.store.set_deleted(&id, now_ms()).await?;
+                    self.metrics.machines_reaped.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(machine = %id, "machine expired and was deleted");
                     n += 1;
                 }

@@ -303,6 +303,24 @@ impl Store {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
+    /// Number of machines in each state that has any.
+    pub async fn count_by_state(&self) -> Result<Vec<(MachineState, u64)>> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, COUNT(*) FROM machines GROUP BY state")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(q("count machines by state"))?;
+        rows.into_iter()
+            .map(|(s, n)| {
+                let state = s.parse().map_err(|message| StoreError::Corrupt {
+                    id: "-".into(),
+                    message,
+                })?;
+                Ok((state, u64::try_from(n).unwrap_or(0)))
+            })
+            .collect()
+    }
+
     pub async fn set_running(&self, id: &str, address: Option<&str>) -> Result<()> {
         sqlx::query(
             "UPDATE machines SET state = 'running', address = ?, error = NULL \

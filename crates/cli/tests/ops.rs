@@ -1,0 +1,60 @@
+//! Operator endpoints against the real binary: `/metrics` in Prometheus text format with
+//! machine gauges and create latencies, `/healthz` and `/readyz`.
+
+mod common;
+
+use common::Server;
+use reqwest::Method;
+use serde_json::json;
+
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} in metrics:\n{text}"))
+}
+
+#[test]
+fn metrics_health_and_readiness() {
+    let s = Server::start(&[("RNR_CAPACITY", "3")]);
+    let m = s.create(json!({}));
+    s.create(json!({}));
+    s.create(json!({}));
+    let (st, _) = s.call(Method::POST, "/api/v1/machines", Some(json!({})));
+    assert_eq!(st, 503);
+    let (st, _) = s.call(
+        Method::DELETE,
+        &format!("/api/v1/machines/{}", m["id"].as_str().unwrap()),
+        None,
+    );
+    assert_eq!(st, 204);
+
+    let resp = reqwest::blocking::get(format!("{}/metrics", s.url)).unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = resp.text().unwrap();
+    assert_eq!(sample(&text, "rnr_machines{state=\"running\"}"), 2.0);
+    assert_eq!(sample(&text, "rnr_machines{state=\"deleted\"}"), 1.0);
+    assert_eq!(sample(&text, "rnr_machines_created_total"), 3.0);
+    assert_eq!(sample(&text, "rnr_machines_refused_capacity_total"), 1.0);
+    assert_eq!(sample(&text, "rnr_machine_create_seconds_count"), 3.0);
+    assert_eq!(sample(&text, "rnr_capacity"), 3.0);
+    assert!(sample(&text, "rnr_machine_create_seconds_sum") > 0.0);
+
+    for (path, body) in [("/healthz", "ok"), ("/readyz", "ready")] {
+        let resp = reqwest::blocking::get(format!("{}{path}", s.url)).unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        assert_eq!(resp.text().unwrap(), body);
+    }
+    // Logs name the machine a line is about.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let logs = s.log_text();
+    assert!(
+        logs.contains(&format!("machine={}", m["id"].as_str().unwrap())),
+        "{logs}"
+    );
+}
