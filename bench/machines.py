@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Machine start benchmark: rnr's API (create -> first successful exec) against bare Docker
 (`docker run -d` + `docker exec true`) in the same run, on the same image and network, plus
-host memory per idle machine. Prints a Markdown table for BENCHMARKS.md.
+host memory per idle machine (its memory cgroup's usage + its containerd-shim's PSS, and for
+rnr the growth of the rnr process per machine). Prints a Markdown table for BENCHMARKS.md.
 
 Usage (as root, dockerd running, rnr built):
     python3 bench/machines.py [--n 100] [--idle 50] [--image tiny] [--rnr target/release/rnr]
@@ -16,18 +17,58 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 NETWORK = "rnr-bench"
 
 
-def meminfo_used_kb():
-    info = {}
-    with open("/proc/meminfo") as f:
-        for line in f:
-            k, v = line.split(":")
-            info[k] = int(v.split()[0])
-    return info["MemTotal"] - info["MemAvailable"]
+def pss_kb(pid):
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def shim_pids():
+    """containerd-shim pid for each container id."""
+    out = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if argv and b"containerd-shim" in argv[0] and b"-id" in argv:
+            out[argv[argv.index(b"-id") + 1].decode()] = int(pid)
+    return out
+
+
+def full_ids(names_or_ids):
+    out = subprocess.run(["docker", "inspect", "-f", "{{.Id}}", *names_or_ids],
+                         capture_output=True, text=True, check=True).stdout.split()
+    return out
+
+
+def machine_memory_kb(container_ids):
+    """Per machine: its cgroup's charged memory (processes, page cache, kernel objects
+    charged to it) plus the PSS of its containerd-shim on the host."""
+    shims = shim_pids()
+    total = 0
+    for cid in container_ids:
+        try:
+            with open(f"/sys/fs/cgroup/memory/docker/{cid}/memory.usage_in_bytes") as f:
+                total += int(f.read()) // 1024
+        except OSError:
+            pass
+        total += pss_kb(shims.get(cid, 0))
+    return total / max(1, len(container_ids))
 
 
 def pct(values, p):
@@ -45,15 +86,18 @@ class Api:
         req.add_header("Authorization", "Bearer " + self.key)
         if data is not None:
             req.add_header("Content-Type", "application/json")
-        with urllib.request.urlopen(req, timeout=120) as r:
-            raw = r.read()
-            return json.loads(raw) if raw else None
+        try:
+            with urllib.request.urlopen(req, timeout=120) as r:
+                raw = r.read()
+                return json.loads(raw) if raw else None
+        except urllib.error.HTTPError as e:
+            raise SystemExit(f"{method} {path}: HTTP {e.code}: {e.read().decode(errors='replace')}")
 
 
 def start_rnr(rnr, data_dir, image):
     key = subprocess.run([rnr, "apikey", "create", "bench", "--data-dir", data_dir],
                          check=True, capture_output=True, text=True).stdout.strip()
-    env = dict(os.environ, RNR_DOCKER__NETWORK=NETWORK, RNR_DEFAULT_IMAGE=image,
+    env = dict(os.environ, RNR_DRIVER="docker", RNR_DOCKER__NETWORK=NETWORK, RNR_DEFAULT_IMAGE=image,
                RNR_CAPACITY="5000", RNR_LOG="warn,rnr=info")
     proc = subprocess.Popen([rnr, "serve", "--listen", "127.0.0.1:0", "--data-dir", data_dir],
                             env=env, stderr=subprocess.PIPE, text=True)
@@ -142,19 +186,20 @@ def main():
             api.call("DELETE", f"/api/v1/machines/{i}")
         docker_rm(dock_ids)
 
-        # Host memory per idle machine: used memory before and after `idle` machines.
+        # Host memory per idle machine: each machine's memory cgroup usage plus its shim's
+        # PSS (whole-host MemAvailable is too noisy on a shared machine), and for rnr also
+        # the growth of the rnr process itself, divided by the number of machines.
         settle()
-        base = meminfo_used_kb()
+        rss_before = pss_kb(proc.pid)
         _, ids = bench_rnr(api, a.idle, a.image)
         settle()
-        rnr_mem = (meminfo_used_kb() - base) / a.idle
+        rnr_mem = machine_memory_kb(full_ids([f"rnr-{i}" for i in ids]))
+        rnr_mem += max(0, pss_kb(proc.pid) - rss_before) / a.idle
         for i in ids:
             api.call("DELETE", f"/api/v1/machines/{i}")
-        settle()
-        base = meminfo_used_kb()
         _, ids = bench_docker(a.idle, a.image)
         settle()
-        dock_mem = (meminfo_used_kb() - base) / a.idle
+        dock_mem = machine_memory_kb(full_ids(ids))
         docker_rm(ids)
 
         r50, r90 = statistics.median(rnr_t), pct(rnr_t, 90)
