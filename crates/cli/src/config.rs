@@ -15,7 +15,8 @@ pub struct Config {
     pub listen: String,
     /// Where the database, images and other state live.
     pub data_dir: PathBuf,
-    /// Where machines run: `docker`.
+    /// Where machines run: `auto` (native when running as root with crun present and its
+    /// preflight passing, else docker), `docker` or `native`.
     pub driver: String,
     /// Most machines creating or running at once.
     pub capacity: u64,
@@ -27,6 +28,7 @@ pub struct Config {
     pub default_limits: Limits,
     pub max_limits: Limits,
     pub docker: DockerSection,
+    pub native: NativeSection,
     /// Host procfs and cgroup roots (tests and nested setups point these elsewhere).
     pub proc_root: PathBuf,
     pub cgroup_root: PathBuf,
@@ -54,12 +56,47 @@ impl Default for DockerSection {
     }
 }
 
+/// The native (crun) driver's settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NativeSection {
+    /// Images, machine bundles and crun's state; default `<data_dir>/native`.
+    pub state_dir: Option<PathBuf>,
+    /// The OCI runtime: a path, or a name looked up on PATH.
+    pub runtime: PathBuf,
+    /// The platform's bridge (at most 10 bytes; it also names the iptables chains).
+    pub bridge: String,
+    /// Machines' subnet; the bridge holds `.1`. Lower half: no outbound; upper: outbound.
+    pub subnet: String,
+    /// Root in a machine is an unprivileged host uid range of its own.
+    pub userns: bool,
+    /// First host uid of the machines' ranges (65536 ids each).
+    pub uid_base: u32,
+    /// Size of each machine's writable layer in MiB (a tmpfs counted against its memory
+    /// limit); 0 keeps it on the data dir's disk without a quota.
+    pub disk_mib: u64,
+}
+
+impl Default for NativeSection {
+    fn default() -> Self {
+        Self {
+            state_dir: None,
+            runtime: "crun".into(),
+            bridge: "rnr-br0".into(),
+            subnet: "10.231.0.0/16".into(),
+            userns: true,
+            uid_base: 1_000_000_000,
+            disk_mib: 1024,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8080".into(),
             data_dir: "/var/lib/rnr".into(),
-            driver: "docker".into(),
+            driver: "auto".into(),
             capacity: 100,
             default_image: "debian".into(),
             default_ttl_seconds: 3600,
@@ -73,6 +110,7 @@ impl Default for Config {
                 pids: 4096,
             },
             docker: DockerSection::default(),
+            native: NativeSection::default(),
             proc_root: "/proc".into(),
             cgroup_root: "/sys/fs/cgroup".into(),
             log_format: "text".into(),
@@ -122,8 +160,8 @@ pub fn load(file: Option<&Path>, flags: &FlagOverrides) -> anyhow::Result<Config
         .extract()
         .context("invalid configuration")?;
     anyhow::ensure!(
-        matches!(config.driver.as_str(), "docker"),
-        "invalid configuration: driver {:?} is not one of: docker",
+        matches!(config.driver.as_str(), "auto" | "docker" | "native"),
+        "invalid configuration: driver {:?} is not one of: auto, docker, native",
         config.driver
     );
     anyhow::ensure!(
@@ -154,8 +192,10 @@ pub const EXAMPLE: &str = r#"# rootnroll configuration (TOML). Every key is opti
 listen = "127.0.0.1:8080"
 # Database, images and other state (flag --data-dir, env RNR_DATA_DIR).
 data_dir = "/var/lib/rnr"
-# Where machines run: "docker" (flag --driver, env RNR_DRIVER).
-driver = "docker"
+# Where machines run (flag --driver, env RNR_DRIVER): "native" (crun, no daemon),
+# "docker", or "auto": native when running as root with the runtime present and its
+# preflight passing (root, crun, overlayfs, ip, iptables, cgroups), else docker.
+driver = "auto"
 # Most machines creating or running at once; more are refused at once (HTTP 503).
 capacity = 100
 # Image used when a request names none (see `rnr image list`).
@@ -192,6 +232,21 @@ pids = 4096
 socket = "/var/run/docker.sock"
 # Bridge network for machines (inter-machine traffic off); "<network>-out" for outbound ones.
 network = "rnr0"
+
+[native]
+# Images, machine bundles and crun state. Default: <data_dir>/native.
+# state_dir = "/var/lib/rnr/native"
+# OCI runtime: a path or a name looked up on PATH.
+runtime = "crun"
+# The platform's bridge (at most 10 bytes) and the machines' subnet (gateway .1 on the
+# bridge; lower half: machines without outbound access, upper half: with it).
+bridge = "rnr-br0"
+subnet = "10.231.0.0/16"
+# Root in each machine is its own unprivileged host uid range of 65536, from uid_base up.
+userns = true
+uid_base = 1000000000
+# Each machine's writable layer in MiB (counted against its memory limit); 0: no quota.
+disk_mib = 1024
 "#;
 
 #[cfg(test)]
@@ -225,6 +280,27 @@ mod tests {
             assert_eq!(c.capacity, 9);
             assert_eq!(c.docker.network, "env-net");
             assert_eq!(c.default_ttl_seconds, 3600);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn driver_is_auto_docker_or_native() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("n.toml", "driver = \"native\"\n[native]\nbridge = \"b1\"\n")?;
+            let c = load(Some(Path::new("n.toml")), &FlagOverrides::default()).expect("loads");
+            assert_eq!(
+                (c.driver.as_str(), c.native.bridge.as_str()),
+                ("native", "b1")
+            );
+            assert!(c.native.userns, "user namespaces stay on unless turned off");
+            jail.create_file("p.toml", "driver = \"podman\"\n")?;
+            let err =
+                load(Some(Path::new("p.toml")), &FlagOverrides::default()).expect_err("rejected");
+            assert!(
+                format!("{err:#}").contains("auto, docker, native"),
+                "{err:#}"
+            );
             Ok(())
         });
     }

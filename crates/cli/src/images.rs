@@ -85,7 +85,7 @@ impl Progress for BarProgress {
 
 async fn import(cfg: &Config, name: &str, tar: &Path) -> anyhow::Result<()> {
     let store = crate::serve::open_store(cfg).await?;
-    let driver = crate::serve::connect_driver(cfg, &store).await?;
+    let driver = crate::serve::connect_image_driver(cfg, &store).await?;
     eprintln!(
         "importing {} as image {name} into the {} driver…",
         tar.display(),
@@ -117,7 +117,7 @@ pub async fn run(cfg: &Config, cmd: ImageCommand) -> anyhow::Result<()> {
             rnr_images::validate_name(&name)?;
             if if_missing {
                 let store = crate::serve::open_store(cfg).await?;
-                let driver = crate::serve::connect_driver(cfg, &store).await?;
+                let driver = crate::serve::connect_image_driver(cfg, &store).await?;
                 if driver.list_images().await?.iter().any(|i| i.name == name) {
                     eprintln!("image {name} already present; nothing to build");
                     return Ok(());
@@ -168,7 +168,7 @@ pub async fn run(cfg: &Config, cmd: ImageCommand) -> anyhow::Result<()> {
         }
         ImageCommand::List => {
             let store = crate::serve::open_store(cfg).await?;
-            let driver = crate::serve::connect_driver(cfg, &store).await?;
+            let driver = crate::serve::connect_image_driver(cfg, &store).await?;
             println!("{:<24} {:>10}", "NAME", "SIZE");
             for img in driver.list_images().await? {
                 let size = img

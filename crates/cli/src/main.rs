@@ -34,7 +34,7 @@ enum Command {
         /// Address to listen on, e.g. 127.0.0.1:8080.
         #[arg(long)]
         listen: Option<String>,
-        /// Where machines run (docker).
+        /// Where machines run: auto, docker or native.
         #[arg(long)]
         driver: Option<String>,
         /// Most machines at once.

@@ -6,6 +6,7 @@ use anyhow::Context;
 use rnr_core::{MachinePolicy, Platform};
 use rnr_driver::Driver;
 use rnr_store::Store;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -31,14 +32,91 @@ pub async fn open_store(cfg: &Config) -> anyhow::Result<Store> {
     Ok(Store::open(&cfg.data_dir.join("rnr.db")).await?)
 }
 
-/// The driver named by the configuration, owning the machines of this data dir's instance.
+/// The driver named by the configuration, owning the machines of this data dir's instance,
+/// ready to run machines.
 pub async fn connect_driver(cfg: &Config, store: &Store) -> anyhow::Result<Arc<dyn Driver>> {
+    connect(cfg, store, true).await
+}
+
+/// The configured driver for image commands: the native driver leaves the host's network
+/// (bridge, iptables) alone, since importing and listing images needs none of it.
+pub async fn connect_image_driver(cfg: &Config, store: &Store) -> anyhow::Result<Arc<dyn Driver>> {
+    connect(cfg, store, false).await
+}
+
+/// The native driver's settings from the configuration (runtime resolved on PATH).
+pub fn native_config(cfg: &Config, owner: &str) -> rnr_driver_native::NativeConfig {
+    let n = &cfg.native;
+    let state_dir = n
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| cfg.data_dir.join("native"));
+    let mut c = rnr_driver_native::NativeConfig::new(state_dir, owner);
+    c.runtime = resolve_program(&n.runtime);
+    c.bridge = n.bridge.clone();
+    c.subnet = n.subnet.clone();
+    c.userns = n.userns;
+    c.uid_base = n.uid_base;
+    c.disk_mib = (n.disk_mib > 0).then_some(n.disk_mib);
+    c.cgroup_root = cfg.cgroup_root.clone();
+    c.proc_root = cfg.proc_root.clone();
+    c.agent = cfg.agent();
+    c
+}
+
+/// A bare program name found on PATH, else the name as given.
+fn resolve_program(p: &Path) -> PathBuf {
+    if p.components().count() != 1 {
+        return p.to_path_buf();
+    }
+    std::env::var_os("PATH")
+        .and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|d| d.join(p))
+                .find(|c| c.is_file())
+        })
+        .unwrap_or_else(|| p.to_path_buf())
+}
+
+/// The driver `auto` stands for here: native when its preflight passes, else docker
+/// (saying why).
+pub fn choose_driver(cfg: &Config, owner: &str) -> &'static str {
+    match cfg.driver.as_str() {
+        "native" => "native",
+        "docker" => "docker",
+        _ => match rnr_driver_native::preflight(&native_config(cfg, owner)) {
+            Ok(()) => "native",
+            Err(e) => {
+                tracing::info!(reason = %e, "driver auto: using docker, the native driver cannot run here");
+                "docker"
+            }
+        },
+    }
+}
+
+async fn connect(cfg: &Config, store: &Store, machines: bool) -> anyhow::Result<Arc<dyn Driver>> {
     let instance = store
         .meta_or_insert("instance_id", || rnr_core::random_id(10))
         .await?;
     let owner = format!("rnr-{instance}");
-    match cfg.driver.as_str() {
-        "docker" => {
+    match choose_driver(cfg, &owner) {
+        "native" => {
+            let ncfg = native_config(cfg, &owner);
+            let state_dir = ncfg.state_dir.clone();
+            let driver = if machines {
+                rnr_driver_native::NativeDriver::new(ncfg).await
+            } else {
+                rnr_driver_native::NativeDriver::open(ncfg)
+            };
+            let driver = driver.with_context(|| {
+                format!(
+                    "cannot use the native driver (state dir {})",
+                    state_dir.display()
+                )
+            })?;
+            Ok(Arc::new(driver))
+        }
+        _ => {
             let driver =
                 rnr_driver_docker::DockerDriver::connect(rnr_driver_docker::DockerConfig {
                     socket: cfg.docker.socket.clone(),
@@ -56,7 +134,6 @@ pub async fn connect_driver(cfg: &Config, store: &Store) -> anyhow::Result<Arc<d
                 })?;
             Ok(Arc::new(driver))
         }
-        other => anyhow::bail!("unknown driver {other:?}"),
     }
 }
 
@@ -93,6 +170,7 @@ async fn shutdown_signal(token: CancellationToken) {
 pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let store = open_store(&cfg).await?;
     let driver = connect_driver(&cfg, &store).await?;
+    let driver_name = driver.name();
     let platform = Platform::new(store.clone(), driver, policy(&cfg));
     let report = platform
         .reconcile()
@@ -115,10 +193,15 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         let interval = Duration::from_secs(cfg.reap_interval_seconds.max(1));
         tokio::spawn(async move { platform.run_reaper(interval, token).await })
     };
-    tracing::info!(driver = %cfg.driver, data_dir = %cfg.data_dir.display(), capacity = cfg.capacity, "platform ready");
+    tracing::info!(driver = %driver_name, data_dir = %cfg.data_dir.display(), capacity = cfg.capacity, "platform ready");
     // Kept free of fields so scripts can read the address off the end of the line.
     tracing::info!("rnr listening on http://{addr}");
-    let app = rnr_api::app(rnr_api::AppState { platform });
+    let gateway = rnr_gateway::Gateway::new(
+        platform.clone(),
+        rnr_gateway::GatewayConfig::from_env(&cfg.data_dir),
+    )
+    .await?;
+    let app = rnr_api::app_with_gateway(rnr_api::AppState { platform }, Some(gateway));
     let res = rnr_api::run(listener, app, shutdown_signal(token.clone())).await;
     token.cancel();
     let _ = reaper.await;

@@ -1,9 +1,10 @@
-//! REST API behaviour against the real binary and a real Docker Engine: the lifecycle,
+//! REST API behaviour against the real binary and a real driver (Docker Engine, or native
+//! with `RNR_TEST_DRIVER=native`): the lifecycle,
 //! limits, TTL reaping, restarts, capacity, auth and every error a client can meet.
 
 mod common;
 
-use common::{docker_containers, Server};
+use common::{machines, Server};
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -71,10 +72,7 @@ fn create_exec_delete() {
 
     let (st, _) = s.call(Method::DELETE, &format!("/api/v1/machines/{id}"), None);
     assert_eq!(st, 204);
-    assert!(
-        docker_containers(&s.instance_owner()).is_empty(),
-        "container removed"
-    );
+    assert!(machines(&s).is_empty(), "machine removed");
     let (_, got) = s.call(Method::GET, &format!("/api/v1/machines/{id}"), None);
     assert_eq!(got["state"], "deleted");
     assert!(got["deleted_at"].is_string());
@@ -115,19 +113,7 @@ fn limits_are_enforced_and_the_machine_lives_on() {
         ),
     );
     assert_eq!(st, 200);
-    let full = std::process::Command::new("docker")
-        .args(["inspect", "-f", "{{.Id}}", &format!("rnr-{id}")])
-        .output()
-        .unwrap();
-    let cid = String::from_utf8_lossy(&full.stdout).trim().to_string();
-    let current = std::fs::read_to_string(format!("/sys/fs/cgroup/pids/docker/{cid}/pids.current"))
-        .or_else(|_| {
-            std::fs::read_to_string(format!(
-                "/sys/fs/cgroup/system.slice/docker-{cid}.scope/pids.current"
-            ))
-        })
-        .expect("pids cgroup of the machine");
-    let current: u64 = current.trim().parse().unwrap();
+    let current = common::pids_current(&s, id);
     assert!(current <= 64, "pids capped at 64, saw {current}");
     let started = Instant::now();
     assert_eq!(s.exec(nid, "echo fine")["stdout"], "fine\n");
@@ -164,8 +150,7 @@ fn expired_machines_are_reaped() {
         );
         std::thread::sleep(Duration::from_millis(300));
     }
-    let names = docker_containers(&s.instance_owner());
-    assert_eq!(names, vec![format!("rnr-{}", long["id"].as_str().unwrap())]);
+    assert_eq!(machines(&s), vec![long["id"].as_str().unwrap().to_string()]);
 }
 
 #[test]
@@ -184,11 +169,7 @@ fn sigkilled_server_keeps_its_machines_and_reconciles() {
         c.kill().unwrap();
         c.wait().unwrap();
     }
-    let rm = std::process::Command::new("docker")
-        .args(["rm", "-f", &format!("rnr-{vanish_id}")])
-        .output()
-        .unwrap();
-    assert!(rm.status.success());
+    common::remove_behind_platform(&s, &vanish_id);
     let forget = std::process::Command::new("sqlite3")
         .arg(s.data_dir.join("rnr.db"))
         .arg(format!(
@@ -210,8 +191,7 @@ fn sigkilled_server_keeps_its_machines_and_reconciles() {
     let (_, got) = s.call(Method::GET, &format!("/api/v1/machines/{vanish_id}"), None);
     assert_eq!(got["state"], "failed");
     assert!(got["error"].as_str().unwrap().contains("vanished"), "{got}");
-    let names = docker_containers(&s.instance_owner());
-    assert_eq!(names, vec![format!("rnr-{keep_id}")], "orphan removed");
+    assert_eq!(machines(&s), vec![keep_id.clone()], "orphan removed");
 }
 
 #[test]

@@ -5,6 +5,8 @@
 //! machine without outbound access sits on an `internal` network; one with it on a second
 //! network that is NATed out. Images are imported root filesystems named `rnr/<name>`.
 
+mod firewall;
+
 use async_trait::async_trait;
 use bollard::container::{
     Config, CreateContainerOptions, InspectContainerOptions, ListContainersOptions, LogOutput,
@@ -159,9 +161,11 @@ impl DockerDriver {
             )));
         }
         for extra in &ids[1..] {
-            let _ = self.docker.remove_network(extra).await;
+            if self.docker.remove_network(extra).await.is_ok() {
+                firewall::remove_bridge_rules(&firewall::bridge_name(extra)).await;
+            }
         }
-        Ok(())
+        firewall::protect_host(&firewall::bridge_name(&ids[0])).await
     }
 
     fn network_for(&self, outbound: bool) -> String {

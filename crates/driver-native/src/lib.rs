@@ -66,6 +66,9 @@ pub struct NativeConfig {
     /// count against the machine's memory limit; `None` keeps it on `state_dir`'s disk
     /// without a quota.
     pub disk_mib: Option<u64>,
+    /// Static agent binary bind-mounted read-only at [`rnr_driver::AGENT_PATH`] in every
+    /// machine.
+    pub agent: Option<PathBuf>,
 }
 
 impl NativeConfig {
@@ -82,8 +85,62 @@ impl NativeConfig {
             userns: false,
             uid_base: 1_000_000_000,
             disk_mib: Some(1024),
+            agent: None,
         }
     }
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+        .unwrap_or(false)
+}
+
+/// Checks that this host can run the native driver with `cfg`: root, the runtime, overlayfs,
+/// iproute2, iptables and a cgroup hierarchy. The error says what is missing, so that a
+/// platform choosing its driver automatically can log why it fell back.
+pub fn preflight(cfg: &NativeConfig) -> NResult<()> {
+    let missing = |what: String| NativeError::other("preflight", what);
+    // SAFETY: geteuid(2) has no arguments and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(missing("not running as root".into()));
+    }
+    let ok = std::process::Command::new(&cfg.runtime)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        return Err(missing(format!(
+            "OCI runtime {} not found or not working",
+            cfg.runtime.display()
+        )));
+    }
+    let fs_list = cfg.proc_root.join("filesystems");
+    let filesystems = std::fs::read_to_string(&fs_list).unwrap_or_default();
+    if !filesystems.lines().any(|l| l.ends_with("\toverlay")) {
+        return Err(missing(format!(
+            "no overlay filesystem in {}",
+            fs_list.display()
+        )));
+    }
+    for tool in ["ip", "iptables", "tar"] {
+        if !on_path(tool) {
+            return Err(missing(format!("{tool} not found on PATH")));
+        }
+    }
+    let v1 = cfg.cgroup_root.join("memory").join("memory.limit_in_bytes");
+    let v2 = cfg.cgroup_root.join("cgroup.controllers");
+    if !v1.exists() && !v2.exists() {
+        return Err(missing(format!(
+            "no cgroup v1 memory controller or cgroup v2 hierarchy under {}",
+            cfg.cgroup_root.display()
+        )));
+    }
+    Subnet::parse(&cfg.subnet)?;
+    Ok(())
 }
 
 /// What the driver records per machine (`machines/<id>/machine.json`).
@@ -197,6 +254,15 @@ impl NativeDriver {
     /// Prepares the state directory, the bridge and the iptables chains, and adopts the
     /// machines already recorded in `state_dir`.
     pub async fn new(cfg: NativeConfig) -> NResult<Self> {
+        let driver = Self::open(cfg)?;
+        let cfg = &driver.inner.cfg;
+        net::ensure_bridge(&cfg.bridge, &driver.inner.subnet).await?;
+        Ok(driver)
+    }
+
+    /// Like [`NativeDriver::new`] but leaves the host's network alone: enough for image
+    /// commands and for deleting machines, not for creating them.
+    pub fn open(cfg: NativeConfig) -> NResult<Self> {
         let subnet = Subnet::parse(&cfg.subnet)?;
         if cfg.bridge.is_empty() || cfg.bridge.len() > 10 {
             return Err(NativeError::Invalid {
@@ -232,7 +298,6 @@ impl NativeDriver {
                 }
             }
         }
-        net::ensure_bridge(&cfg.bridge, &subnet).await?;
         Ok(Self {
             inner: Arc::new(Inner {
                 cfg,
@@ -419,6 +484,7 @@ impl NativeDriver {
             memsw: self.inner.memsw,
             nofile: oci::nofile_limit(),
             uid_base,
+            agent: cfg.agent.as_deref(),
         });
         let config_path = dir.join("config.json");
         std::fs::write(&config_path, config.to_string())

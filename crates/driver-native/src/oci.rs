@@ -1,7 +1,7 @@
 //! The OCI runtime config (config.json) of a machine, close to what Docker generates:
 //! its namespaces, mounts, capabilities, masked and read-only paths, and resource limits.
 
-use rnr_driver::{Limits, MACHINE_LABEL, OWNER_LABEL};
+use rnr_driver::{Limits, AGENT_PATH, MACHINE_LABEL, OWNER_LABEL};
 use serde_json::{json, Value};
 use std::path::Path;
 
@@ -67,6 +67,8 @@ pub struct ConfigInput<'a> {
     pub nofile: u64,
     /// Host uid/gid that root in the machine maps to; `None` without a user namespace.
     pub uid_base: Option<u32>,
+    /// Agent binary to bind-mount read-only at [`rnr_driver::AGENT_PATH`].
+    pub agent: Option<&'a Path>,
 }
 
 fn device_rule(kind: &str, major: Option<i64>, minor: Option<i64>, access: &str) -> Value {
@@ -129,6 +131,27 @@ pub fn config(i: &ConfigInput<'_>) -> Value {
         linux["gidMappings"] = map;
     }
     linux["namespaces"] = json!(namespaces);
+    let mut mounts = json!([
+        {"destination": "/proc", "type": "proc", "source": "proc",
+         "options": ["nosuid", "noexec", "nodev"]},
+        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+         "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+        {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+         "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+         "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+        {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+         "options": ["nosuid", "noexec", "nodev"]},
+        {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+         "options": ["nosuid", "noexec", "nodev", "ro"]},
+    ]);
+    if let (Some(agent), Some(list)) = (i.agent, mounts.as_array_mut()) {
+        // Read-only and without setuid: the learner's root can run it, not replace it.
+        list.push(
+            json!({"destination": AGENT_PATH, "type": "bind", "source": agent,
+                         "options": ["bind", "ro", "nosuid", "nodev"]}),
+        );
+    }
     json!({
         "ociVersion": "1.0.2",
         "process": {
@@ -151,20 +174,7 @@ pub fn config(i: &ConfigInput<'_>) -> Value {
         },
         "root": {"path": i.rootfs, "readonly": false},
         "hostname": i.hostname,
-        "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc",
-             "options": ["nosuid", "noexec", "nodev"]},
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
-             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
-            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-             "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
-            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
-             "options": ["nosuid", "noexec", "nodev"]},
-            {"destination": "/sys", "type": "sysfs", "source": "sysfs",
-             "options": ["nosuid", "noexec", "nodev", "ro"]},
-        ],
+        "mounts": mounts,
         "annotations": {
             OWNER_LABEL: i.owner,
             MACHINE_LABEL: i.id,

@@ -12,6 +12,8 @@ mod types;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[cfg(feature = "conformance")]
+pub mod isolation;
 
 pub use error::{DriverError, Result};
 pub use exec::{

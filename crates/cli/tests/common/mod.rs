@@ -1,5 +1,7 @@
-//! Test harness: runs the real `rnr` binary against the real Docker Engine, each server
-//! with its own data dir and port, and removes every machine it made when dropped.
+//! Test harness: runs the real `rnr` binary against a real driver — the Docker Engine, or
+//! the native (crun) driver with `RNR_TEST_DRIVER=native` — each server with its own data
+//! dir and port (and, native, its own bridge and subnet), and removes every machine it
+//! made when dropped (native: also the bridge, iptables chains and cgroups).
 
 #![allow(dead_code)]
 
@@ -7,6 +9,7 @@ use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{mpsc, Once};
 use std::time::Duration;
 
@@ -14,26 +17,69 @@ pub const IMAGE: &str = "tiny";
 pub const NETWORK: &str = "rnr-test-api";
 
 pub fn rnr() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_rnr"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rnr"));
+    // Every other RNR_* variable is configuration to `rnr`, which refuses unknown keys.
+    cmd.env_remove("RNR_TEST_DRIVER");
+    cmd
+}
+
+/// The driver under test: `RNR_TEST_DRIVER` (`docker` unless set).
+pub fn test_driver() -> String {
+    std::env::var("RNR_TEST_DRIVER").unwrap_or_else(|_| "docker".into())
+}
+
+pub fn native() -> bool {
+    test_driver() == "native"
 }
 
 static IMAGE_ONCE: Once = Once::new();
 
-/// Builds and imports the tiny image once per test binary.
-pub fn ensure_image(data_dir: &Path) {
-    IMAGE_ONCE.call_once(|| {
-        let out = rnr()
-            .args(["image", "build", "tiny", "--name", IMAGE, "--data-dir"])
-            .arg(data_dir)
-            .env("RNR_DOCKER__NETWORK", NETWORK)
-            .output()
-            .expect("run rnr image build");
-        assert!(
-            out.status.success(),
-            "rnr image build tiny failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    });
+fn build_image(data_dir: &Path, env: &[(String, String)]) {
+    let out = rnr()
+        .args(["image", "build", "tiny", "--name", IMAGE, "--data-dir"])
+        .arg(data_dir)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .expect("run rnr image build");
+    assert!(
+        out.status.success(),
+        "rnr image build tiny failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Builds and imports the tiny image: once per test binary into Docker, into each data
+/// dir's own image store with the native driver.
+pub fn ensure_image(data_dir: &Path, env: &[(String, String)]) {
+    if native() {
+        build_image(data_dir, env);
+    } else {
+        IMAGE_ONCE.call_once(|| build_image(data_dir, env));
+    }
+}
+
+static SERVERS: AtomicU32 = AtomicU32::new(0);
+
+/// Environment selecting the driver under test; native servers each get a bridge and
+/// subnet of their own, since tests run side by side.
+fn driver_env() -> Vec<(String, String)> {
+    let mut env = vec![
+        ("RNR_DRIVER".to_string(), test_driver()),
+        ("RNR_DOCKER__NETWORK".to_string(), NETWORK.to_string()),
+    ];
+    if native() {
+        let pid = std::process::id();
+        let n = SERVERS.fetch_add(1, Ordering::Relaxed);
+        env.push((
+            "RNR_NATIVE__BRIDGE".into(),
+            format!("ra{:05}{:02}", pid % 100_000, n % 100),
+        ));
+        env.push((
+            "RNR_NATIVE__SUBNET".into(),
+            format!("10.{}.{}.0/24", 200 + pid % 50, n % 256),
+        ));
+    }
+    env
 }
 
 pub struct Server {
@@ -51,7 +97,8 @@ impl Server {
     pub fn start(extra_env: &[(&str, &str)]) -> Self {
         let tmp = tempfile::tempdir().expect("tempdir");
         let data_dir = tmp.path().to_path_buf();
-        ensure_image(&data_dir);
+        let mut env = driver_env();
+        ensure_image(&data_dir, &env);
         let out = rnr()
             .args(["apikey", "create", "test", "--data-dir"])
             .arg(&data_dir)
@@ -64,10 +111,12 @@ impl Server {
         );
         let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
         assert!(key.starts_with("rnr_"), "key printed: {key}");
-        let extra_env: Vec<(String, String)> = extra_env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        env.extend(
+            extra_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        let extra_env = env;
         let (tx, logs) = mpsc::channel();
         let mut s = Self {
             child: None,
@@ -87,7 +136,6 @@ impl Server {
         let mut cmd = rnr();
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&self.data_dir)
-            .env("RNR_DOCKER__NETWORK", NETWORK)
             .env("RNR_DEFAULT_IMAGE", IMAGE)
             .env("RNR_REAP_INTERVAL_SECONDS", "1")
             .env("RNR_LOG", "info")
@@ -179,6 +227,85 @@ impl Server {
     }
 }
 
+/// The native driver of a server's data dir, for looking behind the platform's back.
+fn native_driver(s: &Server) -> rnr_driver_native::NativeDriver {
+    let env = |k: &str| {
+        s.extra_env
+            .iter()
+            .rev()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let mut cfg =
+        rnr_driver_native::NativeConfig::new(s.data_dir.join("native"), s.instance_owner());
+    cfg.bridge = env("RNR_NATIVE__BRIDGE");
+    cfg.subnet = env("RNR_NATIVE__SUBNET");
+    rnr_driver_native::NativeDriver::open(cfg).expect("open the native driver's state")
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
+
+/// Ids of the server's machines as the driver itself sees them (running or not).
+pub fn machines(s: &Server) -> Vec<String> {
+    if native() {
+        let d = native_driver(s);
+        let list = block_on(rnr_driver::Driver::list(&d)).expect("native list");
+        return list.into_iter().map(|m| m.id).collect();
+    }
+    docker_containers(&s.instance_owner())
+        .into_iter()
+        .map(|n| n.trim_start_matches("rnr-").to_string())
+        .collect()
+}
+
+/// Removes a machine behind the platform's back (as if it had crashed away).
+pub fn remove_behind_platform(s: &Server, id: &str) {
+    if native() {
+        let d = native_driver(s);
+        block_on(rnr_driver::Driver::delete(&d, id)).expect("native delete");
+        return;
+    }
+    let rm = Command::new("docker")
+        .args(["rm", "-f", &format!("rnr-{id}")])
+        .output()
+        .unwrap();
+    assert!(rm.status.success());
+}
+
+/// Processes in the machine's pids cgroup, read from the host.
+pub fn pids_current(s: &Server, id: &str) -> u64 {
+    let text = if native() {
+        std::fs::read_to_string(format!(
+            "/sys/fs/cgroup/pids/rnr-{}/{id}/pids.current",
+            s.instance_owner()
+        ))
+    } else {
+        let full = Command::new("docker")
+            .args(["inspect", "-f", "{{.Id}}", &format!("rnr-{id}")])
+            .output()
+            .unwrap();
+        let cid = String::from_utf8_lossy(&full.stdout).trim().to_string();
+        std::fs::read_to_string(format!("/sys/fs/cgroup/pids/docker/{cid}/pids.current")).or_else(
+            |_| {
+                std::fs::read_to_string(format!(
+                    "/sys/fs/cgroup/system.slice/docker-{cid}.scope/pids.current"
+                ))
+            },
+        )
+    };
+    text.expect("pids cgroup of the machine")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 /// Names of our containers (running or not) as Docker sees them.
 pub fn docker_containers(owner: &str) -> Vec<String> {
     let out = Command::new("docker")
@@ -199,7 +326,17 @@ impl Drop for Server {
             let _ = c.kill();
             let _ = c.wait();
         }
-        if owner.len() > 4 {
+        if owner.len() > 4 && native() {
+            let d = native_driver(self);
+            block_on(async {
+                for m in rnr_driver::Driver::list(&d).await.unwrap_or_default() {
+                    if let Err(e) = rnr_driver::Driver::delete(&d, &m.id).await {
+                        eprintln!("teardown: deleting {}: {e}", m.id);
+                    }
+                }
+                d.teardown().await;
+            });
+        } else if owner.len() > 4 {
             let names = docker_containers(&owner);
             if !names.is_empty() {
                 let _ = Command::new("docker")

@@ -1,0 +1,579 @@
+//! The isolation suite every driver must pass: a hostile root learner inside a machine
+//! tries to exhaust the host (fork bomb, memory, disk, CPU), to reach other machines, the
+//! platform's API and the host's services (through the bridge's gateway address and every
+//! other host address), to mount filesystems, load kernel modules, write /proc/sys and
+//! /sys, reboot, and escape through /proc/1/root or a device node. Each attack must be
+//! contained, and a neighbouring machine's interactive shell must answer `echo` within
+//! 50 ms (`RNR_ISOLATION_ECHO_MS`) all the while.
+//!
+//! A driver crate instantiates it with `rnr_driver::isolation_tests!(setup);`, `setup`
+//! being the same `async fn() -> Harness` as for the conformance suite.
+
+use crate::conformance::{read_until, spec, Cleanup, Harness};
+use crate::{collect, ExecOutcome, ExecRequest, ExecSpec, TtySize};
+use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Runs `script` as root in machine `id`, killed after `timeout`.
+async fn attack(h: &Harness, id: &str, script: &str, timeout: Duration) -> ExecOutcome {
+    collect(
+        h.driver.as_ref(),
+        id,
+        ExecRequest::new(ExecSpec::new(["/bin/sh", "-c", script]), timeout),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("exec {script:?} in {id}: {e}"))
+}
+
+/// Fewest echoes a neighbour must answer per attack.
+const MIN_PROBES: usize = 10;
+
+/// An interactive shell in a neighbouring machine, probed with `echo` every 20 ms while
+/// an attack runs; records each round trip.
+pub struct Watchdog {
+    stop: Arc<AtomicBool>,
+    probes: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<Vec<Duration>>,
+    _guard: Cleanup,
+}
+
+impl Watchdog {
+    /// Creates the neighbour and starts probing it.
+    pub async fn start(h: &Harness) -> Self {
+        let s = spec(h, "neighbour");
+        let guard = Cleanup::new(h, &s.id);
+        h.driver.create(&s).await.expect("create neighbour");
+        let mut es = ExecSpec::new(["/bin/sh"]);
+        es.tty = Some(TtySize { rows: 24, cols: 80 });
+        es.env.push(("PS1".into(), "$ ".into()));
+        let mut shell = h.driver.exec(&s.id, es).await.expect("neighbour shell");
+        // Warm up: the first answer includes the shell's own start.
+        let mut seen = String::new();
+        shell.stdin.write_all(b"echo $((1+99999))\n").await.unwrap();
+        read_until(&mut seen, &mut shell.output, "100000").await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let probes = Arc::new(AtomicUsize::new(0));
+        let count = probes.clone();
+        let task = tokio::spawn(async move {
+            let mut times = Vec::new();
+            let mut n: u64 = 100_001;
+            while !flag.load(Ordering::Relaxed) {
+                let mut seen = String::new();
+                let started = Instant::now();
+                // The typed line echoes back as `$((n-100000+100000))`, never as `n`.
+                let cmd = format!("echo $(({}+100000))\n", n - 100_000);
+                shell.stdin.write_all(cmd.as_bytes()).await.unwrap();
+                read_until(&mut seen, &mut shell.output, &n.to_string()).await;
+                times.push(started.elapsed());
+                count.fetch_add(1, Ordering::Relaxed);
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let _ = shell.stdin.write_all(b"exit\n").await;
+            times
+        });
+        Self {
+            stop,
+            probes,
+            task,
+            _guard: guard,
+        }
+    }
+
+    /// Stops probing; [`Probes::assert_prompt`] then checks the neighbour answered in time
+    /// throughout (after the attack's own containment was checked).
+    pub async fn finish(self, attack: &str) -> Probes {
+        // Quick attacks: keep probing a little after them, to see their after-effects too.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.probes.load(Ordering::Relaxed) < MIN_PROBES && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.stop.store(true, Ordering::Relaxed);
+        let times = self.task.await.expect("watchdog task");
+        Probes {
+            attack: attack.to_string(),
+            times,
+        }
+    }
+}
+
+/// The neighbour's echo round trips during one attack.
+#[must_use = "call assert_prompt"]
+pub struct Probes {
+    attack: String,
+    times: Vec<Duration>,
+}
+
+impl Probes {
+    pub fn assert_prompt(self) {
+        let Self { attack, times } = self;
+        let limit_ms: u128 = std::env::var("RNR_ISOLATION_ECHO_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(50);
+        let worst = times.iter().max().copied().unwrap_or_default();
+        eprintln!(
+            "{attack}: neighbour answered {} echoes, worst {worst:?}",
+            times.len()
+        );
+        assert!(
+            times.len() >= MIN_PROBES,
+            "{attack}: neighbour probed only {} times",
+            times.len()
+        );
+        assert!(
+            worst.as_millis() <= limit_ms,
+            "{attack}: neighbour's echo took {worst:?} (limit {limit_ms} ms) over {} probes",
+            times.len()
+        );
+    }
+}
+
+/// The attacker's machine (deleted on drop) and the watchdog on its neighbour.
+async fn setup(h: &Harness, tag: &str) -> (String, Cleanup, Watchdog) {
+    let s = spec(h, tag);
+    let guard = Cleanup::new(h, &s.id);
+    h.driver.create(&s).await.expect("create attacker");
+    let dog = Watchdog::start(h).await;
+    (s.id, guard, dog)
+}
+
+fn host_can_fork() {
+    let st = std::process::Command::new("true").status();
+    assert!(st.map(|s| s.success()).unwrap_or(false), "host can fork");
+}
+
+pub async fn fork_bomb(h: Harness) {
+    let (id, _g, dog) = setup(&h, "bomb").await;
+    let out = attack(
+        &h,
+        &id,
+        "bomb() { bomb | bomb & }; bomb; sleep 4",
+        Duration::from_secs(3),
+    )
+    .await;
+    let probes = dog.finish("fork bomb").await;
+    host_can_fork();
+    drop(out);
+    h.driver
+        .delete(&id)
+        .await
+        .expect("a bombed machine can be deleted");
+    probes.assert_prompt();
+}
+
+pub async fn memory_hog(h: Harness) {
+    let (id, _g, dog) = setup(&h, "memhog").await;
+    // 64 MiB machine; tail must hold all 1 GiB of its one line.
+    let out = attack(
+        &h,
+        &id,
+        "head -c 1000m /dev/zero | tail -c 1 >/dev/null; echo rc=$?",
+        Duration::from_secs(20),
+    )
+    .await;
+    let probes = dog.finish("memory hog").await;
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with("rc=") && stdout.trim() != "rc=0",
+        "hog killed: {stdout:?}"
+    );
+    let out = attack(&h, &id, "echo alive", Duration::from_secs(10)).await;
+    assert_eq!(text(&out.stdout), "alive\n", "machine lives on");
+    probes.assert_prompt();
+}
+
+pub async fn disk_fill(h: Harness) {
+    let (id, _g, dog) = setup(&h, "diskfill").await;
+    // Bounded: at most 1 GiB, beyond any per-machine quota the drivers configure.
+    let out = attack(
+        &h,
+        &id,
+        "dd if=/dev/zero of=/root/fill bs=1M count=1024 2>/dev/null; echo rc=$?; \
+         ls -l /root/fill 2>/dev/null | awk '{print \"size=\" $5}'",
+        Duration::from_secs(60),
+    )
+    .await;
+    let probes = dog.finish("disk fill").await;
+    let stdout = text(&out.stdout);
+    let size: u64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("size="))
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(
+        !stdout.contains("rc=0") && size < 1024 << 20,
+        "the write stopped at the machine's quota: {stdout:?}"
+    );
+    let out = attack(
+        &h,
+        &id,
+        "rm -f /root/fill; echo alive",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(text(&out.stdout), "alive\n", "machine lives on");
+    probes.assert_prompt();
+}
+
+pub async fn cpu_spin(h: Harness) {
+    let (id, _g, dog) = setup(&h, "cpuspin").await;
+    let out = attack(
+        &h,
+        &id,
+        "i=0; while [ $i -lt 8 ]; do (while :; do :; done) & i=$((i+1)); done; \
+         sleep 3; kill -9 0",
+        Duration::from_secs(6),
+    )
+    .await;
+    let probes = dog.finish("spinning every CPU").await;
+    drop(out);
+    let out = attack(&h, &id, "echo alive", Duration::from_secs(10)).await;
+    assert_eq!(text(&out.stdout), "alive\n", "machine lives on");
+    probes.assert_prompt();
+}
+
+/// Connects with a short timeout; whether the connection was accepted.
+fn connects(addr: IpAddr, port: u16) -> bool {
+    TcpStream::connect_timeout(&(addr, port).into(), Duration::from_secs(2)).is_ok()
+}
+
+pub async fn other_machines_unreachable(h: Harness) {
+    let (id, _g, dog) = setup(&h, "lateral").await;
+    let target = spec(&h, "target");
+    let _gt = Cleanup::new(&h, &target.id);
+    let info = h.driver.create(&target).await.expect("create target");
+    let addr = info.address.expect("target address");
+    // A persistent listener in the target machine.
+    let _listener = h
+        .driver
+        .exec(
+            &target.id,
+            ExecSpec::new(["nc", "-ll", "-p", "7777", "-e", "/bin/echo", "hi"]),
+        )
+        .await
+        .expect("listener");
+    // Control: the host reaches it (the checker needs that), so the listener is up.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !connects(addr, 7777) {
+        assert!(Instant::now() < deadline, "host reaches {addr}:7777");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = attack(
+        &h,
+        &id,
+        &format!(
+            "nc -w 2 {addr} 7777 </dev/null && echo OPEN; \
+             ping -c 1 -W 1 {addr} >/dev/null 2>&1 && echo PING; echo done"
+        ),
+        Duration::from_secs(15),
+    )
+    .await;
+    let probes = dog.finish("reaching another machine").await;
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("done"), "{stdout:?}");
+    assert!(
+        !stdout.contains("OPEN") && !stdout.contains("PING") && !stdout.contains("hi"),
+        "machine reached its neighbour {addr}: {stdout:?}"
+    );
+    probes.assert_prompt();
+}
+
+/// Every IPv4 address of the host's interfaces (the bridges' gateways among them).
+fn host_addresses() -> Vec<Ipv4Addr> {
+    let mut out = Vec::new();
+    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills a list we walk read-only and free with freeifaddrs.
+    unsafe {
+        if libc::getifaddrs(&mut ifap) != 0 {
+            return out;
+        }
+        let mut p = ifap;
+        while !p.is_null() {
+            let a = (*p).ifa_addr;
+            if !a.is_null() && i32::from((*a).sa_family) == libc::AF_INET {
+                let sin = &*(a as *const libc::sockaddr_in);
+                out.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+            }
+            p = (*p).ifa_next;
+        }
+        libc::freeifaddrs(ifap);
+    }
+    out
+}
+
+pub async fn host_services_unreachable(h: Harness) {
+    let (id, _g, dog) = setup(&h, "hostsvc").await;
+    // Stands for the platform's API and any host service: listening on every address.
+    let listener = TcpListener::bind("0.0.0.0:0").expect("host listener");
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    assert!(
+        connects(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
+        "control: the listener answers on the host"
+    );
+    while listener.accept().is_ok() {}
+    let addrs: Vec<String> = host_addresses().iter().map(|a| a.to_string()).collect();
+    assert!(!addrs.is_empty());
+    // A host that accepts keeps nc waiting for data: `timeout` ends it, the host's
+    // accept queue tells.
+    let script = format!(
+        "gw=$(ip route 2>/dev/null | awk '/^default/ {{print $3}}'); echo gw=$gw; \
+         for a in $gw {}; do timeout 2 nc $a {port} </dev/null >/dev/null 2>&1; done; echo done",
+        addrs.join(" ")
+    );
+    let out = attack(&h, &id, &script, Duration::from_secs(60)).await;
+    let probes = dog.finish("reaching the host's services").await;
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("done"), "{stdout:?}");
+    if let Ok((_, peer)) = listener.accept() {
+        panic!("the machine reached a host service listening on every address (from {peer}); tried {stdout:?}");
+    }
+    probes.assert_prompt();
+}
+
+/// Runs each command, printing `name=<exit code>`; asserts every one failed.
+async fn all_refused(h: &Harness, id: &str, what: &str, cmds: &[(&str, &str)]) -> String {
+    let script: String = cmds
+        .iter()
+        .map(|(name, cmd)| format!("{cmd} >/dev/null 2>&1; echo {name}=$?; "))
+        .collect();
+    let out = attack(h, id, &script, Duration::from_secs(20)).await;
+    let stdout = text(&out.stdout);
+    for (name, _) in cmds {
+        let line = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("{what}: no result for {name}: {stdout:?}"));
+        assert_ne!(line.trim(), "0", "{what}: {name} succeeded: {stdout:?}");
+    }
+    stdout
+}
+
+pub async fn mounting_refused(h: Harness) {
+    let (id, _g, dog) = setup(&h, "mount").await;
+    all_refused(
+        &h,
+        &id,
+        "mounting",
+        &[
+            ("tmpfs", "mkdir -p /mnt/a && mount -t tmpfs none /mnt/a"),
+            ("proc", "mkdir -p /mnt/b && mount -t proc proc /mnt/b"),
+            ("bind", "mkdir -p /mnt/c && mount --bind / /mnt/c"),
+            ("sysrw", "mount -o remount,rw /sys"),
+            ("procsys", "mount -o remount,rw /proc/sys"),
+        ],
+    )
+    .await;
+    let probes = dog.finish("mounting filesystems").await;
+    probes.assert_prompt();
+}
+
+pub async fn kernel_module_refused(h: Harness) {
+    let (id, _g, dog) = setup(&h, "module").await;
+    let before = std::fs::read_to_string("/proc/modules").unwrap_or_default();
+    let out = all_refused(
+        &h,
+        &id,
+        "loading a kernel module",
+        &[
+            (
+                "insmod",
+                "printf 'not a module' > /tmp/m.ko && insmod /tmp/m.ko",
+            ),
+            ("modprobe", "modprobe dummy"),
+        ],
+    )
+    .await;
+    let probes = dog.finish("loading a kernel module").await;
+    drop(out);
+    let after = std::fs::read_to_string("/proc/modules").unwrap_or_default();
+    assert_eq!(
+        before.lines().count(),
+        after.lines().count(),
+        "host's modules unchanged"
+    );
+    probes.assert_prompt();
+}
+
+pub async fn proc_sys_and_sys_read_only(h: Harness) {
+    let (id, _g, dog) = setup(&h, "procsys").await;
+    let sysrq = std::fs::read_to_string("/proc/sys/kernel/sysrq").unwrap_or_default();
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    all_refused(
+        &h,
+        &id,
+        "writing /proc/sys and /sys",
+        &[
+            ("sysrq", "echo 1 > /proc/sys/kernel/sysrq"),
+            ("dropcaches", "echo 3 > /proc/sys/vm/drop_caches"),
+            (
+                "corepattern",
+                "echo '|/tmp/x' > /proc/sys/kernel/core_pattern",
+            ),
+            ("mtu", "echo 1000 > /sys/class/net/lo/mtu"),
+            ("uevent", "echo add > /sys/kernel/uevent_helper"),
+        ],
+    )
+    .await;
+    let probes = dog.finish("writing /proc/sys and /sys").await;
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/sysrq").unwrap_or_default(),
+        sysrq
+    );
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default(),
+        hostname
+    );
+    probes.assert_prompt();
+}
+
+pub async fn reboot_refused(h: Harness) {
+    let (id, _g, dog) = setup(&h, "reboot").await;
+    all_refused(
+        &h,
+        &id,
+        "rebooting",
+        &[
+            ("reboot", "reboot -f"),
+            ("halt", "halt -f"),
+            ("poweroff", "poweroff -f"),
+            ("sysrq", "echo b > /proc/sysrq-trigger"),
+        ],
+    )
+    .await;
+    let probes = dog.finish("rebooting").await;
+    let out = attack(&h, &id, "echo alive", Duration::from_secs(10)).await;
+    assert_eq!(text(&out.stdout), "alive\n", "machine still runs");
+    probes.assert_prompt();
+}
+
+pub async fn no_escape_through_proc_or_devices(h: Harness) {
+    let (id, _g, dog) = setup(&h, "escape").await;
+    // A secret only the host can see.
+    let dir = tempfile_dir();
+    let secret = format!("secret-{}-{}", std::process::id(), id);
+    let secret_path = dir.join("secret");
+    std::fs::write(&secret_path, &secret).unwrap();
+    let p = secret_path.display();
+    let (major, minor) = root_device();
+    let script = format!(
+        "cat /proc/1/root{p}; for d in /proc/[0-9]*; do cat $d/root{p} $d/cwd{p}; done; \
+         mknod /tmp/disk b {major} {minor} && head -c 4096 /tmp/disk | wc -c | sed 's/^/disk=/'; \
+         mknod /tmp/mem c 1 1 && head -c 16 /tmp/mem | wc -c | sed 's/^/mem=/'; \
+         head -c 16 /dev/mem 2>/dev/null | wc -c | sed 's/^/devmem=/'; echo done"
+    );
+    let out = attack(&h, &id, &script, Duration::from_secs(20)).await;
+    let probes = dog
+        .finish("escaping through /proc/1/root or a device node")
+        .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("done"), "{stdout:?}");
+    assert!(!stdout.contains(&secret), "host file read: {stdout:?}");
+    for l in stdout.lines() {
+        if let Some((name, n)) = l.split_once('=') {
+            assert_eq!(
+                n.trim(),
+                "0",
+                "{name} device read from the machine: {stdout:?}"
+            );
+        }
+    }
+    probes.assert_prompt();
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "rnr-isolation-{}-{}",
+        std::process::id(),
+        crate::conformance::unique_id("d")
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Major and minor number of the host's root filesystem device.
+fn root_device() -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata("/").map(|m| m.dev()).unwrap_or(0);
+    (libc::major(dev), libc::minor(dev))
+}
+
+/// Every attack of the suite; a driver's instantiation must name each exactly once.
+pub const ALL: &[&str] = &[
+    "fork_bomb",
+    "memory_hog",
+    "disk_fill",
+    "cpu_spin",
+    "other_machines_unreachable",
+    "host_services_unreachable",
+    "mounting_refused",
+    "kernel_module_refused",
+    "proc_sys_and_sys_read_only",
+    "reboot_refused",
+    "no_escape_through_proc_or_devices",
+];
+
+/// Asserts that a driver's instantiation names every attack exactly once.
+pub fn assert_complete(named: &[&str]) {
+    let mut named = named.to_vec();
+    let mut all = ALL.to_vec();
+    named.sort_unstable();
+    all.sort_unstable();
+    assert_eq!(named, all, "the isolation suite is instantiated in full");
+}
+
+/// Instantiates the isolation suite for a driver: `$setup` is a path to an
+/// `async fn() -> Harness`. Every attack the driver contains is listed; `not_contained`
+/// ones (with the reason) are generated as `#[ignore]`d tests, so they show in every test
+/// report instead of vanishing. A generated `isolation_suite_is_complete` test fails if an
+/// attack is missing from both lists.
+#[macro_export]
+macro_rules! isolation_tests {
+    ($setup:path) => {
+        $crate::isolation_tests!($setup; contained: [
+            fork_bomb,
+            memory_hog,
+            disk_fill,
+            cpu_spin,
+            other_machines_unreachable,
+            host_services_unreachable,
+            mounting_refused,
+            kernel_module_refused,
+            proc_sys_and_sys_read_only,
+            reboot_refused,
+            no_escape_through_proc_or_devices
+        ]; not_contained: []);
+    };
+    ($setup:path; contained: [$($name:ident),* $(,)?];
+     not_contained: [$($skip:ident = $why:literal),* $(,)?]) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $crate::isolation::$name($setup().await).await;
+            }
+        )*
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[ignore = $why]
+            async fn $skip() {
+                $crate::isolation::$skip($setup().await).await;
+            }
+        )*
+        #[test]
+        fn isolation_suite_is_complete() {
+            $crate::isolation::assert_complete(&[
+                $(stringify!($name),)* $(stringify!($skip),)*
+            ]);
+        }
+    };
+}
