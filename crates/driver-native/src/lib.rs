@@ -143,6 +143,27 @@ pub fn preflight(cfg: &NativeConfig) -> NResult<()> {
     Ok(())
 }
 
+/// With user namespaces, root in a machine is an unprivileged host uid that must reach its
+/// rootfs under `dir`: every ancestor needs the search bit for others.
+fn check_traversable(dir: &Path) -> NResult<()> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = std::fs::canonicalize(dir).map_err(|e| io_err("resolving", dir, e))?;
+    for a in dir.ancestors() {
+        let md = std::fs::metadata(a).map_err(|e| io_err("reading", a, e))?;
+        if md.mode() & 0o001 == 0 {
+            return Err(NativeError::Invalid {
+                id: a.display().to_string(),
+                message: format!(
+                    "machines in user namespaces cannot reach {} through it: make it \
+                     traversable (chmod o+x) or move the state dir",
+                    dir.display()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// What the driver records per machine (`machines/<id>/machine.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Meta {
@@ -273,6 +294,9 @@ impl NativeDriver {
         // 0711: a machine's root (an unprivileged host uid with user namespaces) must be
         // able to traverse to its rootfs, not to list anything.
         mkdir_mode(&cfg.state_dir, 0o711)?;
+        if cfg.userns {
+            check_traversable(&cfg.state_dir)?;
+        }
         for sub in ["images", "machines", "crun", "sock"] {
             mkdir_mode(&cfg.state_dir.join(sub), 0o711)?;
         }
