@@ -4,6 +4,9 @@
 //! libc. Each subcommand lives in its own module: `version` here, more as the checker and
 //! the terminal gateway need them.
 
+mod check;
+mod check_wire;
+
 use std::process::ExitCode;
 
 fn usage() -> ExitCode {
@@ -18,6 +21,7 @@ fn main() -> ExitCode {
             println!("rnr-agent {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
+        Some("check") => check::main(),
         _ => usage(),
     }
 }

@@ -3,6 +3,7 @@
 
 mod client;
 mod config;
+mod exercise;
 mod images;
 mod serve;
 
@@ -52,6 +53,9 @@ enum Command {
     /// Configuration helpers.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Author exercises: validate them, test them on a real machine.
+    #[command(subcommand)]
+    Exercise(exercise::ExerciseCommand),
 }
 
 #[derive(Subcommand)]
@@ -149,5 +153,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             images::run(&cfg, cmd).await
         }
         Command::Machine(args) => client::run(args).await,
+        Command::Exercise(cmd) => {
+            let cfg = config::load(cli.config.as_deref(), &flags)?;
+            serve::init_logging(&cfg);
+            exercise::run(&cfg, cmd).await
+        }
     }
 }

@@ -2,6 +2,8 @@
 //! history), API keys (hashed) and instance metadata. WAL mode lets the CLI read and write
 //! (e.g. `rnr apikey create`) while `rnr serve` runs.
 
+pub mod checks;
+
 use serde::Serialize;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;

@@ -1,0 +1,371 @@
+//! The checker (Zoe): exercises as folders, their validation, and check runs against
+//! machines — queued persistently, run by a few workers, reported by webhook, and re-run by
+//! themselves while a learner works (live checking).
+//!
+//! The declarative checks run inside the machine in one exec of the agent; see
+//! [`engine`]. The queue lives in the store, so a burst of requests is never lost and
+//! runs interrupted by a crash are taken up again at the next start.
+
+pub mod engine;
+pub mod exercise;
+mod live;
+mod pytest;
+mod webhook;
+
+/// The check wire format, shared with the agent (one definition for both sides).
+#[path = "../../agent/src/check_wire.rs"]
+pub mod wire;
+
+pub use engine::{CheckResult, RunReport};
+pub use exercise::{Diagnostic, Exercise};
+pub use live::LiveEvent;
+pub use wire::Status;
+
+use rnr_core::{CoreError, CreateMachine, LimitsRequest, Machine, Platform};
+use rnr_store::checks::{CheckRunRow, NewCheckRun};
+use rnr_store::StoreError;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{broadcast, Notify};
+use tokio_util::sync::CancellationToken;
+
+/// Checker errors; each names the exercise, machine, run or file concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckerError {
+    #[error("exercise {name:?} not found in {dir}")]
+    ExerciseNotFound { name: String, dir: PathBuf },
+    #[error("no exercises_dir is configured, so exercise {0:?} cannot be found")]
+    NoExercisesDir(String),
+    #[error("exercise {}: {}", dir.display(), diagnostics.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Invalid {
+        dir: PathBuf,
+        diagnostics: Vec<Diagnostic>,
+    },
+    #[error("machine {id} is not bound to an exercise; name one in the request")]
+    NoExercise { id: String },
+    #[error("machine {id}: setup failed: {message}")]
+    Setup { id: String, message: String },
+    #[error("check run {0} not found")]
+    RunNotFound(String),
+    #[error("invalid {field}: {message}")]
+    InvalidRequest { field: String, message: String },
+    #[error("machine {id}: {source}")]
+    Core {
+        id: String,
+        #[source]
+        source: CoreError,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl CheckerError {
+    pub(crate) fn core(id: &str, source: CoreError) -> Self {
+        Self::Core {
+            id: id.to_string(),
+            source,
+        }
+    }
+
+    fn invalid(field: &str, message: impl Into<String>) -> Self {
+        Self::InvalidRequest {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+pub type Result<T, E = CheckerError> = std::result::Result<T, E>;
+
+/// How the checker runs.
+#[derive(Debug, Clone)]
+pub struct CheckerConfig {
+    /// Where exercise folders live (`<dir>/<name>/exercise.toml`).
+    pub exercises_dir: Option<PathBuf>,
+    /// Check runs executed at once.
+    pub workers: usize,
+    /// Key for the HMAC-SHA256 signature of webhook bodies; webhooks need one.
+    pub webhook_secret: Option<String>,
+    /// Quiet time after terminal activity before a live run.
+    pub debounce: Duration,
+}
+
+impl Default for CheckerConfig {
+    fn default() -> Self {
+        Self {
+            exercises_dir: None,
+            workers: 4,
+            webhook_secret: None,
+            debounce: Duration::from_millis(1500),
+        }
+    }
+}
+
+struct Inner {
+    platform: Platform,
+    config: CheckerConfig,
+    wake: Notify,
+    subscribers: Mutex<HashMap<String, broadcast::Sender<LiveEvent>>>,
+    /// Last statuses pushed per machine, to push only changes.
+    pushed: Mutex<HashMap<String, Vec<(String, Status)>>>,
+    /// Last terminal activity per machine not yet answered by a live run.
+    activity: Mutex<HashMap<String, tokio::time::Instant>>,
+}
+
+/// The checker service; cheap to clone.
+#[derive(Clone)]
+pub struct Checker {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Checker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checker")
+            .field("config", &self.inner.config)
+            .finish()
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 100
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+impl Checker {
+    pub fn new(platform: Platform, config: CheckerConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                platform,
+                config,
+                wake: Notify::new(),
+                subscribers: Mutex::default(),
+                pushed: Mutex::default(),
+                activity: Mutex::default(),
+            }),
+        }
+    }
+
+    pub fn platform(&self) -> &Platform {
+        &self.inner.platform
+    }
+
+    /// Loads exercise `name` from the exercises dir (fresh each time, so authors' edits
+    /// apply to the next run).
+    pub fn exercise(&self, name: &str) -> Result<Exercise> {
+        let root = self
+            .inner
+            .config
+            .exercises_dir
+            .as_ref()
+            .ok_or_else(|| CheckerError::NoExercisesDir(name.to_string()))?;
+        let dir = root.join(name);
+        if !valid_name(name) || !dir.join(exercise::MANIFEST).is_file() {
+            return Err(CheckerError::ExerciseNotFound {
+                name: name.to_string(),
+                dir: root.clone(),
+            });
+        }
+        Exercise::load(&dir).map_err(|diagnostics| CheckerError::Invalid { dir, diagnostics })
+    }
+
+    /// Creates a machine for `exercise`: image, limits and lifetime from its manifest
+    /// unless the request sets them; its files and setup are in place before it returns.
+    pub async fn create_machine(&self, mut req: CreateMachine, exercise: &str) -> Result<Machine> {
+        let ex = self.exercise(exercise)?;
+        let m = &ex.manifest;
+        req.image = req.image.or_else(|| m.image.clone());
+        req.ttl_seconds = req
+            .ttl_seconds
+            .or_else(|| m.time_limit_minutes.map(|t| t.saturating_mul(60)));
+        req.limits = LimitsRequest {
+            memory_mib: req.limits.memory_mib.or(m.limits.memory_mib),
+            cpu_millis: req.limits.cpu_millis.or(m.limits.cpu_millis),
+            pids: req.limits.pids.or(m.limits.pids),
+        };
+        let platform = &self.inner.platform;
+        let machine = platform
+            .create(req)
+            .await
+            .map_err(|e| CheckerError::core("-", e))?;
+        let id = machine.id.clone();
+        let ready = async {
+            platform.store().set_machine_exercise(&id, &ex.name).await?;
+            engine::setup(platform, &id, &ex).await
+        };
+        if let Err(e) = ready.await {
+            // A machine whose setup failed is of no use to a learner.
+            let _ = platform.delete(&id).await;
+            return Err(e);
+        }
+        tracing::info!(machine = %id, exercise = %ex.name, "machine ready for its exercise");
+        platform
+            .get(&id)
+            .await
+            .map_err(|e| CheckerError::core(&id, e))
+    }
+
+    /// Queues a check run of `exercise` (or the machine's own) against `machine_id`.
+    pub async fn enqueue(
+        &self,
+        machine_id: &str,
+        exercise: Option<&str>,
+        webhook_url: Option<&str>,
+    ) -> Result<String> {
+        let platform = &self.inner.platform;
+        platform
+            .get(machine_id)
+            .await
+            .map_err(|e| CheckerError::core(machine_id, e))?;
+        let name = match exercise {
+            Some(n) => n.to_string(),
+            None => platform
+                .store()
+                .machine_exercise(machine_id)
+                .await?
+                .ok_or_else(|| CheckerError::NoExercise {
+                    id: machine_id.to_string(),
+                })?,
+        };
+        // Refused now rather than failing in the queue later.
+        self.exercise(&name)?;
+        if let Some(url) = webhook_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(CheckerError::invalid(
+                    "webhook_url",
+                    format!("{url:?} is not an http(s) URL"),
+                ));
+            }
+            if self.inner.config.webhook_secret.is_none() {
+                return Err(CheckerError::invalid(
+                    "webhook_url",
+                    "webhooks are disabled: the platform has no webhook_secret configured",
+                ));
+            }
+        }
+        let id = format!("c-{}", rnr_core::random_id(12));
+        platform
+            .store()
+            .enqueue_check_run(&NewCheckRun {
+                id: &id,
+                machine_id,
+                exercise: &name,
+                trigger: "api",
+                webhook_url,
+                now_ms: rnr_core::now_ms(),
+                coalesce: false,
+            })
+            .await?;
+        self.inner.wake.notify_one();
+        Ok(id)
+    }
+
+    pub async fn get_run(&self, id: &str) -> Result<CheckRunRow> {
+        self.inner
+            .platform
+            .store()
+            .get_check_run(id)
+            .await?
+            .ok_or_else(|| CheckerError::RunNotFound(id.to_string()))
+    }
+
+    /// Starts the workers, the webhook sender and the live-check debouncer; runs left
+    /// `running` by a crash are queued again first.
+    pub async fn start(
+        &self,
+        shutdown: CancellationToken,
+    ) -> Result<Vec<tokio::task::JoinHandle<()>>> {
+        let requeued = self
+            .inner
+            .platform
+            .store()
+            .requeue_interrupted_check_runs()
+            .await?;
+        if requeued > 0 {
+            tracing::warn!(
+                requeued,
+                "check runs interrupted by a restart were queued again"
+            );
+        }
+        let mut tasks = Vec::new();
+        for _ in 0..self.inner.config.workers.max(1) {
+            let me = self.clone();
+            let token = shutdown.clone();
+            tasks.push(tokio::spawn(async move { me.worker(token).await }));
+        }
+        let me = self.clone();
+        let token = shutdown.clone();
+        tasks.push(tokio::spawn(async move { webhook::run(me, token).await }));
+        let me = self.clone();
+        tasks.push(tokio::spawn(
+            async move { live::debouncer(me, shutdown).await },
+        ));
+        Ok(tasks)
+    }
+
+    async fn worker(&self, shutdown: CancellationToken) {
+        let store = self.inner.platform.store().clone();
+        loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            let claimed = match store.claim_check_run(rnr_core::now_ms()).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot claim a check run");
+                    None
+                }
+            };
+            let Some(run) = claimed else {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = self.inner.wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+                continue;
+            };
+            // A shutdown mid-run leaves it `running`; the next start queues it again.
+            let outcome = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                o = self.execute(&run) => o,
+            };
+            let (state, report, error) = match outcome {
+                Ok(r) => ("done", serde_json::to_string(&r).ok(), None),
+                Err(e) => ("errored", None, Some(e.to_string())),
+            };
+            match store
+                .finish_check_run(
+                    &run.id,
+                    state,
+                    report.as_deref(),
+                    error.as_deref(),
+                    rnr_core::now_ms(),
+                )
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(run = %run.id, machine = %run.machine_id, state, "check run finished");
+                    self.inner.wake.notify_one();
+                }
+                Err(e) => tracing::warn!(run = %run.id, error = %e, "cannot record a check run"),
+            }
+        }
+    }
+
+    /// Runs the checks of one claimed run, applying sticky passes and telling subscribers.
+    async fn execute(&self, run: &CheckRunRow) -> Result<RunReport> {
+        let ex = self.exercise(&run.exercise)?;
+        let platform = &self.inner.platform;
+        let mut report = engine::run(platform, &run.machine_id, &ex).await?;
+        if ex.manifest.sticky {
+            live::apply_sticky(platform.store(), &run.machine_id, &mut report).await?;
+        }
+        self.publish(&run.machine_id, &run.id, &report);
+        Ok(report)
+    }
+}

@@ -1,0 +1,4 @@
+#!/bin/sh
+set -e
+useradd -m bob
+useradd -m guest
