@@ -8,6 +8,7 @@ log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
 
 pkgs=(docker.io debootstrap busybox-static crun runc iptables iproute2 sqlite3 ca-certificates
+      python3-pytest python3-requests
       curl python3 gcc libc6-dev pkg-config)
 missing=()
 for p in "${pkgs[@]}"; do

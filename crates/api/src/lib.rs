@@ -2,6 +2,7 @@
 //! and render its answers; every error leaves as `{"error":{"code","message"}}` with the
 //! right status. The OpenAPI document is generated from these same types.
 
+mod checks;
 mod error;
 mod machines;
 mod openapi;
@@ -108,10 +109,13 @@ async fn not_found() -> ApiError {
 
 /// The whole HTTP application.
 pub fn app(state: AppState) -> Router {
-    let protected = machines::routes().route_layer(middleware::from_fn_with_state(
-        state.clone(),
-        require_api_key,
-    ));
+    let protected =
+        machines::routes()
+            .merge(checks::routes())
+            .route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                require_api_key,
+            ));
     Router::new()
         .merge(protected)
         .route("/healthz", get(healthz))
@@ -122,6 +126,12 @@ pub fn app(state: AppState) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Gives `app`'s handlers the checker: check runs, live results and machines created for
+/// an exercise need it.
+pub fn with_checker(app: Router, checker: rnr_checker::Checker) -> Router {
+    app.layer(axum::Extension(checker))
 }
 
 /// Serves `app` on `listener` until `shutdown` completes.

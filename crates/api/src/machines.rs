@@ -57,6 +57,9 @@ pub struct CreateMachineRequest {
     pub outbound: Option<bool>,
     /// Who the machine is for, e.g. a learner id.
     pub owner: Option<String>,
+    /// Exercise to set the machine up for: image, limits and lifetime come from its
+    /// manifest unless given here; its setup has run when the machine is returned.
+    pub exercise: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -86,7 +89,7 @@ pub struct MachineOutput {
     pub deleted_at: Option<String>,
 }
 
-fn rfc3339(ms: i64) -> String {
+pub(crate) fn rfc3339(ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
         .and_then(|t| {
@@ -171,24 +174,30 @@ pub struct ExecOutput {
 pub async fn create_machine(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
+    checker: Option<Extension<rnr_checker::Checker>>,
     ApiJson(req): ApiJson<CreateMachineRequest>,
 ) -> Result<Response, ApiError> {
     let limits = req.limits.unwrap_or_default();
-    let machine = state
-        .platform
-        .create(CreateMachine {
-            image: req.image,
-            ttl_seconds: req.ttl_seconds,
-            limits: LimitsRequest {
-                memory_mib: limits.memory_mib,
-                cpu_millis: limits.cpu_millis,
-                pids: limits.pids,
-            },
-            outbound: req.outbound,
-            owner: req.owner,
-            api_key_id: Some(caller.key_id),
-        })
-        .await?;
+    let create = CreateMachine {
+        image: req.image,
+        ttl_seconds: req.ttl_seconds,
+        limits: LimitsRequest {
+            memory_mib: limits.memory_mib,
+            cpu_millis: limits.cpu_millis,
+            pids: limits.pids,
+        },
+        outbound: req.outbound,
+        owner: req.owner,
+        api_key_id: Some(caller.key_id),
+    };
+    let machine = match req.exercise {
+        Some(exercise) => {
+            crate::checks::checker(checker)?
+                .create_machine(create, &exercise)
+                .await?
+        }
+        None => state.platform.create(create).await?,
+    };
     Ok((StatusCode::CREATED, Json(MachineOutput::from(machine))).into_response())
 }
 

@@ -1,5 +1,8 @@
 //! The OpenAPI document, generated from the handlers' annotations and the wire types.
 
+use crate::checks::{
+    CheckResultOutput, CheckRunOutput, StartChecksOutput, StartChecksRequest, WebhookOutput,
+};
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::machines::{
     CreateMachineRequest, ExecInput, ExecOutput, LimitsInput, LimitsOutput, MachineList,
@@ -34,10 +37,15 @@ impl Modify for BearerAuth {
         crate::machines::get_machine,
         crate::machines::delete_machine,
         crate::machines::exec_machine,
+        crate::checks::start_checks,
+        crate::checks::get_checks,
+        crate::checks::stream_checks,
+        crate::checks::activity,
     ),
     components(schemas(
         CreateMachineRequest, LimitsInput, LimitsOutput, MachineOutput, MachineList,
-        ExecInput, ExecOutput, ErrorBody, ErrorDetail
+        ExecInput, ExecOutput, ErrorBody, ErrorDetail,
+        StartChecksRequest, StartChecksOutput, CheckRunOutput, CheckResultOutput, WebhookOutput
     )),
     modifiers(&BearerAuth),
 )]

@@ -10,7 +10,7 @@ pub mod engine;
 pub mod exercise;
 mod live;
 mod pytest;
-mod webhook;
+pub mod webhook;
 
 /// The check wire format, shared with the agent (one definition for both sides).
 #[path = "../../agent/src/check_wire.rs"]

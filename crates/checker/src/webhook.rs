@@ -114,3 +114,18 @@ pub(crate) async fn run(checker: Checker, shutdown: CancellationToken) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn signature_is_hmac_sha256_rfc4231() {
+        // RFC 4231, test case 2.
+        assert_eq!(
+            super::signature("Jefe", b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        assert_eq!(super::backoff(0).as_secs(), 1);
+        assert_eq!(super::backoff(3).as_secs(), 8);
+        assert_eq!(super::backoff(20).as_secs(), 256);
+    }
+}

@@ -37,6 +37,32 @@ pub struct Config {
     /// Static in-machine agent binary (`scripts/build-agent.sh`), mounted read-only into
     /// every machine; default: `rnr-agent` beside the `rnr` binary, if there is one.
     pub agent_path: Option<PathBuf>,
+    pub checker: CheckerSection,
+}
+
+/// The checker's settings (exercises, check runs, webhooks, live checking).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CheckerSection {
+    /// Exercise folders (`<dir>/<name>/exercise.toml`); default `<data_dir>/exercises`.
+    pub exercises_dir: Option<PathBuf>,
+    /// Check runs carried out at once.
+    pub workers: usize,
+    /// Key for webhook signatures; webhooks are refused without one.
+    pub webhook_secret: Option<String>,
+    /// Quiet time after terminal activity before live checks run.
+    pub debounce_ms: u64,
+}
+
+impl Default for CheckerSection {
+    fn default() -> Self {
+        Self {
+            exercises_dir: None,
+            workers: 4,
+            webhook_secret: None,
+            debounce_ms: 1500,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -115,6 +141,7 @@ impl Default for Config {
             cgroup_root: "/sys/fs/cgroup".into(),
             log_format: "text".into(),
             agent_path: None,
+            checker: CheckerSection::default(),
         }
     }
 }
@@ -247,6 +274,17 @@ userns = true
 uid_base = 1000000000
 # Each machine's writable layer in MiB (counted against its memory limit); 0: no quota.
 disk_mib = 1024
+
+[checker]
+# Exercise folders (<dir>/<name>/exercise.toml). Default: <data_dir>/exercises.
+# exercises_dir = "/var/lib/rnr/exercises"
+# Check runs carried out at once.
+workers = 4
+# Key for the webhook signature (X-Rnr-Signature: sha256=HMAC of the body); webhooks are
+# refused without one.
+# webhook_secret = "change me"
+# Quiet time after terminal activity before live checks run, in milliseconds.
+debounce_ms = 1500
 "#;
 
 #[cfg(test)]

@@ -150,6 +150,20 @@ pub fn policy(cfg: &Config) -> MachinePolicy {
     }
 }
 
+pub fn checker_config(cfg: &Config) -> rnr_checker::CheckerConfig {
+    let c = &cfg.checker;
+    rnr_checker::CheckerConfig {
+        exercises_dir: Some(
+            c.exercises_dir
+                .clone()
+                .unwrap_or_else(|| cfg.data_dir.join("exercises")),
+        ),
+        workers: c.workers,
+        webhook_secret: c.webhook_secret.clone(),
+        debounce: Duration::from_millis(c.debounce_ms),
+    }
+}
+
 async fn shutdown_signal(token: CancellationToken) {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
@@ -193,13 +207,19 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         let interval = Duration::from_secs(cfg.reap_interval_seconds.max(1));
         tokio::spawn(async move { platform.run_reaper(interval, token).await })
     };
+    let checker = rnr_checker::Checker::new(platform.clone(), checker_config(&cfg));
+    let checker_tasks = checker.start(token.clone()).await?;
     tracing::info!(driver = %driver_name, data_dir = %cfg.data_dir.display(), capacity = cfg.capacity, "platform ready");
     // Kept free of fields so scripts can read the address off the end of the line.
     tracing::info!("rnr listening on http://{addr}");
     let app = rnr_api::app(rnr_api::AppState { platform });
+    let app = rnr_api::with_checker(app, checker);
     let res = rnr_api::run(listener, app, shutdown_signal(token.clone())).await;
     token.cancel();
     let _ = reaper.await;
+    for t in checker_tasks {
+        let _ = t.await;
+    }
     store.close().await;
     res.context("HTTP server failed")
 }
