@@ -6,6 +6,7 @@
 
 mod check;
 mod check_wire;
+mod session;
 
 use std::process::ExitCode;
 
@@ -22,6 +23,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some("check") => check::main(),
+        Some("session") => session::main(&args[1..]),
         _ => usage(),
     }
 }

@@ -109,6 +109,12 @@ async fn not_found() -> ApiError {
 
 /// The whole HTTP application.
 pub fn app(state: AppState) -> Router {
+    app_with_gateway(state, None)
+}
+
+/// The HTTP application with the terminal gateway's routes (its API routes behind the same
+/// API-key check; its socket and pages authenticated by terminal tokens).
+pub fn app_with_gateway(state: AppState, gateway: Option<rnr_gateway::Gateway>) -> Router {
     let protected =
         machines::routes()
             .merge(checks::routes())
@@ -116,6 +122,16 @@ pub fn app(state: AppState) -> Router {
                 state.clone(),
                 require_api_key,
             ));
+    let terminals = gateway
+        .map(|gw| {
+            gw.api_routes()
+                .route_layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    require_api_key,
+                ))
+                .merge(gw.public_routes())
+        })
+        .unwrap_or_default();
     Router::new()
         .merge(protected)
         .route("/healthz", get(healthz))
@@ -126,6 +142,7 @@ pub fn app(state: AppState) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
+        .merge(terminals)
 }
 
 /// Gives `app`'s handlers the checker: check runs, live results and machines created for

@@ -37,6 +37,8 @@ pub struct Config {
     /// Static in-machine agent binary (`scripts/build-agent.sh`), mounted read-only into
     /// every machine; default: `rnr-agent` beside the `rnr` binary, if there is one.
     pub agent_path: Option<PathBuf>,
+    /// The web terminal gateway.
+    pub terminal: rnr_gateway::TerminalSettings,
     pub checker: CheckerSection,
 }
 
@@ -141,6 +143,7 @@ impl Default for Config {
             cgroup_root: "/sys/fs/cgroup".into(),
             log_format: "text".into(),
             agent_path: None,
+            terminal: rnr_gateway::TerminalSettings::default(),
             checker: CheckerSection::default(),
         }
     }
@@ -274,6 +277,18 @@ userns = true
 uid_base = 1000000000
 # Each machine's writable layer in MiB (counted against its memory limit); 0: no quota.
 disk_mib = 1024
+
+[terminal]
+# Lifetime of a terminal token; connected browsers are sent fresh ones before it ends.
+token_ttl_seconds = 900
+# A session with no input for this long is ended (close code 4008).
+idle_seconds = 1800
+max_per_machine = 8
+# Origins besides rnr's own whose pages may open terminals (e.g. "https://lms.example"),
+# or "*" for any.
+allowed_origins = []
+# Pings every this many seconds; a client silent for three times as long is dropped.
+ping_seconds = 10
 
 [checker]
 # Exercise folders (<dir>/<name>/exercise.toml). Default: <data_dir>/exercises.

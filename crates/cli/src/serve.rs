@@ -212,7 +212,12 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     tracing::info!(driver = %driver_name, data_dir = %cfg.data_dir.display(), capacity = cfg.capacity, "platform ready");
     // Kept free of fields so scripts can read the address off the end of the line.
     tracing::info!("rnr listening on http://{addr}");
-    let app = rnr_api::app(rnr_api::AppState { platform });
+    let gateway = rnr_gateway::Gateway::new(
+        platform.clone(),
+        rnr_gateway::GatewayConfig::new(&cfg.terminal, &cfg.data_dir),
+    )
+    .await?;
+    let app = rnr_api::app_with_gateway(rnr_api::AppState { platform }, Some(gateway));
     let app = rnr_api::with_checker(app, checker);
     let res = rnr_api::run(listener, app, shutdown_signal(token.clone())).await;
     token.cancel();

@@ -1,0 +1,430 @@
+//! Web terminal over a real `rnr serve`, real Docker machines and the real agent
+//! (RNR_AGENT_PATH, exported by scripts/test.sh): persistence across reconnects and a
+//! SIGKILLed gateway, viewers, binary safety, flow control, tokens, limits, close codes,
+//! recording.
+
+mod common;
+
+use common::Server;
+use reqwest::Method;
+use serde_json::{json, Value};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+
+fn agent_env() -> Vec<(&'static str, String)> {
+    let agent = std::env::var("RNR_AGENT_PATH")
+        .expect("RNR_AGENT_PATH must name the static agent (scripts/build-agent.sh)");
+    vec![("RNR_AGENT_PATH", agent)]
+}
+
+fn start(extra: &[(&str, &str)]) -> Server {
+    let agent = agent_env();
+    let mut env: Vec<(&str, &str)> = agent.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.extend_from_slice(extra);
+    Server::start(&env)
+}
+
+fn machine(s: &Server) -> String {
+    s.create(json!({"ttl_seconds": 600}))["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn terminal(s: &Server, m: &str, body: Value) -> Value {
+    let (status, t) = s.call(
+        Method::POST,
+        &format!("/api/v1/machines/{m}/terminals"),
+        Some(body),
+    );
+    assert_eq!(status, 201, "create terminal: {t}\n{}", s.log_text());
+    t
+}
+
+struct Ws {
+    sock: WebSocket<MaybeTlsStream<TcpStream>>,
+    out: Vec<u8>,
+    hello: Value,
+}
+
+fn connect_raw(url: &str) -> WebSocket<MaybeTlsStream<TcpStream>> {
+    let (sock, _) = tungstenite::connect(url).unwrap_or_else(|e| panic!("connect {url}: {e}"));
+    if let MaybeTlsStream::Plain(s) = sock.get_ref() {
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+    }
+    sock
+}
+
+impl Ws {
+    fn connect(url: &str) -> Self {
+        let mut ws = Self {
+            sock: connect_raw(url),
+            out: Vec::new(),
+            hello: Value::Null,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while ws.hello.is_null() {
+            assert!(Instant::now() < deadline, "no hello");
+            ws.pump();
+        }
+        ws
+    }
+
+    /// Reads one message if there is one; false on timeout.
+    fn pump(&mut self) -> bool {
+        match self.sock.read() {
+            Ok(Message::Binary(b)) => {
+                // Answer cursor-position queries as a terminal does (busybox ash asks at
+                // every prompt and waits a while for the answer).
+                let queries = b.windows(4).filter(|w| w == b"\x1b[6n").count();
+                for _ in 0..queries {
+                    self.send("\x1b[1;1R");
+                }
+                self.out.extend_from_slice(&b);
+                true
+            }
+            Ok(Message::Text(t)) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if v["t"] == "hello" {
+                    self.hello = v;
+                }
+                true
+            }
+            Ok(Message::Close(c)) => panic!("closed: {c:?}"),
+            Ok(_) => true,
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                false
+            }
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+
+    fn send(&mut self, s: &str) {
+        self.sock
+            .send(Message::Binary(s.as_bytes().to_vec().into()))
+            .unwrap();
+    }
+
+    fn control(&mut self, v: Value) {
+        self.sock.send(Message::Text(v.to_string().into())).unwrap();
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.out).into_owned()
+    }
+
+    /// Waits until the output holds `needle`; returns everything received.
+    fn until(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.text().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in output: {:?}",
+                self.text()
+            );
+            self.pump();
+        }
+        self.text()
+    }
+
+    fn pid(&self) -> u64 {
+        self.hello["pid"].as_u64().unwrap()
+    }
+}
+
+/// Reads until the server closes; returns the close code and reason.
+fn close_of(mut sock: WebSocket<MaybeTlsStream<TcpStream>>) -> (u16, String) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "no close frame");
+        match sock.read() {
+            Ok(Message::Close(Some(f))) => return (f.code.into(), f.reason.to_string()),
+            Ok(Message::Close(None)) => return (1005, String::new()),
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+}
+
+/// Marker the shell prints only when a command ran (the echoed command line differs).
+fn marker(tag: &str) -> (String, String) {
+    (format!("echo {tag}-$((6*7))\r"), format!("{tag}-42"))
+}
+
+#[test]
+fn shell_survives_reconnect_and_gateway_sigkill() {
+    let mut s = start(&[]);
+    let m = machine(&s);
+    let t = terminal(&s, &m, json!({}));
+    let url = t["ws_url"].as_str().unwrap().to_string();
+    let mut ws = Ws::connect(&url);
+    assert_eq!(ws.hello["role"], "owner");
+    let pid = ws.pid();
+    assert!(pid > 0);
+    ws.send("cd /tmp; sleep 4242 &\r");
+    let (cmd, want) = marker("first");
+    ws.send(&cmd);
+    ws.until(&want);
+    ws.send("echo shell=$$\r");
+    ws.until(&format!("shell={pid}"));
+    drop(ws);
+
+    // A reload: the same shell, its screen repainted, nothing replayed twice.
+    let mut ws = Ws::connect(&url);
+    assert_eq!(ws.pid(), pid, "same shell after reconnect");
+    let screen = ws.until(&want);
+    assert_eq!(
+        screen.matches(&want).count(),
+        1,
+        "screen repainted once, not replayed: {screen:?}"
+    );
+    drop(ws);
+
+    // The gateway dies hard while a job runs; after restart everything is still there.
+    s.restart_after_sigkill();
+    let url = url.replace(
+        url.split("/ws/").next().unwrap(),
+        &s.url.replace("http://", "ws://"),
+    );
+    let mut ws = Ws::connect(&url);
+    assert_eq!(ws.pid(), pid, "same shell after gateway SIGKILL");
+    ws.until(&want);
+    ws.send("echo cwd=$(pwd) shell=$$; jobs\r");
+    ws.until(&format!("cwd=/tmp shell={pid}"));
+    let out = ws.until("Running");
+    assert!(out.contains("sleep 4242"), "{out}");
+}
+
+#[test]
+fn viewer_sees_owner_and_cannot_type() {
+    let s = start(&[]);
+    let m = machine(&s);
+    let t = terminal(&s, &m, json!({}));
+    let mut owner = Ws::connect(t["ws_url"].as_str().unwrap());
+    let mut viewer = Ws::connect(t["viewer_ws_url"].as_str().unwrap());
+    assert_eq!(viewer.hello["role"], "viewer");
+    let (cmd, want) = marker("owner");
+    owner.send(&cmd);
+    viewer.until(&want);
+    viewer.send("echo viewer-$((5*5))\r");
+    viewer.control(json!({"t": "resize", "rows": 10, "cols": 20}));
+    let (cmd, want) = marker("after");
+    owner.send(&cmd);
+    owner.until(&want);
+    viewer.until(&want);
+    assert!(!owner.text().contains("viewer-25"), "{}", owner.text());
+    owner.send("stty size\r");
+    owner.until("24 80");
+}
+
+#[test]
+fn output_is_binary_safe_and_resize_reaches_the_pty() {
+    let s = start(&[]);
+    let m = machine(&s);
+    let t = terminal(&s, &m, json!({"rows": 30, "cols": 100}));
+    let mut ws = Ws::connect(t["ws_url"].as_str().unwrap());
+    ws.send("stty size\r");
+    ws.until("30 100");
+    ws.control(json!({"t": "resize", "rows": 40, "cols": 132}));
+    ws.send("stty size\r");
+    ws.until("40 132");
+    // Invalid UTF-8 and a character split across writes arrive byte for byte.
+    ws.send("printf 'A\\377\\376B'; printf '\\303'; sleep 0.2; printf '\\251Z\\n'\r");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let want: &[u8] = b"A\xff\xfeB\xc3\xa9Z";
+    while !ws.out.windows(want.len()).any(|w| w == want) {
+        assert!(
+            Instant::now() < deadline,
+            "bytes not found: {:?}",
+            ws.text()
+        );
+        ws.pump();
+    }
+    let (cmd, want) = marker("alive");
+    ws.send(&cmd);
+    ws.until(&want);
+}
+
+#[test]
+fn ctrl_c_stops_a_flood_quickly_and_a_big_cat_completes() {
+    let s = start(&[]);
+    let m = machine(&s);
+    let t = terminal(&s, &m, json!({}));
+    let mut ws = Ws::connect(t["ws_url"].as_str().unwrap());
+    ws.send("yes 0123456789abcdefghijklmnopqrstuvwxyz0123456789 | head -c 20000000 > /tmp/big; echo made-$((1+1))\r");
+    ws.until("made-2");
+    ws.out.clear();
+    let start_cat = Instant::now();
+    ws.send("cat /tmp/big; echo catdone-$((2+2))\r");
+    let mut total = 0usize;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "cat did not finish");
+        ws.pump();
+        if ws.out.len() > 1 << 20 {
+            total += ws.out.len() - 64;
+            ws.out.drain(..ws.out.len() - 64);
+        }
+        if ws.text().contains("catdone-4") {
+            total += ws.out.len();
+            break;
+        }
+    }
+    let secs = start_cat.elapsed().as_secs_f64();
+    eprintln!("cat 20 MB: {:.1} MB/s", total as f64 / secs / 1e6);
+    assert!(total >= 20_000_000, "received {total} bytes");
+
+    ws.out.clear();
+    ws.send("yes\r");
+    while ws.out.len() < 2_000_000 {
+        ws.pump();
+    }
+    let sent = Instant::now();
+    ws.send("\x03");
+    ws.send("echo stopped-$((3+3))\r");
+    let mut tail = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(Instant::now() < deadline, "Ctrl-C did not stop yes");
+        ws.out.clear();
+        ws.pump();
+        tail.extend_from_slice(&ws.out);
+        if tail.len() > 4096 {
+            tail.drain(..tail.len() - 4096);
+        }
+        if String::from_utf8_lossy(&tail).contains("stopped-6") {
+            break;
+        }
+    }
+    let took = sent.elapsed();
+    eprintln!("Ctrl-C to prompt: {took:?}");
+    assert!(took < Duration::from_secs(1), "Ctrl-C took {took:?}");
+}
+
+#[test]
+fn tokens_limits_origin_and_close_codes() {
+    let s = start(&[
+        ("RNR_TERMINAL__MAX_PER_MACHINE", "2"),
+        ("RNR_TERMINAL__TOKEN_TTL_SECONDS", "2"),
+    ]);
+    let m = machine(&s);
+    let t = terminal(&s, &m, json!({}));
+    let id = t["id"].as_str().unwrap();
+    let ws_base = s.url.replace("http://", "ws://");
+
+    // Unknown machine, no API key.
+    let (st, e) = s.call(
+        Method::POST,
+        "/api/v1/machines/m-nope/terminals",
+        Some(json!({})),
+    );
+    assert_eq!(
+        (st, e["error"]["code"].as_str()),
+        (404, Some("machine_not_found"))
+    );
+    let st = s
+        .client()
+        .post(format!("{}/api/v1/machines/{m}/terminals", s.url))
+        .send()
+        .unwrap()
+        .status();
+    assert_eq!(st, 401);
+
+    // A forged token and another terminal's token.
+    let sock = connect_raw(&format!("{ws_base}/ws/terminals/{id}?token=forged.token"));
+    assert_eq!(close_of(sock).0, 4001);
+    let t2 = terminal(&s, &m, json!({}));
+    let sock = connect_raw(&format!(
+        "{ws_base}/ws/terminals/{id}?token={}",
+        t2["token"].as_str().unwrap()
+    ));
+    assert_eq!(close_of(sock).0, 4001);
+
+    // The limit per machine.
+    let (st, e) = s.call(
+        Method::POST,
+        &format!("/api/v1/machines/{m}/terminals"),
+        Some(json!({})),
+    );
+    assert_eq!(
+        (st, e["error"]["code"].as_str()),
+        (429, Some("terminal_limit_reached")),
+        "{e}"
+    );
+
+    // Another site's page gets no socket.
+    let mut req =
+        tungstenite::client::IntoClientRequest::into_client_request(t["ws_url"].as_str().unwrap())
+            .unwrap();
+    req.headers_mut()
+        .insert("Origin", "http://evil.example".parse().unwrap());
+    match tungstenite::connect(req) {
+        Err(tungstenite::Error::Http(r)) => assert_eq!(r.status(), 403),
+        other => panic!("cross-origin socket allowed: {:?}", other.map(|_| ())),
+    }
+
+    // An expired token is refused with its own code; a connected client got fresh ones.
+    let mut live = Ws::connect(t["ws_url"].as_str().unwrap());
+    std::thread::sleep(Duration::from_millis(3200));
+    let sock = connect_raw(t["ws_url"].as_str().unwrap());
+    let (code, reason) = close_of(sock);
+    assert_eq!(code, 4002, "{reason}");
+    assert!(reason.contains("expired"), "{reason}");
+    for _ in 0..10 {
+        live.pump();
+    }
+    let fresh = live.hello["token"].as_str().unwrap().to_string();
+    let again = Ws::connect(&format!("{ws_base}/ws/terminals/{id}?token={fresh}"));
+    assert_eq!(again.pid(), live.pid());
+
+    // The machine goes away: its terminals close with "machine gone".
+    let (st, _) = s.call(Method::DELETE, &format!("/api/v1/machines/{m}"), None);
+    assert_eq!(st, 204);
+    let (code, reason) = close_of(live.sock);
+    assert_eq!(code, 4004, "{reason}");
+}
+
+#[test]
+fn idle_terminals_end_and_sessions_are_recorded() {
+    let s = start(&[("RNR_TERMINAL__IDLE_SECONDS", "3")]);
+    let m = machine(&s);
+    let t = terminal(&s, &m, json!({"record": true}));
+    let id = t["id"].as_str().unwrap().to_string();
+    let mut ws = Ws::connect(t["ws_url"].as_str().unwrap());
+    // Past the prompt's cursor query, so its answer is not typed into the command.
+    ws.until("# ");
+    std::thread::sleep(Duration::from_millis(500));
+    ws.send("printf 'rec-\\303'; sleep 0.3; printf '\\251-done\\n'\r");
+    ws.until("-done");
+    let (code, reason) = close_of(ws.sock);
+    assert_eq!(code, 4008, "{reason}");
+
+    let resp = s
+        .req(Method::GET, &format!("/api/v1/terminals/{id}/recording"))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let cast = resp.text().unwrap();
+    let mut lines = cast.lines();
+    let header: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert_eq!(header["version"], 2);
+    let text: String = lines
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e[1] == "o")
+        .map(|e| e[2].as_str().unwrap().to_string())
+        .collect();
+    assert!(text.contains("rec-é-done"), "{text:?}");
+}

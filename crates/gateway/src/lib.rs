@@ -1,0 +1,540 @@
+//! The terminal gateway (Kaylee): a root shell in the browser that survives page reloads,
+//! dropped networks and gateway restarts.
+//!
+//! The shell lives in an agent session inside the machine (`rnr-agent session attach`),
+//! which owns the pty and a screen model; the gateway only relays. A browser proves what
+//! it may do with a short-lived HMAC token bound to one terminal and one machine (owner or
+//! read-only viewer); the token alone is enough to find the terminal again after a restart.
+//! The wire protocol is in docs/terminal-protocol.md.
+
+mod error;
+mod record;
+mod terminal;
+pub mod token;
+mod web;
+mod ws;
+
+pub use error::GatewayError;
+pub use token::{Claims, Role, Signer};
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use rnr_core::{MachineState, Platform};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use terminal::{Closed, Terminal};
+
+/// WebSocket close codes the gateway uses (4000–4999 are the application's range).
+pub mod close {
+    /// Normal end: the client went away or the gateway is shutting down.
+    pub const GOING_AWAY: u16 = 1001;
+    /// Unexpected failure inside the gateway.
+    pub const INTERNAL: u16 = 1011;
+    /// A control message that is not in the protocol.
+    pub const BAD_MESSAGE: u16 = 4000;
+    pub const TOKEN_INVALID: u16 = 4001;
+    /// The token is past its expiry: ask the API for a new one.
+    pub const TOKEN_EXPIRED: u16 = 4002;
+    /// The machine was deleted, expired or stopped.
+    pub const MACHINE_GONE: u16 = 4004;
+    /// No input for the idle timeout; the session was ended.
+    pub const IDLE_TIMEOUT: u16 = 4008;
+    /// The shell exited (e.g. the learner typed `exit`).
+    pub const SESSION_ENDED: u16 = 4010;
+    /// The agent could not start or reach the session.
+    pub const AGENT_UNAVAILABLE: u16 = 4011;
+    /// The connection to the session broke; reconnecting re-attaches.
+    pub const SESSION_LOST: u16 = 4012;
+    /// The machine already has the most terminals allowed.
+    pub const LIMIT_REACHED: u16 = 4029;
+    /// No pong within the ping timeout.
+    pub const PING_TIMEOUT: u16 = 4408;
+
+    /// Close reasons must fit in a control frame (123 bytes).
+    pub fn reason(s: &str) -> String {
+        let mut end = s.len().min(120);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s[..end].to_string()
+    }
+}
+
+/// Settings of the gateway.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Lifetime of a token; connected clients are sent fresh ones well before it ends.
+    pub token_ttl: Duration,
+    /// A session with no input for this long is ended.
+    pub idle_timeout: Duration,
+    /// Open terminals per machine.
+    pub max_per_machine: usize,
+    /// Origins (`scheme://host[:port]`) besides the gateway's own that may open terminals;
+    /// `*` allows any.
+    pub allowed_origins: Vec<String>,
+    pub ping_interval: Duration,
+    /// A client that has not answered for this long is dropped.
+    pub ping_timeout: Duration,
+    /// Where asciicast recordings are kept.
+    pub recordings_dir: PathBuf,
+}
+
+/// The `[terminal]` section of rnr's configuration file (env `RNR_TERMINAL__<KEY>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TerminalSettings {
+    pub token_ttl_seconds: u64,
+    pub idle_seconds: u64,
+    pub max_per_machine: usize,
+    /// Origins besides the gateway's own whose pages may open terminals; "*" for any.
+    pub allowed_origins: Vec<String>,
+    pub ping_seconds: u64,
+}
+
+impl Default for TerminalSettings {
+    fn default() -> Self {
+        Self {
+            token_ttl_seconds: 900,
+            idle_seconds: 1800,
+            max_per_machine: 8,
+            allowed_origins: Vec::new(),
+            ping_seconds: 10,
+        }
+    }
+}
+
+impl GatewayConfig {
+    pub fn new(s: &TerminalSettings, data_dir: &std::path::Path) -> Self {
+        let ping = s.ping_seconds.max(1);
+        Self {
+            token_ttl: Duration::from_secs(s.token_ttl_seconds.max(1)),
+            idle_timeout: Duration::from_secs(s.idle_seconds.max(1)),
+            max_per_machine: s.max_per_machine,
+            allowed_origins: s
+                .allowed_origins
+                .iter()
+                .map(|o| o.trim().trim_end_matches('/').to_string())
+                .filter(|o| !o.is_empty())
+                .collect(),
+            ping_interval: Duration::from_secs(ping),
+            ping_timeout: Duration::from_secs(ping * 3),
+            recordings_dir: data_dir.join("recordings"),
+        }
+    }
+}
+
+struct Inner {
+    platform: Platform,
+    signer: Signer,
+    cfg: GatewayConfig,
+    terminals: Mutex<HashMap<String, Arc<Terminal>>>,
+    /// One attach at a time per terminal id, so two reconnecting tabs share one session.
+    attaching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// The gateway: cheap to clone, shared by every handler.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Gateway")
+    }
+}
+
+/// Body of `POST /api/v1/machines/{id}/terminals`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTerminal {
+    /// Record the session as asciicast v2.
+    #[serde(default)]
+    pub record: bool,
+    #[serde(default)]
+    pub rows: Option<u16>,
+    #[serde(default)]
+    pub cols: Option<u16>,
+}
+
+/// A terminal and the tokens to reach it.
+#[derive(Debug, Serialize)]
+pub struct TerminalCreated {
+    pub id: String,
+    pub machine_id: String,
+    /// Owner token: type, resize.
+    pub token: String,
+    /// Read-only token for viewers.
+    pub viewer_token: String,
+    /// Unix seconds after which both tokens are refused.
+    pub expires_at: i64,
+    pub ws_url: String,
+    pub viewer_ws_url: String,
+    /// The page with the terminal, for a browser.
+    pub page_url: String,
+    pub viewer_page_url: String,
+    pub recording: bool,
+}
+
+fn now_s() -> i64 {
+    rnr_core::now_ms() / 1000
+}
+
+impl Gateway {
+    /// A gateway whose token secret lives in the store, so tokens survive restarts.
+    pub async fn new(platform: Platform, cfg: GatewayConfig) -> Result<Self, GatewayError> {
+        let secret = platform
+            .store()
+            .meta_or_insert("terminal_token_secret", || {
+                let mut b = [0u8; 32];
+                getrandom::getrandom(&mut b).expect("the operating system's random source failed");
+                b.iter().map(|x| format!("{x:02x}")).collect()
+            })
+            .await
+            .map_err(rnr_core::CoreError::from)?;
+        let gw = Self {
+            inner: Arc::new(Inner {
+                platform,
+                signer: Signer::new(secret.as_bytes()),
+                cfg,
+                terminals: Mutex::new(HashMap::new()),
+                attaching: Mutex::new(HashMap::new()),
+            }),
+        };
+        gw.spawn_idle_sweeper();
+        Ok(gw)
+    }
+
+    pub fn config(&self) -> &GatewayConfig {
+        &self.inner.cfg
+    }
+
+    fn spawn_idle_sweeper(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        let every = (self.inner.cfg.idle_timeout / 4)
+            .clamp(Duration::from_millis(200), Duration::from_secs(30));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(inner) = weak.upgrade() else { return };
+                let idle_ms = inner.cfg.idle_timeout.as_millis() as i64;
+                let now = rnr_core::now_ms();
+                let idle: Vec<Arc<Terminal>> = inner
+                    .terminals
+                    .lock()
+                    .expect("terminals lock")
+                    .values()
+                    .filter(|t| {
+                        now - t.last_active.load(std::sync::atomic::Ordering::Relaxed) > idle_ms
+                    })
+                    .cloned()
+                    .collect();
+                for t in idle {
+                    tracing::info!(terminal = %t.id, machine = %t.machine, "ending idle terminal");
+                    t.kill(Closed {
+                        code: close::IDLE_TIMEOUT,
+                        reason: format!(
+                            "idle for {} s; the session was ended",
+                            inner.cfg.idle_timeout.as_secs()
+                        ),
+                    })
+                    .await;
+                }
+            }
+        });
+    }
+
+    fn sign(&self, terminal: &str, machine: &str, role: Role) -> (String, i64) {
+        let exp = now_s() + self.inner.cfg.token_ttl.as_secs() as i64;
+        let tok = self.inner.signer.sign(&Claims {
+            terminal: terminal.into(),
+            machine: machine.into(),
+            role,
+            expires_at: exp,
+        });
+        (tok, exp)
+    }
+
+    pub fn verify(&self, token: &str, terminal: &str) -> Result<Claims, GatewayError> {
+        self.inner.signer.verify(token, terminal, now_s())
+    }
+
+    async fn running_machine(&self, machine: &str) -> Result<(), GatewayError> {
+        let m = match self.inner.platform.get(machine).await {
+            Ok(m) => m,
+            Err(rnr_core::CoreError::NotFound(_)) => {
+                return Err(GatewayError::MachineNotFound(machine.into()))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if m.state != MachineState::Running {
+            return Err(GatewayError::MachineNotRunning {
+                machine: machine.into(),
+                state: m.state.as_str().into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn live(&self, id: &str) -> Option<Arc<Terminal>> {
+        let mut map = self.inner.terminals.lock().expect("terminals lock");
+        match map.get(id) {
+            Some(t) if t.closed().is_none() => Some(t.clone()),
+            Some(_) => {
+                map.remove(id);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Attaches terminal `id` (new, or after a restart) unless it is already attached.
+    async fn attach(
+        &self,
+        id: &str,
+        machine: &str,
+        size: (u16, u16),
+        record: bool,
+    ) -> Result<Arc<Terminal>, GatewayError> {
+        if let Some(t) = self.live(id) {
+            return Ok(t);
+        }
+        let lock = self
+            .inner
+            .attaching
+            .lock()
+            .expect("attaching lock")
+            .entry(id.to_string())
+            .or_default()
+            .clone();
+        let _guard = lock.lock().await;
+        if let Some(t) = self.live(id) {
+            return Ok(t);
+        }
+        self.running_machine(machine).await?;
+        let open = self
+            .inner
+            .terminals
+            .lock()
+            .expect("terminals lock")
+            .values()
+            .filter(|t| t.machine == machine)
+            .count();
+        if open >= self.inner.cfg.max_per_machine {
+            return Err(GatewayError::LimitReached {
+                machine: machine.into(),
+                limit: self.inner.cfg.max_per_machine,
+            });
+        }
+        let file = record::path(&self.inner.cfg.recordings_dir, id);
+        // A terminal created with recording on keeps recording after a gateway restart.
+        let recorder = if record || file.exists() {
+            Some(
+                record::Recorder::start(file, size.0, size.1)
+                    .await
+                    .map_err(|source| GatewayError::Recording {
+                        terminal: id.into(),
+                        source,
+                    })?,
+            )
+        } else {
+            None
+        };
+        let weak = Arc::downgrade(&self.inner);
+        let t = Terminal::attach(
+            self.inner.platform.clone(),
+            id,
+            machine,
+            size,
+            recorder,
+            move |id| {
+                if let Some(inner) = weak.upgrade() {
+                    let mut map = inner.terminals.lock().expect("terminals lock");
+                    // Only the ended terminal: a newer attach of the same id stays.
+                    if map.get(id).is_some_and(|t| t.closed().is_some()) {
+                        map.remove(id);
+                    }
+                }
+            },
+        )
+        .await?;
+        self.inner
+            .terminals
+            .lock()
+            .expect("terminals lock")
+            .insert(id.to_string(), t.clone());
+        Ok(t)
+    }
+
+    /// Creates a terminal on a running machine and returns its tokens; `base` is the
+    /// gateway's external `http(s)://host[:port]`.
+    pub async fn create(
+        &self,
+        machine: &str,
+        req: CreateTerminal,
+        base: &str,
+    ) -> Result<TerminalCreated, GatewayError> {
+        let id = format!("t-{}", rnr_core::random_id(12));
+        let size = (
+            req.rows.unwrap_or(24).clamp(1, 1000),
+            req.cols.unwrap_or(80).clamp(1, 1000),
+        );
+        self.attach(&id, machine, size, req.record).await?;
+        let (token, expires_at) = self.sign(&id, machine, Role::Owner);
+        let (viewer_token, _) = self.sign(&id, machine, Role::Viewer);
+        let ws_base = base
+            .replacen("https://", "wss://", 1)
+            .replacen("http://", "ws://", 1);
+        Ok(TerminalCreated {
+            ws_url: format!("{ws_base}/ws/terminals/{id}?token={token}"),
+            viewer_ws_url: format!("{ws_base}/ws/terminals/{id}?token={viewer_token}"),
+            page_url: format!("{base}/terminals/{id}?token={token}"),
+            viewer_page_url: format!("{base}/terminals/{id}?token={viewer_token}"),
+            id,
+            machine_id: machine.into(),
+            token,
+            viewer_token,
+            expires_at,
+            recording: req.record,
+        })
+    }
+
+    /// Ends terminal `id`'s session.
+    pub async fn kill(&self, id: &str) -> Result<(), GatewayError> {
+        let t = self
+            .live(id)
+            .ok_or_else(|| GatewayError::TerminalNotFound(id.into()))?;
+        t.kill(Closed {
+            code: close::SESSION_ENDED,
+            reason: "the terminal was closed through the API".into(),
+        })
+        .await;
+        Ok(())
+    }
+
+    /// Open terminals (for tests and metrics).
+    pub fn open_terminals(&self) -> usize {
+        self.inner.terminals.lock().expect("terminals lock").len()
+    }
+
+    /// Whether a browser page at `origin` may open a socket on this gateway at `host`.
+    fn origin_allowed(&self, headers: &HeaderMap) -> Result<(), GatewayError> {
+        let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+            // Not a browser: the token is the whole authorisation.
+            return Ok(());
+        };
+        let origin = origin.trim_end_matches('/');
+        let host = headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let own = origin
+            .split_once("://")
+            .is_some_and(|(_, h)| !host.is_empty() && h.eq_ignore_ascii_case(host));
+        let listed = self
+            .inner
+            .cfg
+            .allowed_origins
+            .iter()
+            .any(|o| o == "*" || o.eq_ignore_ascii_case(origin));
+        if own || listed {
+            Ok(())
+        } else {
+            Err(GatewayError::OriginRejected(origin.into()))
+        }
+    }
+
+    /// Routes that need an API key (the caller adds that middleware).
+    pub fn api_routes(&self) -> Router {
+        Router::new()
+            .route("/api/v1/machines/{id}/terminals", post(create_terminal))
+            .route("/api/v1/terminals/{id}", delete(delete_terminal))
+            .route("/api/v1/terminals/{id}/recording", get(recording_by_key))
+            .with_state(self.clone())
+    }
+
+    /// Routes authenticated by a terminal token alone: the socket, the pages, the assets.
+    pub fn public_routes(&self) -> Router {
+        Router::new()
+            .route("/ws/terminals/{id}", get(ws::handler))
+            .route("/terminals/{id}", get(web::page))
+            .route("/terminals/{id}/replay", get(web::replay_page))
+            .route("/terminals/{id}/recording", get(recording_by_token))
+            .route("/assets/rnr-terminal.js", get(web::script))
+            .route("/assets/rnr-terminal.css", get(web::style))
+            .with_state(self.clone())
+    }
+}
+
+fn base_url(headers: &HeaderMap) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("localhost");
+    let proto = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .filter(|p| *p == "https")
+        .unwrap_or("http");
+    format!("{proto}://{host}")
+}
+
+async fn create_terminal(
+    State(gw): State<Gateway>,
+    Path(machine): Path<String>,
+    headers: HeaderMap,
+    body: Option<Json<CreateTerminal>>,
+) -> Result<Response, GatewayError> {
+    let req = body.map(|Json(b)| b).unwrap_or_default();
+    let created = gw.create(&machine, req, &base_url(&headers)).await?;
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+async fn delete_terminal(
+    State(gw): State<Gateway>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, GatewayError> {
+    gw.kill(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn recording(gw: &Gateway, id: &str) -> Result<Response, GatewayError> {
+    if !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return Err(GatewayError::TerminalNotFound(id.into()));
+    }
+    let body = tokio::fs::read(record::path(&gw.inner.cfg.recordings_dir, id))
+        .await
+        .map_err(|source| GatewayError::Recording {
+            terminal: id.into(),
+            source,
+        })?;
+    Ok(([(header::CONTENT_TYPE, "application/x-asciicast")], body).into_response())
+}
+
+async fn recording_by_key(
+    State(gw): State<Gateway>,
+    Path(id): Path<String>,
+) -> Result<Response, GatewayError> {
+    recording(&gw, &id).await
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    #[serde(default)]
+    token: String,
+}
+
+async fn recording_by_token(
+    State(gw): State<Gateway>,
+    Path(id): Path<String>,
+    Query(q): Query<TokenQuery>,
+) -> Result<Response, GatewayError> {
+    gw.verify(&q.token, &id)?;
+    recording(&gw, &id).await
+}

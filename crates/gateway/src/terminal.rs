@@ -1,0 +1,413 @@
+//! One terminal: the gateway's end of an agent session (a tty-less driver exec speaking
+//! the agent's framed protocol) and the browsers watching it.
+//!
+//! Two tasks per terminal: a writer that feeds the exec's stdin from a bounded channel, and
+//! a reader that parses the agent's frames and hands output to clients. Owners get
+//! backpressure (the reader waits for a full owner's small channel, the agent then stops
+//! reading the pty, the shell blocks): nothing queues without bound. Viewers never slow
+//! the owner: one that falls behind is skipped and later repainted from a fresh snapshot.
+
+use crate::record::Recorder;
+use crate::token::Role;
+use crate::GatewayError;
+use bytes::{Buf, Bytes, BytesMut};
+use futures::StreamExt;
+use rnr_driver::{ExecSpec, OutputChunk, OutputStream, AGENT_PATH};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, watch};
+
+// Frame types of the agent protocol; they mirror crates/agent/src/session.rs (the agent
+// stays free of workspace crates) and docs/terminal-protocol.md.
+pub const T_INPUT: u8 = 0x01;
+pub const T_RESIZE: u8 = 0x02;
+pub const T_SNAPSHOT_REQ: u8 = 0x03;
+pub const T_KILL: u8 = 0x04;
+pub const T_HELLO: u8 = 0x80;
+pub const T_OUTPUT: u8 = 0x81;
+pub const T_SNAPSHOT: u8 = 0x82;
+pub const T_EXIT: u8 = 0x83;
+
+/// Largest frame taken from the machine side (a snapshot of a 1000×1000 screen fits);
+/// anything larger is an attack or a bug and ends the terminal.
+const MAX_FRAME: usize = 4 << 20;
+/// Per-client queue of output chunks (each ≤ 32 KiB from the agent).
+pub const CLIENT_QUEUE: usize = 8;
+/// Largest input message accepted from a browser.
+pub const MAX_INPUT: usize = 64 * 1024;
+
+/// Why a terminal's clients are being closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Closed {
+    pub code: u16,
+    pub reason: String,
+}
+
+enum Sync {
+    /// Waiting for the snapshot with this tag; output before it is in the snapshot.
+    Waiting(u32),
+    Live,
+    /// Skipped output; needs a snapshot once its queue has room.
+    Lagging,
+}
+
+struct Client {
+    id: u64,
+    role: Role,
+    tx: mpsc::Sender<Bytes>,
+    sync: Sync,
+}
+
+pub struct Terminal {
+    pub id: String,
+    pub machine: String,
+    pub shell_pid: AtomicU32,
+    size: Mutex<(u16, u16)>,
+    to_agent: mpsc::Sender<Bytes>,
+    clients: Mutex<Vec<Client>>,
+    next_client: AtomicU64,
+    next_tag: AtomicU32,
+    /// Milliseconds since the Unix epoch of the last input or attach.
+    pub last_active: AtomicI64,
+    closed_tx: watch::Sender<Option<Closed>>,
+    recorder: Option<Recorder>,
+}
+
+impl std::fmt::Debug for Terminal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Terminal({} on {})", self.id, self.machine)
+    }
+}
+
+pub fn encode(ty: u8, payload: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(5 + payload.len());
+    b.extend_from_slice(&[ty]);
+    b.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    b.extend_from_slice(payload);
+    b.freeze()
+}
+
+/// A client's subscription: its output queue and the terminal's closing signal.
+pub struct Subscription {
+    pub id: u64,
+    pub rx: mpsc::Receiver<Bytes>,
+    pub closed: watch::Receiver<Option<Closed>>,
+}
+
+impl Terminal {
+    /// Attaches to (or starts) the agent session `id` in `machine` and waits for its hello.
+    pub async fn attach(
+        platform: rnr_core::Platform,
+        id: &str,
+        machine: &str,
+        size: (u16, u16),
+        recorder: Option<Recorder>,
+        on_end: impl FnOnce(&str) + Send + 'static,
+    ) -> Result<Arc<Self>, GatewayError> {
+        let agent_err = |message: String| GatewayError::Agent {
+            terminal: id.to_string(),
+            machine: machine.to_string(),
+            message,
+        };
+        let spec = ExecSpec::new([
+            AGENT_PATH.to_string(),
+            "session".into(),
+            "attach".into(),
+            id.to_string(),
+            size.0.to_string(),
+            size.1.to_string(),
+        ]);
+        let driver = platform.driver().clone();
+        let handle = match driver.exec(machine, spec).await {
+            Ok(h) => h,
+            Err(rnr_driver::DriverError::NotFound(_)) => {
+                return Err(GatewayError::MachineNotRunning {
+                    machine: machine.to_string(),
+                    state: "gone".into(),
+                })
+            }
+            Err(e) => return Err(agent_err(e.to_string())),
+        };
+        let mut output = handle.output;
+        let mut reader = FrameReader::default();
+        let hello = tokio::time::timeout(Duration::from_secs(10), reader.next(&mut output))
+            .await
+            .map_err(|_| agent_err("no answer from rnr-agent within 10 s".into()))?
+            .map_err(|e| {
+                agent_err(format!(
+                    "{e} (is the agent mounted at {AGENT_PATH}? set agent_path / RNR_AGENT_PATH)"
+                ))
+            })?;
+        let pid = match hello {
+            (T_HELLO, p) if p.len() == 8 => u32::from_be_bytes([p[0], p[1], p[2], p[3]]),
+            _ => return Err(agent_err("unexpected first frame from rnr-agent".into())),
+        };
+        let (to_agent, mut agent_rx) = mpsc::channel::<Bytes>(64);
+        let (closed_tx, _) = watch::channel(None);
+        let term = Arc::new(Self {
+            id: id.to_string(),
+            machine: machine.to_string(),
+            shell_pid: AtomicU32::new(pid),
+            size: Mutex::new(size),
+            to_agent,
+            clients: Mutex::new(Vec::new()),
+            next_client: AtomicU64::new(1),
+            next_tag: AtomicU32::new(1),
+            last_active: AtomicI64::new(rnr_core::now_ms()),
+            closed_tx,
+            recorder,
+        });
+        let mut stdin = handle.stdin;
+        let process = handle.process;
+        // Writer: input, resizes and snapshot requests, in order.
+        let writer = tokio::spawn(async move {
+            while let Some(frame) = agent_rx.recv().await {
+                if stdin.write_all(&frame).await.is_err() || stdin.flush().await.is_err() {
+                    break;
+                }
+            }
+        });
+        let t = term.clone();
+        tokio::spawn(async move {
+            let mut end = t.pump(&mut output, &mut reader).await;
+            writer.abort();
+            // Ends only the relay: the session daemon is not in the exec's process tree.
+            let _ = process.kill().await;
+            if end.code == crate::close::SESSION_LOST && machine_gone(&platform, &t.machine).await {
+                end = Closed {
+                    code: crate::close::MACHINE_GONE,
+                    reason: format!("machine {} is gone", t.machine),
+                };
+            }
+            // A reason given by kill() (idle, machine gone) wins over the exec's end.
+            t.closed_tx.send_if_modified(|c| {
+                if c.is_none() {
+                    *c = Some(end);
+                    true
+                } else {
+                    false
+                }
+            });
+            on_end(&t.id);
+        });
+        Ok(term)
+    }
+
+    /// Reads the agent's frames until the session or the exec ends.
+    async fn pump(&self, output: &mut OutputStream, reader: &mut FrameReader) -> Closed {
+        loop {
+            let (ty, payload) = match reader.next(output).await {
+                Ok(f) => f,
+                Err(e) => {
+                    return Closed {
+                        code: crate::close::SESSION_LOST,
+                        reason: crate::close::reason(&format!("lost the session: {e}")),
+                    }
+                }
+            };
+            match ty {
+                T_OUTPUT => {
+                    if let Some(r) = &self.recorder {
+                        r.output(&payload).await;
+                    }
+                    self.dispatch(payload).await;
+                }
+                T_SNAPSHOT if payload.len() >= 4 => {
+                    let tag = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
+                    let snap = payload.slice(4..);
+                    let mut clients = self.clients.lock().expect("clients lock");
+                    for c in clients.iter_mut() {
+                        if matches!(c.sync, Sync::Waiting(t) if t == tag) {
+                            c.sync = match c.tx.try_send(snap.clone()) {
+                                Ok(()) => Sync::Live,
+                                Err(_) => Sync::Lagging,
+                            };
+                        }
+                    }
+                }
+                T_HELLO if payload.len() == 8 => {
+                    let pid = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
+                    self.shell_pid.store(pid, Ordering::Relaxed);
+                }
+                T_EXIT => {
+                    let code = payload
+                        .get(..4)
+                        .map(|p| i32::from_be_bytes([p[0], p[1], p[2], p[3]]))
+                        .unwrap_or(-1);
+                    return Closed {
+                        code: crate::close::SESSION_ENDED,
+                        reason: format!("the shell exited with status {code}"),
+                    };
+                }
+                _ => {
+                    return Closed {
+                        code: crate::close::SESSION_LOST,
+                        reason: "protocol error from the machine side".into(),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn dispatch(&self, data: Bytes) {
+        // Owners are awaited outside the lock; viewers never block anyone.
+        let mut owners = Vec::new();
+        let mut resync = Vec::new();
+        {
+            let mut clients = self.clients.lock().expect("clients lock");
+            clients.retain(|c| !c.tx.is_closed());
+            for c in clients.iter_mut() {
+                match (&c.sync, c.role) {
+                    (Sync::Live, Role::Owner) => owners.push(c.tx.clone()),
+                    (Sync::Live, Role::Viewer) => {
+                        let full = c.tx.try_send(data.clone()).is_err();
+                        c.sync = if full { Sync::Lagging } else { Sync::Live };
+                    }
+                    (Sync::Lagging, _) if c.tx.capacity() > CLIENT_QUEUE / 2 => {
+                        let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
+                        c.sync = Sync::Waiting(tag);
+                        resync.push(tag);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for tag in resync {
+            let _ = self
+                .to_agent
+                .send(encode(T_SNAPSHOT_REQ, &tag.to_be_bytes()))
+                .await;
+        }
+        for tx in owners {
+            // A departed client is dropped from the list on the next round.
+            let _ = tx.send(data.clone()).await;
+        }
+    }
+
+    /// Adds a client; it first receives a repaint of the current screen.
+    pub async fn subscribe(&self, role: Role) -> Subscription {
+        let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
+        let id = self.next_client.fetch_add(1, Ordering::Relaxed);
+        let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
+        self.clients.lock().expect("clients lock").push(Client {
+            id,
+            role,
+            tx,
+            sync: Sync::Waiting(tag),
+        });
+        self.touch();
+        let _ = self
+            .to_agent
+            .send(encode(T_SNAPSHOT_REQ, &tag.to_be_bytes()))
+            .await;
+        Subscription {
+            id,
+            rx,
+            closed: self.closed_tx.subscribe(),
+        }
+    }
+
+    pub fn unsubscribe(&self, id: u64) {
+        self.clients
+            .lock()
+            .expect("clients lock")
+            .retain(|c| c.id != id);
+    }
+
+    pub fn touch(&self) {
+        self.last_active
+            .store(rnr_core::now_ms(), Ordering::Relaxed);
+    }
+
+    pub async fn input(&self, data: &[u8]) {
+        self.touch();
+        for chunk in data.chunks(MAX_INPUT) {
+            let _ = self.to_agent.send(encode(T_INPUT, chunk)).await;
+        }
+    }
+
+    pub async fn resize(&self, rows: u16, cols: u16) {
+        let rows = rows.clamp(1, 1000);
+        let cols = cols.clamp(1, 1000);
+        {
+            let mut size = self.size.lock().expect("size lock");
+            if *size == (rows, cols) {
+                return;
+            }
+            *size = (rows, cols);
+        }
+        if let Some(r) = &self.recorder {
+            r.resize(rows, cols).await;
+        }
+        let mut p = rows.to_be_bytes().to_vec();
+        p.extend_from_slice(&cols.to_be_bytes());
+        let _ = self.to_agent.send(encode(T_RESIZE, &p)).await;
+    }
+
+    /// Ends the session: the agent hangs up the shell; clients get `why`.
+    pub async fn kill(&self, why: Closed) {
+        self.closed_tx.send_replace(Some(why));
+        let _ = self.to_agent.send(encode(T_KILL, &[])).await;
+    }
+
+    pub fn closed(&self) -> Option<Closed> {
+        self.closed_tx.borrow().clone()
+    }
+}
+
+/// Whether the session ended because its machine went away. Deletion kills the exec
+/// before the store says so, hence a short wait for either to tell.
+async fn machine_gone(platform: &rnr_core::Platform, machine: &str) -> bool {
+    for _ in 0..20 {
+        let stored = platform.get(machine).await.map(|m| m.state);
+        if !matches!(stored, Ok(rnr_core::MachineState::Running)) {
+            return true;
+        }
+        match platform.driver().inspect(machine).await {
+            Ok(info) if info.status == rnr_driver::MachineStatus::Running => {}
+            _ => return true,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// Splits the exec's stdout into agent frames.
+#[derive(Default)]
+struct FrameReader {
+    buf: BytesMut,
+    last_err: String,
+}
+
+impl FrameReader {
+    async fn next(&mut self, output: &mut OutputStream) -> Result<(u8, Bytes), String> {
+        loop {
+            if self.buf.len() >= 5 {
+                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]])
+                    as usize;
+                if len > MAX_FRAME {
+                    return Err(format!("frame of {len} bytes from the machine side"));
+                }
+                if self.buf.len() >= 5 + len {
+                    let ty = self.buf[0];
+                    self.buf.advance(5);
+                    return Ok((ty, self.buf.split_to(len).freeze()));
+                }
+            }
+            match output.next().await {
+                Some(Ok(OutputChunk::Stdout(d))) => self.buf.extend_from_slice(&d),
+                Some(Ok(OutputChunk::Stderr(d))) => {
+                    // Kept short: it only explains a failed start (agent missing, …).
+                    let text = String::from_utf8_lossy(&d[..d.len().min(512)]);
+                    tracing::debug!(stderr = %text, "rnr-agent");
+                    self.last_err = text.trim().to_string();
+                }
+                Some(Err(e)) => return Err(e.to_string()),
+                None if self.last_err.is_empty() => return Err("the session's exec ended".into()),
+                None => return Err(format!("the session's exec ended: {}", self.last_err)),
+            }
+        }
+    }
+}
