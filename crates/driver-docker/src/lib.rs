@@ -10,7 +10,7 @@ mod firewall;
 use async_trait::async_trait;
 use bollard::container::{
     Config, CreateContainerOptions, InspectContainerOptions, ListContainersOptions, LogOutput,
-    RemoveContainerOptions,
+    RemoveContainerOptions, StatsOptions,
 };
 use bollard::exec::{CreateExecOptions, ResizeExecOptions, StartExecOptions, StartExecResults};
 use bollard::image::{CreateImageOptions, ListImagesOptions};
@@ -20,7 +20,7 @@ use bollard::Docker;
 use futures::{StreamExt, TryStreamExt};
 use rnr_driver::{
     Driver, DriverError, ExecHandle, ExecProcess, ExecSpec, ImageInfo, MachineInfo, MachineSpec,
-    MachineStatus, OutputChunk, Result, TtySize, MACHINE_LABEL, OWNER_LABEL,
+    MachineStats, MachineStatus, OutputChunk, Result, TtySize, MACHINE_LABEL, OWNER_LABEL,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -558,6 +558,25 @@ impl Driver for DockerDriver {
             name: name.to_string(),
             size_bytes: img.size.and_then(|s| u64::try_from(s).ok()),
         })
+    }
+
+    async fn stats(&self, id: &str) -> Result<Option<MachineStats>> {
+        let mut stream = self.docker.stats(
+            &container_name(id),
+            Some(StatsOptions {
+                stream: false,
+                one_shot: true,
+            }),
+        );
+        let Some(stats) = stream.next().await else {
+            return Ok(None);
+        };
+        let stats = stats.map_err(|e| map_err(id, e))?;
+        Ok(Some(MachineStats {
+            cpu_ns: stats.cpu_stats.cpu_usage.total_usage,
+            memory_bytes: stats.memory_stats.usage.unwrap_or(0),
+            pids: stats.pids_stats.current.unwrap_or(0),
+        }))
     }
 
     async fn list_images(&self) -> Result<Vec<ImageInfo>> {

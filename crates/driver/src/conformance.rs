@@ -323,6 +323,28 @@ pub async fn pids_limit_stops_fork_bomb(h: Harness) {
     assert_eq!(text(&out.stdout), "alive\n");
 }
 
+pub async fn stats_are_plausible(h: Harness) {
+    let spec = spec(&h, "stats");
+    let _guard = Cleanup::new(&h, &spec.id);
+    h.driver.create(&spec).await.expect("create");
+    sh(
+        &h,
+        &spec.id,
+        "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done",
+    )
+    .await;
+    // A backend may not report stats; one that does must report the machine's own use.
+    if let Some(s) = h.driver.stats(&spec.id).await.expect("stats") {
+        assert!(s.memory_bytes > 0, "{s:?}");
+        assert!(s.pids >= 1 && s.pids <= 64, "{s:?}");
+        assert!(s.cpu_ns > 0, "{s:?}");
+    }
+    match h.driver.stats("no-such-machine").await {
+        Err(DriverError::NotFound(_)) | Ok(None) => {}
+        other => panic!("stats of a missing machine: {other:?}"),
+    }
+}
+
 /// Instantiates every conformance test for a driver. `$setup` is a path to an
 /// `async fn() -> Harness`.
 #[macro_export]
@@ -336,7 +358,8 @@ macro_rules! conformance_tests {
             list_and_inspect,
             unknown_image_is_refused,
             memory_limit_kills_process_not_machine,
-            pids_limit_stops_fork_bomb
+            pids_limit_stops_fork_bomb,
+            stats_are_plausible
         );
     };
     (@each $setup:path; $($name:ident),*) => {

@@ -20,7 +20,8 @@ pub use exec::{
     collect, ExecHandle, ExecOutcome, ExecProcess, ExecRequest, OutputChunk, OutputStream,
 };
 pub use types::{
-    ExecSpec, ImageInfo, Limits, MachineInfo, MachineSpec, MachineStatus, NetworkSpec, TtySize,
+    ExecSpec, ImageInfo, Limits, MachineInfo, MachineSpec, MachineStats, MachineStatus,
+    NetworkSpec, TtySize,
 };
 
 use async_trait::async_trait;
@@ -67,4 +68,11 @@ pub trait Driver: Send + Sync + 'static {
 
     /// Images this driver can start machines from.
     async fn list_images(&self) -> Result<Vec<ImageInfo>>;
+
+    /// Current resource use of a machine, for operators; `None` when the backend cannot
+    /// tell.
+    async fn stats(&self, id: &str) -> Result<Option<MachineStats>> {
+        let _ = id;
+        Ok(None)
+    }
 }

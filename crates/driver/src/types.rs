@@ -108,3 +108,14 @@ impl ExecSpec {
         }
     }
 }
+
+/// Resource use of one machine at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineStats {
+    /// CPU time used since the machine started, in nanoseconds.
+    pub cpu_ns: u64,
+    /// Memory charged to the machine (processes, page cache, tmpfs), in bytes.
+    pub memory_bytes: u64,
+    /// Processes and threads.
+    pub pids: u64,
+}
