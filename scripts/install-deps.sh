@@ -10,13 +10,16 @@ log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 pkgs=(docker.io debootstrap busybox-static crun runc iptables iproute2 sqlite3 ca-certificates
       python3-pytest python3-requests
       curl python3 gcc libc6-dev pkg-config
-      # The web terminal: node/npm bundle xterm.js at build time (crates/gateway/build.rs);
       # Chromium runs the browser tests.
-      nodejs npm chromium fonts-dejavu-core)
+      chromium fonts-dejavu-core)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# The web terminal: node/npm bundle xterm.js at build time (crates/gateway/build.rs). A
+# node that is already there (e.g. NodeSource's, which carries its own npm) is used as is:
+# Debian's npm package conflicts with it.
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing Debian packages: ${missing[*]}"
   apt-get update -qq
