@@ -381,11 +381,30 @@ impl Gateway {
         base: &str,
     ) -> Result<TerminalCreated, GatewayError> {
         let id = format!("t-{}", rnr_core::random_id(12));
+        self.open(machine, &id, req, base).await
+    }
+
+    /// Tokens and URLs for terminal `id` on `machine`, attaching it first if it is not
+    /// attached (new, or after a gateway restart). A learner's page reloaded hours later
+    /// gets the same shell with fresh tokens this way.
+    pub async fn open(
+        &self,
+        machine: &str,
+        id: &str,
+        req: CreateTerminal,
+        base: &str,
+    ) -> Result<TerminalCreated, GatewayError> {
+        if let Some(t) = self.live(id) {
+            if t.machine != machine {
+                return Err(GatewayError::TerminalNotFound(id.into()));
+            }
+        }
         let size = (
             req.rows.unwrap_or(24).clamp(1, 1000),
             req.cols.unwrap_or(80).clamp(1, 1000),
         );
-        self.attach(&id, machine, size, req.record).await?;
+        self.attach(id, machine, size, req.record).await?;
+        let id = id.to_string();
         let (token, expires_at) = self.sign(&id, machine, Role::Owner);
         let (viewer_token, _) = self.sign(&id, machine, Role::Viewer);
         let ws_base = base

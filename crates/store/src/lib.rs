@@ -3,6 +3,7 @@
 //! (e.g. `rnr apikey create`) while `rnr serve` runs.
 
 pub mod checks;
+mod learners;
 
 use serde::Serialize;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -100,7 +101,7 @@ pub struct MachineRow {
 }
 
 #[derive(sqlx::FromRow)]
-struct RawMachine {
+pub(crate) struct RawMachine {
     id: String,
     image: String,
     state: String,
@@ -167,7 +168,7 @@ pub struct Store {
     pool: SqlitePool,
 }
 
-const MACHINE_COLUMNS: &str = "id, image, state, address, hostname, memory_mib, cpu_millis, pids, \
+pub(crate) const MACHINE_COLUMNS: &str = "id, image, state, address, hostname, memory_mib, cpu_millis, pids, \
      outbound, owner, api_key_id, error, created_at, expires_at, deleted_at";
 
 fn to_i64(v: u64) -> i64 {
