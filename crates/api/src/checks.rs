@@ -149,7 +149,8 @@ fn results(report: &RunReport) -> Vec<CheckResultOutput> {
         .collect()
 }
 
-fn output(run: rnr_store::checks::CheckRunRow) -> CheckRunOutput {
+/// The wire form of a check run (also what the learner pages show).
+pub fn output(run: rnr_store::checks::CheckRunRow) -> CheckRunOutput {
     let report: Option<RunReport> = run
         .report
         .as_deref()
