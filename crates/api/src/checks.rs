@@ -263,11 +263,21 @@ pub async fn stream_checks(
 ) -> Result<Response, ApiError> {
     let checker = checker(ext)?;
     state.platform.get(&id).await?;
+    results_sse(&checker, state.platform.store().clone(), &id).await
+}
+
+/// Server-sent events for machine `id`: its latest run at once, then every run that changed
+/// a check's status (event `results`, data: a check run as JSON). The caller has checked
+/// that the requester may see this machine.
+pub async fn results_sse(
+    checker: &Checker,
+    store: rnr_store::Store,
+    id: &str,
+) -> Result<Response, ApiError> {
     // Subscribed before reading the latest run, so no run can fall between the two.
-    let rx = checker.subscribe(&id);
-    let store = state.platform.store().clone();
+    let rx = checker.subscribe(id);
     let first = store
-        .last_check_run(&id)
+        .last_check_run(id)
         .await
         .map_err(|e| ApiError::from(CheckerError::Store(e)))?;
     let initial = futures::stream::iter(first.map(output));

@@ -7,7 +7,7 @@ mod error;
 mod machines;
 mod openapi;
 
-pub use checks::{output as check_run_output, CheckRunOutput};
+pub use checks::{output as check_run_output, results_sse, CheckRunOutput};
 pub use error::ApiError;
 pub use openapi::ApiDoc;
 
