@@ -155,6 +155,11 @@ impl Checker {
         &self.inner.platform
     }
 
+    /// Where exercise folders live, if configured.
+    pub fn exercises_dir(&self) -> Option<&std::path::Path> {
+        self.inner.config.exercises_dir.as_deref()
+    }
+
     /// Loads exercise `name` from the exercises dir (fresh each time, so authors' edits
     /// apply to the next run).
     pub fn exercise(&self, name: &str) -> Result<Exercise> {
