@@ -172,11 +172,11 @@ pub async fn fork_bomb(h: Harness) {
 
 pub async fn memory_hog(h: Harness) {
     let (id, _g, dog) = setup(&h, "memhog").await;
-    // 64 MiB machine; tail must hold all 1 GiB of its one line.
+    // 64 MiB machine; dd's one 512 MiB buffer must be resident at once.
     let out = attack(
         &h,
         &id,
-        "head -c 1000m /dev/zero | tail -c 1 >/dev/null; echo rc=$?",
+        "dd if=/dev/zero of=/dev/null bs=512M count=1 2>/dev/null; echo rc=$?",
         Duration::from_secs(20),
     )
     .await;
