@@ -428,3 +428,77 @@ fn idle_terminals_end_and_sessions_are_recorded() {
         .collect();
     assert!(text.contains("rec-é-done"), "{text:?}");
 }
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_stalled_client_costs_a_bounded_buffer_and_is_dropped() {
+    let s = start(&[("RNR_TERMINAL__PING_SECONDS", "2")]);
+    let pid = s.child.as_ref().unwrap().id();
+    let m = machine(&s);
+    let t = terminal(&s, &m, json!({}));
+    let mut stalled = Ws::connect(t["ws_url"].as_str().unwrap());
+    // Another terminal on the same gateway must stay responsive meanwhile.
+    let t2 = terminal(&s, &m, json!({}));
+    let mut other = Ws::connect(t2["ws_url"].as_str().unwrap());
+    stalled.send("yes\r");
+    while stalled.out.len() < 1_000_000 {
+        stalled.pump();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let before = rss_kb(pid);
+    let mut peak = before;
+    let stall_start = Instant::now();
+    let mut checked = false;
+    while stall_start.elapsed() < Duration::from_secs(4) {
+        // The other client keeps reading (and answering pings).
+        other.pump();
+        peak = peak.max(rss_kb(pid));
+        if !checked && stall_start.elapsed() > Duration::from_secs(2) {
+            checked = true;
+            let (cmd, want) = marker("responsive");
+            let sent = Instant::now();
+            other.send(&cmd);
+            other.until(&want);
+            assert!(
+                sent.elapsed() < Duration::from_secs(2),
+                "{:?}",
+                sent.elapsed()
+            );
+        }
+    }
+    let growth = peak.saturating_sub(before);
+    eprintln!("gateway RSS growth with a client stalled 4 s: {growth} KiB");
+    assert!(
+        growth < 1024,
+        "gateway grew {growth} KiB for a stalled client"
+    );
+    // Not reading for three ping intervals (6 s) is dead: the gateway lets go of the client.
+    std::thread::sleep(Duration::from_secs(5));
+    let mut code = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while code.is_none() && Instant::now() < deadline {
+        match stalled.sock.read() {
+            Ok(Message::Close(Some(f))) => code = Some(u16::from(f.code)),
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => code = Some(0),
+        }
+    }
+    assert!(
+        matches!(code, Some(4408) | Some(0)),
+        "stalled client not dropped: {code:?}\n{}",
+        s.log_text()
+    );
+}

@@ -49,7 +49,11 @@ pub async fn handler(
     if let Err(e) = gw.origin_allowed(&headers) {
         return e.into_response();
     }
-    ws.max_message_size(MAX_INPUT + 1024)
+    // Small socket buffers: an idle terminal should cost kilobytes (tungstenite's default
+    // is 128 KiB each way); output is already coalesced into large messages.
+    ws.read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_message_size(MAX_INPUT + 1024)
         .max_frame_size(MAX_INPUT + 1024)
         .on_upgrade(move |socket| session(gw, id, q, socket))
 }
@@ -131,12 +135,13 @@ async fn pump(
         }
     };
     if let Some((code, reason)) = end {
-        let _ = sink
-            .send(Message::Close(Some(CloseFrame {
-                code,
-                reason: Utf8Bytes::from(reason),
-            })))
-            .await;
+        tracing::info!(terminal = %term.id, code, reason = %reason, "closing a client");
+        let frame = Message::Close(Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from(reason),
+        }));
+        // Bounded: a client that reads nothing must not hold this task.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), sink.send(frame)).await;
     }
 }
 
@@ -241,8 +246,12 @@ async fn to_browser(
                     }
                     buf.split().freeze()
                 };
-                if sink.send(Message::Binary(msg)).await.is_err() {
-                    return None;
+                // A client that takes no data for the ping timeout is as dead as a silent
+                // one; its output stays held in this one message meanwhile.
+                match tokio::time::timeout(cfg.ping_timeout, sink.send(Message::Binary(msg))).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return None,
+                    Err(_) => return Some((close::PING_TIMEOUT, "the client stopped reading".into())),
                 }
             }
         }
