@@ -37,7 +37,12 @@ pub struct Caller {
     pub key_name: String,
 }
 
-async fn require_api_key(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+/// Middleware: the request must carry a valid API key (`Authorization: Bearer …`).
+pub async fn require_api_key(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -144,6 +149,15 @@ pub fn app_with_gateway(state: AppState, gateway: Option<rnr_gateway::Gateway>) 
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
         .merge(terminals)
+}
+
+/// Puts `routes` (of another part, e.g. the web UI's integrator routes) behind the same
+/// API-key check as the API's own.
+pub fn behind_api_key(state: &AppState, routes: Router) -> Router {
+    routes.route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        require_api_key,
+    ))
 }
 
 /// Gives `app`'s handlers the checker: check runs, live results and machines created for

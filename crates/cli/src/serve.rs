@@ -217,7 +217,17 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         rnr_gateway::GatewayConfig::new(&cfg.terminal, &cfg.data_dir),
     )
     .await?;
-    let app = rnr_api::app_with_gateway(rnr_api::AppState { platform }, Some(gateway));
+    let web = rnr_web::Web::new(
+        platform.clone(),
+        checker.clone(),
+        gateway.clone(),
+        rnr_web::WebConfig::default(),
+    )
+    .await?;
+    let state = rnr_api::AppState { platform };
+    let app = rnr_api::app_with_gateway(state.clone(), Some(gateway))
+        .merge(rnr_api::behind_api_key(&state, web.api_routes()))
+        .merge(web.routes());
     let app = rnr_api::with_checker(app, checker);
     let res = rnr_api::run(listener, app, shutdown_signal(token.clone())).await;
     token.cancel();
