@@ -199,6 +199,22 @@ pub fn load(file: Option<&Path>, flags: &FlagOverrides) -> anyhow::Result<Config
         "invalid configuration: log_format {:?} is not one of: text, json",
         config.log_format
     );
+    let mut config = config;
+    // `RNR_AGENT_PATH=` (empty) means "not set", as with any shell variable left empty.
+    if config
+        .agent_path
+        .as_ref()
+        .is_some_and(|p| p.as_os_str().is_empty())
+    {
+        config.agent_path = None;
+    }
+    if let Some(p) = &config.agent_path {
+        anyhow::ensure!(
+            p.is_file(),
+            "invalid configuration: agent_path {} is not a file (build it with scripts/build-agent.sh)",
+            p.display()
+        );
+    }
     Ok(config)
 }
 
