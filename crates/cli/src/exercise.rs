@@ -28,6 +28,15 @@ pub enum ExerciseCommand {
         #[arg(long)]
         keep: bool,
     },
+    /// Run an exercise's checks against an existing machine of this data dir and print the
+    /// results (with --repeat, the timings as JSON, for benchmarks).
+    Check {
+        dir: PathBuf,
+        #[arg(long)]
+        machine: String,
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
+    },
 }
 
 /// The exercise folders named: a folder with `exercise.toml`, or a folder of them.
@@ -67,10 +76,39 @@ pub async fn run(cfg: &Config, cmd: ExerciseCommand) -> anyhow::Result<()> {
             anyhow::ensure!(bad == 0, "{bad} exercise(s) have errors");
             Ok(())
         }
+        ExerciseCommand::Check {
+            dir,
+            machine,
+            repeat,
+        } => {
+            let ex = load(&dir)?;
+            let (store, platform) = open_platform(cfg).await?;
+            let mut durations = Vec::new();
+            let mut last = None;
+            for _ in 0..repeat.max(1) {
+                let started = std::time::Instant::now();
+                last = Some(engine::run(&platform, &machine, &ex).await?);
+                durations.push(started.elapsed().as_secs_f64() * 1000.0);
+            }
+            store.close().await;
+            let report = last.unwrap_or_default();
+            if repeat > 1 {
+                println!("{}", serde_json::json!({ "durations_ms": durations }));
+            } else {
+                for r in &report.results {
+                    println!(
+                        "{:<8} {:<24} {}",
+                        r.status.as_str(),
+                        r.name,
+                        r.message.as_deref().unwrap_or(&r.detail)
+                    );
+                }
+                println!("score {:.2} in {:.1} ms", report.score, durations[0]);
+            }
+            Ok(())
+        }
         ExerciseCommand::Test { dirs, keep } => {
-            let store = crate::serve::open_store(cfg).await?;
-            let driver = crate::serve::connect_driver(cfg, &store).await?;
-            let platform = Platform::new(store.clone(), driver, crate::serve::policy(cfg));
+            let (store, platform) = open_platform(cfg).await?;
             let mut failed = Vec::new();
             for dir in expand(&dirs)? {
                 match test_one(&platform, &dir, keep).await {
@@ -93,6 +131,26 @@ pub async fn run(cfg: &Config, cmd: ExerciseCommand) -> anyhow::Result<()> {
     }
 }
 
+async fn open_platform(cfg: &Config) -> anyhow::Result<(rnr_store::Store, Platform)> {
+    let store = crate::serve::open_store(cfg).await?;
+    let driver = crate::serve::connect_driver(cfg, &store).await?;
+    let platform = Platform::new(store.clone(), driver, crate::serve::policy(cfg));
+    Ok((store, platform))
+}
+
+fn load(dir: &Path) -> anyhow::Result<Exercise> {
+    Exercise::load(dir).map_err(|diags| {
+        anyhow::anyhow!(
+            "invalid exercise:\n{}",
+            diags
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    })
+}
+
 fn cell(r: Option<&rnr_checker::CheckResult>) -> String {
     r.map_or("-".into(), |r| r.status.as_str().to_string())
 }
@@ -102,16 +160,7 @@ async fn test_one(platform: &Platform, dir: &Path, keep: bool) -> anyhow::Result
     let dir = dir
         .canonicalize()
         .with_context(|| format!("cannot find {}", dir.display()))?;
-    let ex = Exercise::load(&dir).map_err(|diags| {
-        anyhow::anyhow!(
-            "invalid exercise:\n{}",
-            diags
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-    })?;
+    let ex = load(&dir)?;
     let checker = Checker::new(
         platform.clone(),
         CheckerConfig {
