@@ -26,4 +26,6 @@ if [ ! -s "$DATA_DIR/admin.key" ]; then
 fi
 echo "==> API key in $DATA_DIR/admin.key" >&2
 echo "==> rootnroll at http://localhost:${LISTEN##*:}  (try: RNR_API_KEY=\$(cat $DATA_DIR/admin.key) $RNR machine create)" >&2
+# The starter exercises of this clone, unless told otherwise.
+export RNR_CHECKER__EXERCISES_DIR=${RNR_CHECKER__EXERCISES_DIR:-$PWD/exercises}
 exec $RNR serve
