@@ -1,0 +1,215 @@
+#!/usr/bin/env python3
+"""Web terminal benchmark: rnr's gateway against ttyd, same host, same client, same workload.
+
+The client is Python `websockets` over loopback (pip install websockets). Measured for each
+server: MB/s of a 50 MB `cat` (client with and without permessage-deflate), keystroke echo
+latency p50/p99 with 1 and with 200 open terminals, server memory per open idle terminal,
+and server memory growth while a client stops reading for 4 s during `yes`.
+
+  rnr:  python3 bench/terminal.py rnr  --url http://127.0.0.1:8080 --key KEY [--machine M]
+  ttyd: python3 bench/terminal.py ttyd --url http://127.0.0.1:7681 --pid PID
+
+rnr must run with [terminal] max_per_machine >= 210 (RNR_TERMINAL__MAX_PER_MACHINE=210); its
+machine needs pids >= 1024. ttyd must be writable (-W) and is not built by this project: use
+a ttyd binary you have (e.g. built from its public source in /tmp, never committed here).
+Prints one JSON object.
+"""
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+import urllib.request
+
+import websockets
+
+MARK = b"done-4"
+
+
+def rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+class RnrTerm:
+    """One rnr terminal: binary frames are terminal bytes, text frames JSON control."""
+
+    def __init__(self, ws_url, compression):
+        self.ws_url = ws_url
+        self.compression = compression
+
+    async def open(self, max_queue=16):
+        self.ws = await websockets.connect(
+            self.ws_url, compression=self.compression, max_size=None,
+            max_queue=max_queue, open_timeout=60)
+        while True:
+            m = await self.ws.recv()
+            if isinstance(m, str) and json.loads(m).get("t") == "hello":
+                return self
+
+    async def send(self, data: bytes):
+        await self.ws.send(data)
+
+    async def recv(self):
+        while True:
+            m = await self.ws.recv()
+            if isinstance(m, bytes):
+                return m
+
+
+class TtydTerm:
+    """One ttyd terminal: its binary frames carry a one-byte command ('0' = output/input)."""
+
+    def __init__(self, ws_url, compression):
+        self.ws_url = ws_url
+        self.compression = compression
+
+    async def open(self, max_queue=16):
+        self.ws = await websockets.connect(
+            self.ws_url, subprotocols=["tty"], compression=self.compression,
+            max_size=None, max_queue=max_queue, open_timeout=60)
+        await self.ws.send(json.dumps({"AuthToken": "", "columns": 80, "rows": 24}).encode())
+        return self
+
+    async def send(self, data: bytes):
+        await self.ws.send(b"0" + data)
+
+    async def recv(self):
+        while True:
+            m = await self.ws.recv()
+            if isinstance(m, bytes) and m[:1] == b"0":
+                return m[1:]
+
+
+async def wait_for(term, needle: bytes, timeout=120):
+    tail = b""
+    total = 0
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no {needle!r}; tail {tail[-200:]!r}")
+        d = await asyncio.wait_for(term.recv(), left)
+        total += len(d)
+        tail = (tail + d)[-4096:]
+        if needle in tail:
+            return total
+
+
+async def settle(term):
+    """Lets the prompt (and busybox's cursor query) pass, answering it like a terminal."""
+    await term.send(b"\x1b[1;1R")
+    await asyncio.sleep(0.5)
+    try:
+        while True:
+            await asyncio.wait_for(term.recv(), 0.2)
+    except asyncio.TimeoutError:
+        pass
+
+
+async def throughput(make, compression):
+    t = await make(compression).open()
+    await settle(t)
+    await t.send(b"test -f /tmp/big50 || yes 0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxy"
+                 b" | head -c 50000000 > /tmp/big50; echo made-$((1+1))\r")
+    await wait_for(t, b"made-2")
+    await settle(t)
+    start = time.monotonic()
+    await t.send(b"cat /tmp/big50; echo done-$((2+2))\r")
+    got = await wait_for(t, MARK, timeout=600)
+    secs = time.monotonic() - start
+    await t.ws.close()
+    return round(got / secs / 1e6, 1)
+
+
+async def echo_latency(t, n=300):
+    samples = []
+    for i in range(n):
+        key = b"a" if i % 2 == 0 else b"\x7f"
+        start = time.perf_counter_ns()
+        await t.send(key)
+        await t.recv()
+        samples.append((time.perf_counter_ns() - start) / 1000)
+    samples.sort()
+    return round(samples[len(samples) // 2]), round(samples[int(len(samples) * 0.99) - 1])
+
+
+async def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("server", choices=["rnr", "ttyd"])
+    ap.add_argument("--url", required=True)
+    ap.add_argument("--key")
+    ap.add_argument("--machine")
+    ap.add_argument("--pid", type=int, help="server pid for memory figures")
+    ap.add_argument("--terminals", type=int, default=200)
+    a = ap.parse_args()
+
+    if a.server == "rnr":
+        def api(method, path, body=None):
+            req = urllib.request.Request(
+                a.url + path, method=method, data=json.dumps(body or {}).encode(),
+                headers={"Authorization": f"Bearer {a.key}", "Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=120) as r:
+                return json.loads(r.read() or b"null")
+
+        machine = a.machine or api("POST", "/api/v1/machines", {
+            "ttl_seconds": 3600, "limits": {"pids": 2048, "memory_mib": 2048}})["id"]
+
+        def make(compression):
+            t = api("POST", f"/api/v1/machines/{machine}/terminals")
+            return RnrTerm(t["ws_url"], compression)
+        pid = a.pid
+    else:
+        ws = a.url.replace("http://", "ws://") + "/ws"
+
+        def make(compression):
+            return TtydTerm(ws, compression)
+        pid = a.pid
+
+    out = {"server": a.server}
+    out["cat_50mb_mb_s"] = await throughput(make, None)
+    out["cat_50mb_mb_s_deflate_offered"] = await throughput(make, "deflate")
+
+    one = await make(None).open()
+    await settle(one)
+    out["echo_us_1_terminal"] = await echo_latency(one)
+
+    base = rss_kb(pid) if pid else None
+    others = []
+    for _ in range(a.terminals - 1):
+        t = await make("deflate").open()
+        others.append(t)
+    await asyncio.sleep(3)
+    await settle(one)
+    out[f"echo_us_{a.terminals}_terminals"] = await echo_latency(one)
+    if pid and others:
+        out["server_kb_per_terminal"] = round((rss_kb(pid) - base) / len(others), 1)
+    for t in others:
+        await t.ws.close()
+    await one.ws.close()
+
+    # A client that stops reading: its server must hold only a small bounded buffer.
+    stall = await make(None).open(max_queue=1)
+    await settle(stall)
+    await stall.send(b"yes\r")
+    for _ in range(50):
+        await stall.recv()
+    before = rss_kb(pid) if pid else 0
+    peak = before
+    for _ in range(40):
+        await asyncio.sleep(0.1)
+        if pid:
+            peak = max(peak, rss_kb(pid))
+    if pid:
+        out["stalled_4s_growth_kb"] = peak - before
+    await stall.send(b"\x03")
+    await stall.ws.close()
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
