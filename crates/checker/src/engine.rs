@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 const DEFAULT_TIMEOUT: f64 = 10.0;
+const MAX_BODY: usize = 1 << 20;
 
 /// One line of a report: what the learner sees for one check.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -226,7 +227,16 @@ async fn http_once(client: &reqwest::Client, c: &Check, url: &str) -> (Status, S
             Err(e) => return (Status::Errored, format!("bad header regex: {e}")),
         }
     }
-    let body = resp.text().await.unwrap_or_default();
+    // The machine is the learner's: read at most 1 MiB of whatever it sends.
+    let mut resp = resp;
+    let mut raw = Vec::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        raw.extend_from_slice(&chunk[..chunk.len().min(MAX_BODY - raw.len())]);
+        if raw.len() >= MAX_BODY {
+            break;
+        }
+    }
+    let body = String::from_utf8_lossy(&raw);
     if let Some(p) = &c.body {
         match regex::Regex::new(&format!("(?m){p}")) {
             Ok(r) if r.is_match(&body) => {}
