@@ -1,12 +1,13 @@
 // Drives the terminal page in headless Chromium (Debian's, via playwright-core) against a
 // running rnr: typing, resize, reload (also with vi open), viewers, copy/paste, a 100 MB
-// cat and Ctrl-C. Usage: node test/browser.mjs OWNER_PAGE_URL VIEWER_PAGE_URL
+// cat and Ctrl-C, and replays a recording.
+// Usage: node test/browser.mjs OWNER_PAGE_URL VIEWER_PAGE_URL [RECORDED_TERMINAL_PAGE_URL]
 // Prints one JSON line of measurements; exits non-zero with a reason on the first failure.
 import { chromium } from 'playwright-core';
 
-const [ownerUrl, viewerUrl] = process.argv.slice(2);
+const [ownerUrl, viewerUrl, recordedUrl] = process.argv.slice(2);
 if (!ownerUrl || !viewerUrl) {
-  console.error('usage: node test/browser.mjs OWNER_PAGE_URL VIEWER_PAGE_URL');
+  console.error('usage: node test/browser.mjs OWNER_PAGE_URL VIEWER_PAGE_URL [RECORDED_PAGE_URL]');
   process.exit(2);
 }
 
@@ -149,6 +150,28 @@ try {
   await screenHas(page, 'stopped-6', 30000);
   results.ctrl_c_to_prompt_ms = Date.now() - c0;
   if (results.ctrl_c_to_prompt_ms > 3000) throw new Error(`${step}: took ${results.ctrl_c_to_prompt_ms} ms`);
+
+  if (recordedUrl) {
+    step = 'recording replayed in the browser';
+    const rctx = await browser.newContext({ viewport: { width: 1000, height: 600 } });
+    const rec = await rctx.newPage();
+    await rec.goto(recordedUrl);
+    await connected(rec);
+    await rec.waitForTimeout(300);
+    await run(rec, 'echo recorded-$((5*5))');
+    await screenHas(rec, 'recorded-25');
+    await rec.waitForTimeout(300);
+    const replay = new URL(recordedUrl);
+    replay.pathname += '/replay';
+    replay.searchParams.set('token', new URL(rec.url()).searchParams.get('token'));
+    replay.searchParams.set('speed', '50');
+    const player = await rctx.newPage();
+    await player.goto(replay.href);
+    await player.waitForFunction(() => window.rnr && window.rnr.state === 'replayed', null, { timeout: 30000 });
+    await screenHas(player, 'recorded-25');
+    results.replay = 'ok';
+    await rctx.close();
+  }
 
   console.log(JSON.stringify(results));
   await browser.close();

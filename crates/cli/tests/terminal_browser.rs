@@ -1,7 +1,7 @@
 //! The browser terminal in headless Chromium (Debian's `chromium`, driven by playwright-core
 //! from web/node_modules, which the gateway's build installed): web/test/browser.mjs types,
 //! resizes, reloads (also inside vi), watches as a viewer, copies and pastes, cats 100 MB
-//! and interrupts `yes`, against a real `rnr serve` and a real Docker machine.
+//! and interrupts `yes`, replays a recording, against a real `rnr serve` and a real Docker machine.
 
 mod common;
 
@@ -23,6 +23,12 @@ fn terminal_page_in_chromium() {
         Some(json!({})),
     );
     assert_eq!(status, 201, "{t}");
+    let (status, rec) = s.call(
+        reqwest::Method::POST,
+        &format!("/api/v1/machines/{m}/terminals"),
+        Some(json!({"record": true})),
+    );
+    assert_eq!(status, 201, "{rec}");
     let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../web");
     assert!(
         web.join("node_modules/playwright-core").exists(),
@@ -32,6 +38,7 @@ fn terminal_page_in_chromium() {
         .arg("test/browser.mjs")
         .arg(t["page_url"].as_str().unwrap())
         .arg(t["viewer_page_url"].as_str().unwrap())
+        .arg(rec["page_url"].as_str().unwrap())
         .current_dir(&web)
         .output()
         .expect("run node");
@@ -45,4 +52,5 @@ fn terminal_page_in_chromium() {
     );
     let results: serde_json::Value = serde_json::from_str(stdout.trim()).expect("results line");
     assert!(results["cat_100mb"]["mb_per_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(results["replay"], "ok");
 }
