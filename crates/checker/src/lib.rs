@@ -339,6 +339,15 @@ impl Checker {
                 _ = shutdown.cancelled() => return,
                 o = self.execute(&run) => o,
             };
+            if let Ok(r) = &outcome {
+                let m = self.inner.platform.metrics();
+                m.checks_run
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                m.checks_passed
+                    .fetch_add(r.passed as u64, std::sync::atomic::Ordering::Relaxed);
+                m.checks_failed
+                    .fetch_add(r.failed as u64, std::sync::atomic::Ordering::Relaxed);
+            }
             let (state, report, error) = match outcome {
                 Ok(r) => ("done", serde_json::to_string(&r).ok(), None),
                 Err(e) => ("errored", None, Some(e.to_string())),

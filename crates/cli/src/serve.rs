@@ -217,6 +217,13 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         rnr_gateway::GatewayConfig::new(&cfg.terminal, &cfg.data_dir),
     )
     .await?;
+    {
+        let gw = gateway.clone();
+        platform
+            .metrics()
+            .terminals_open
+            .set_source(move || i64::try_from(gw.open_terminals()).unwrap_or(i64::MAX));
+    }
     let web = rnr_web::Web::new(
         platform.clone(),
         checker.clone(),

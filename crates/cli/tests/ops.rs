@@ -17,7 +17,9 @@ fn sample(text: &str, name: &str) -> f64 {
 
 #[test]
 fn metrics_health_and_readiness() {
-    let s = Server::start(&[("RNR_CAPACITY", "3")]);
+    let agent = std::env::var("RNR_AGENT_PATH")
+        .expect("RNR_AGENT_PATH must name the static agent (scripts/build-agent.sh)");
+    let s = Server::start(&[("RNR_CAPACITY", "3"), ("RNR_AGENT_PATH", agent.as_str())]);
     let m = s.create(json!({}));
     s.create(json!({}));
     s.create(json!({}));
@@ -29,6 +31,17 @@ fn metrics_health_and_readiness() {
         None,
     );
     assert_eq!(st, 204);
+
+    let live = s
+        .call(Method::GET, "/api/v1/machines?state=running", None)
+        .1;
+    let id = live["machines"][0]["id"].as_str().unwrap().to_string();
+    let (st, t) = s.call(
+        Method::POST,
+        &format!("/api/v1/machines/{id}/terminals"),
+        Some(json!({})),
+    );
+    assert_eq!(st, 201, "{t}");
 
     let resp = reqwest::blocking::get(format!("{}/metrics", s.url)).unwrap();
     assert_eq!(resp.status(), 200);
@@ -44,6 +57,9 @@ fn metrics_health_and_readiness() {
     assert_eq!(sample(&text, "rnr_machine_create_seconds_count"), 3.0);
     assert_eq!(sample(&text, "rnr_capacity"), 3.0);
     assert!(sample(&text, "rnr_machine_create_seconds_sum") > 0.0);
+    assert_eq!(sample(&text, "rnr_terminals_open"), 1.0);
+    assert_eq!(sample(&text, "rnr_check_queue_depth"), 0.0);
+    assert_eq!(sample(&text, "rnr_checks_run_total"), 0.0);
 
     for (path, body) in [("/healthz", "ok"), ("/readyz", "ready")] {
         let resp = reqwest::blocking::get(format!("{}{path}", s.url)).unwrap();

@@ -11,7 +11,7 @@ mod platform;
 
 pub use auth::{hash_key, new_api_key, NewApiKey};
 pub use error::{CoreError, Result};
-pub use metrics::{Histogram, Metrics};
+pub use metrics::{Histogram, Metrics, SampledGauge};
 pub use platform::{
     CreateMachine, ExecCommand, LimitsRequest, Machine, MachinePolicy, Platform, ReconcileReport,
 };

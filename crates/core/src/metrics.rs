@@ -47,6 +47,28 @@ impl Histogram {
     }
 }
 
+/// A gauge read from its owner at scrape time (e.g. the gateway's open terminals), so the
+/// core need not know the part that owns the number.
+#[derive(Default)]
+pub struct SampledGauge(std::sync::OnceLock<Box<dyn Fn() -> i64 + Send + Sync>>);
+
+impl SampledGauge {
+    /// Sets where the value comes from; only the first call counts.
+    pub fn set_source(&self, f: impl Fn() -> i64 + Send + Sync + 'static) {
+        let _ = self.0.set(Box::new(f));
+    }
+
+    fn get(&self) -> i64 {
+        self.0.get().map_or(0, |f| f())
+    }
+}
+
+impl std::fmt::Debug for SampledGauge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SampledGauge({})", self.get())
+    }
+}
+
 /// Every metric the platform exports. Parts of the platform (API, gateway, checker) update
 /// the fields that concern them.
 #[derive(Debug, Default)]
@@ -57,7 +79,7 @@ pub struct Metrics {
     pub machines_reaped: AtomicU64,
     pub driver_errors: AtomicU64,
     pub create_latency: Histogram,
-    pub terminals_open: AtomicI64,
+    pub terminals_open: SampledGauge,
     pub checks_run: AtomicU64,
     pub checks_passed: AtomicU64,
     pub checks_failed: AtomicU64,
@@ -132,7 +154,7 @@ impl Metrics {
             &mut out,
             "rnr_terminals_open",
             "Open terminal sessions.",
-            self.terminals_open.load(Ordering::Relaxed),
+            self.terminals_open.get(),
         );
         counter(
             &mut out,

@@ -148,6 +148,10 @@ impl Platform {
             MachineState::Deleted,
         ];
         let counts = self.store.count_by_state().await?;
+        let queued = self.store.count_check_runs("queued").await?;
+        self.metrics
+            .check_queue_depth
+            .store(queued, Ordering::Relaxed);
         let by_state: Vec<(&str, u64)> = all
             .iter()
             .map(|s| {
