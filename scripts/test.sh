@@ -27,6 +27,7 @@ else
   cargo test --locked -p rnr-driver-docker -p rnr-driver-native -- --test-threads=1
 fi
 
-# The API integration tests again on the native (crun) driver; the pass above used docker.
-echo "==> cargo test -p rnr --test api (native driver)" >&2
-RNR_TEST_DRIVER=native cargo test -p rnr --locked --test api -- --test-threads="${RNR_TEST_THREADS:-4}"
+# The API and web terminal integration tests again on the native (crun) driver; the pass
+# above used docker.
+echo "==> cargo test -p rnr --test api --test terminal (native driver)" >&2
+RNR_TEST_DRIVER=native cargo test -p rnr --locked --test api --test terminal -- --test-threads="${RNR_TEST_THREADS:-4}"
