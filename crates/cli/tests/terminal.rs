@@ -467,10 +467,12 @@ fn a_stalled_client_costs_a_bounded_buffer_and_is_dropped() {
             let sent = Instant::now();
             other.send(&cmd);
             other.until(&want);
+            // Generous for a loaded 2-core CI machine; stuck behind the stalled client it
+            // would never answer.
+            let took = sent.elapsed();
             assert!(
-                sent.elapsed() < Duration::from_secs(2),
-                "{:?}",
-                sent.elapsed()
+                took < Duration::from_secs(5),
+                "other terminal answered in {took:?}"
             );
         }
     }
