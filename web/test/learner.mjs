@@ -120,6 +120,17 @@ try {
   ]) await typeLine(pa, fa, line);
   await screenHas(fa, 'solved-42');
 
+  step = 'tasks tick off live while the learner types';
+  try {
+    await pa.waitForFunction(() => {
+      const li = [...document.querySelectorAll('#tasks li')];
+      return li.length > 0 && li.every((l) => l.className === 'passed');
+    }, null, { timeout: 60000 });
+  } catch (e) {
+    fail(`no live update: ${await pa.textContent('#tasks')}`);
+  }
+  out.live = 'every task ticked off without pressing Check';
+
   step = 'passing path';
   const passing = await check(pa);
   if (!passing.items.every((i) => i.status === 'passed')) fail(`not all green: ${JSON.stringify(passing)}`);

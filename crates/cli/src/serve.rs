@@ -218,6 +218,9 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     )
     .await?;
     {
+        // Typing in a terminal triggers live checking of that machine.
+        let live = checker.clone();
+        gateway.on_activity(move |machine| live.notify_activity(machine));
         let gw = gateway.clone();
         platform
             .metrics()

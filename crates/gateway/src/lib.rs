@@ -129,6 +129,9 @@ impl GatewayConfig {
     }
 }
 
+/// Called with a machine id on its owner's input.
+type ActivityHook = Box<dyn Fn(&str) + Send + Sync>;
+
 struct Inner {
     platform: Platform,
     signer: Signer,
@@ -136,6 +139,8 @@ struct Inner {
     terminals: Mutex<HashMap<String, Arc<Terminal>>>,
     /// One attach at a time per terminal id, so two reconnecting tabs share one session.
     attaching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Told of the owner's input per machine (live checking re-runs checks after it).
+    on_activity: std::sync::OnceLock<ActivityHook>,
 }
 
 /// The gateway: cheap to clone, shared by every handler.
@@ -205,10 +210,23 @@ impl Gateway {
                 cfg,
                 terminals: Mutex::new(HashMap::new()),
                 attaching: Mutex::new(HashMap::new()),
+                on_activity: std::sync::OnceLock::new(),
             }),
         };
         gw.spawn_idle_sweeper();
         Ok(gw)
+    }
+
+    /// Calls `f(machine_id)` on every burst of the owner's input (it must be cheap: the
+    /// checker only notes the time and debounces). Only the first hook set counts.
+    pub fn on_activity(&self, f: impl Fn(&str) + Send + Sync + 'static) {
+        let _ = self.inner.on_activity.set(Box::new(f));
+    }
+
+    pub(crate) fn activity(&self, machine: &str) {
+        if let Some(f) = self.inner.on_activity.get() {
+            f(machine);
+        }
     }
 
     pub fn config(&self) -> &GatewayConfig {

@@ -127,7 +127,7 @@ async fn pump(
     let last_seen = AtomicI64::new(rnr_core::now_ms());
     let (paused_tx, paused_rx) = watch::channel(false);
     let end = {
-        let inbound = from_browser(term, role, stream, &last_seen, &paused_tx);
+        let inbound = from_browser(gw, term, role, stream, &last_seen, &paused_tx);
         let outbound = to_browser(gw, term, role, sub, &mut sink, &last_seen, paused_rx);
         tokio::select! {
             end = inbound => end,
@@ -147,6 +147,7 @@ async fn pump(
 
 /// Browser → shell. Returns a close to send, or `None` when the browser left.
 async fn from_browser(
+    gw: &Gateway,
     term: &Terminal,
     role: Role,
     mut stream: SplitStream<WebSocket>,
@@ -158,7 +159,10 @@ async fn from_browser(
         last_seen.store(rnr_core::now_ms(), Ordering::Relaxed);
         match msg {
             // Viewers' keystrokes are dropped: they watch.
-            Message::Binary(data) if role == Role::Owner => term.input(&data).await,
+            Message::Binary(data) if role == Role::Owner => {
+                term.input(&data).await;
+                gw.activity(&term.machine);
+            }
             Message::Binary(_) => {}
             Message::Text(text) => match serde_json::from_str::<Control>(&text) {
                 Ok(Control::Resize { rows, cols }) if role == Role::Owner => {
