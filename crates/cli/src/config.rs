@@ -166,7 +166,14 @@ pub struct FlagOverrides {
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/rnr/config.toml";
 
 /// Environment variables with the `RNR_` prefix that are not configuration keys.
-const NOT_CONFIG_ENV: &[&str] = &["config", "url", "api_key", "log"];
+const NOT_CONFIG_ENV: &[&str] = &[
+    "config",
+    "url",
+    "api_key",
+    "log",
+    "test_driver",
+    "isolation_echo_ms",
+];
 
 pub fn load(file: Option<&Path>, flags: &FlagOverrides) -> anyhow::Result<Config> {
     let mut fig = Figment::from(Serialized::defaults(Config::default()));
