@@ -25,7 +25,11 @@ if [ ! -s "$DATA_DIR/admin.key" ]; then
   $RNR apikey create admin > "$DATA_DIR/admin.key"
 fi
 echo "==> API key in $DATA_DIR/admin.key" >&2
-echo "==> rootnroll at http://localhost:${LISTEN##*:}  (try: RNR_API_KEY=\$(cat $DATA_DIR/admin.key) $RNR machine create)" >&2
+port=${LISTEN##*:}
+echo "==> rootnroll at http://localhost:$port" >&2
+echo "    an exercise:  http://localhost:$port/exercises/hello-lama   (all: /exercises)" >&2
+echo "    operators:    http://localhost:$port/operator   (sign in with the key in $DATA_DIR/admin.key)" >&2
+echo "    API:          RNR_API_KEY=\$(cat $DATA_DIR/admin.key) $RNR machine create" >&2
 # The starter exercises of this clone, unless told otherwise.
 export RNR_CHECKER__EXERCISES_DIR=${RNR_CHECKER__EXERCISES_DIR:-$PWD/exercises}
 exec $RNR serve
