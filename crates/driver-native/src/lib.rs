@@ -28,7 +28,8 @@ pub use net::Subnet;
 
 use async_trait::async_trait;
 use rnr_driver::{
-    Driver, ExecHandle, ExecSpec, ImageInfo, MachineInfo, MachineSpec, MachineStatus, Result,
+    Driver, ExecHandle, ExecSpec, ImageInfo, MachineInfo, MachineSpec, MachineStats, MachineStatus,
+    Result,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -1116,6 +1117,55 @@ impl Driver for NativeDriver {
 
     async fn import_image(&self, name: &str, rootfs_tar: &Path) -> Result<ImageInfo> {
         Ok(self.import_inner(name, rootfs_tar).await?)
+    }
+
+    async fn stats(&self, id: &str) -> Result<Option<MachineStats>> {
+        self.own_meta(id)?;
+        let root = &self.inner.cfg.cgroup_root;
+        let rel = format!("{}/{id}", self.cgroup_parent());
+        let read = |path: PathBuf| -> Option<u64> {
+            std::fs::read_to_string(path).ok()?.trim().parse().ok()
+        };
+        let under = |controller: &str, file: &str| {
+            root.join(controller)
+                .join(rel.trim_start_matches('/'))
+                .join(file)
+        };
+        // cgroup v1 (one hierarchy per controller), else the unified v2 hierarchy.
+        let v1 = (
+            read(under("cpuacct", "cpuacct.usage")),
+            read(under("memory", "memory.usage_in_bytes")),
+            read(under("pids", "pids.current")),
+        );
+        if let (Some(cpu_ns), Some(memory_bytes), Some(pids)) = v1 {
+            return Ok(Some(MachineStats {
+                cpu_ns,
+                memory_bytes,
+                pids,
+            }));
+        }
+        let dir = root.join(rel.trim_start_matches('/'));
+        let cpu_usec = std::fs::read_to_string(dir.join("cpu.stat"))
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix("usage_usec "))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            });
+        Ok(
+            match (
+                cpu_usec,
+                read(dir.join("memory.current")),
+                read(dir.join("pids.current")),
+            ) {
+                (Some(us), Some(memory_bytes), Some(pids)) => Some(MachineStats {
+                    cpu_ns: us.saturating_mul(1000),
+                    memory_bytes,
+                    pids,
+                }),
+                _ => None,
+            },
+        )
     }
 
     async fn list_images(&self) -> Result<Vec<ImageInfo>> {
