@@ -139,7 +139,15 @@ try {
   await pa.screenshot({ path: `${shots}/learner.png` });
 
   step = 'reload keeps the machine and the shell';
-  const pid = async (f) => { await typeLine(pa, f, 'echo pid-$$-end'); await screenHas(f, 'pid-'); return f.evaluate(() => (window.rnr.text().match(/pid-(\d+)-end/g) || []).pop()); };
+  // A fresh marker per call: the repainted screen after a reload still shows the old one.
+  let mark = 0;
+  const pid = async (f) => {
+    mark += 1;
+    await typeLine(pa, f, `echo pid-${mark}-$$-end`);
+    const re = `pid-${mark}-(\\d+)-end`;
+    await f.waitForFunction((r) => new RegExp(r).test(window.rnr.text()), re, { timeout: 30000, polling: 50 });
+    return f.evaluate((r) => window.rnr.text().match(new RegExp(r))[1], re);
+  };
   const pidBefore = await pid(fa);
   await pa.reload();
   await ready(pa);
