@@ -182,6 +182,12 @@ async fn shutdown_signal(token: CancellationToken) {
 }
 
 pub async fn serve(cfg: Config) -> anyhow::Result<()> {
+    if cfg.agent().is_none() {
+        tracing::warn!(
+            "no in-machine agent: set agent_path / RNR_AGENT_PATH (scripts/build-agent.sh) or put \
+             rnr-agent beside rnr; terminals and checks need it"
+        );
+    }
     let store = open_store(&cfg).await?;
     let driver = connect_driver(&cfg, &store).await?;
     let driver_name = driver.name();
