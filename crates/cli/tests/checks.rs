@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{rnr, Server};
+use common::{ensure_debian, rnr, Server};
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -18,25 +18,6 @@ fn write(dir: &Path, name: &str, text: &str) {
     let p = dir.join(name);
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
     std::fs::write(p, text).unwrap();
-}
-
-/// Builds the Debian image once (the tiny one lacks python3, dpkg and useradd).
-fn ensure_debian() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let tmp = tempfile::tempdir().unwrap();
-        let out = rnr()
-            .args(["image", "build", "debian", "--if-missing", "--data-dir"])
-            .arg(tmp.path())
-            .env("RNR_DRIVER", "docker")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    });
 }
 
 /// Queues a run of the machine's checks and waits for it to end.

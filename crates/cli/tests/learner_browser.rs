@@ -7,22 +7,6 @@ mod common;
 
 use common::Server;
 use std::path::Path;
-use std::process::Command;
-
-fn ensure_debian() {
-    let tmp = tempfile::tempdir().unwrap();
-    let out = common::rnr()
-        .args(["image", "build", "debian", "--if-missing", "--data-dir"])
-        .arg(tmp.path())
-        .env("RNR_DRIVER", "docker")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 #[test]
 fn learner_embed_and_operator_in_chromium() {
@@ -30,7 +14,7 @@ fn learner_embed_and_operator_in_chromium() {
         // The browser path is driver-independent; the docker pass covers it.
         return;
     }
-    ensure_debian();
+    common::ensure_debian();
     let agent = std::env::var("RNR_AGENT_PATH")
         .expect("RNR_AGENT_PATH must name the static agent (scripts/build-agent.sh)");
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -40,29 +24,12 @@ fn learner_embed_and_operator_in_chromium() {
         ("RNR_CHECKER__EXERCISES_DIR", exercises.to_str().unwrap()),
         ("RNR_DEFAULT_IMAGE", "debian"),
     ]);
-    let web = root.join("web");
-    assert!(
-        web.join("node_modules/playwright-core").exists(),
-        "web/node_modules is missing: the rnr-gateway build runs npm ci there"
-    );
     let shots = root.join("docs/screenshots");
-    let out = Command::new("node")
-        .arg("test/learner.mjs")
-        .arg(&s.url)
-        .arg(&s.key)
-        .arg(&shots)
-        .current_dir(&web)
-        .output()
-        .expect("run node");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("{stdout}{stderr}");
-    assert!(
-        out.status.success(),
-        "learner browser test failed:\n{stderr}\nserver log:\n{}",
-        s.log_text()
+    let seen = common::run_browser_script(
+        &s,
+        "learner.mjs",
+        &[&s.url, &s.key, shots.to_str().unwrap()],
     );
-    let seen: serde_json::Value = serde_json::from_str(stdout.trim()).expect("results line");
     assert_eq!(seen["post_message"]["type"], "rnr:passed");
     for shot in [
         "learner.png",

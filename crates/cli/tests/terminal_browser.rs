@@ -7,8 +7,6 @@ mod common;
 
 use common::Server;
 use serde_json::json;
-use std::path::Path;
-use std::process::Command;
 
 #[test]
 fn terminal_page_in_chromium() {
@@ -29,28 +27,15 @@ fn terminal_page_in_chromium() {
         Some(json!({"record": true})),
     );
     assert_eq!(status, 201, "{rec}");
-    let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../web");
-    assert!(
-        web.join("node_modules/playwright-core").exists(),
-        "web/node_modules is missing: the rnr-gateway build runs npm ci there"
+    let results = common::run_browser_script(
+        &s,
+        "browser.mjs",
+        &[
+            t["page_url"].as_str().unwrap(),
+            t["viewer_page_url"].as_str().unwrap(),
+            rec["page_url"].as_str().unwrap(),
+        ],
     );
-    let out = Command::new("node")
-        .arg("test/browser.mjs")
-        .arg(t["page_url"].as_str().unwrap())
-        .arg(t["viewer_page_url"].as_str().unwrap())
-        .arg(rec["page_url"].as_str().unwrap())
-        .current_dir(&web)
-        .output()
-        .expect("run node");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("{stdout}{stderr}");
-    assert!(
-        out.status.success(),
-        "browser test failed:\n{stderr}\nserver log:\n{}",
-        s.log_text()
-    );
-    let results: serde_json::Value = serde_json::from_str(stdout.trim()).expect("results line");
     assert!(results["cat_100mb"]["mb_per_s"].as_f64().unwrap() > 0.0);
     assert_eq!(results["replay"], "ok");
 }

@@ -347,3 +347,48 @@ impl Drop for Server {
         }
     }
 }
+
+/// Builds and imports the Debian image once per test binary (the tiny one lacks python3,
+/// dpkg and useradd, which exercises need).
+pub fn ensure_debian() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = rnr()
+            .args(["image", "build", "debian", "--if-missing", "--data-dir"])
+            .arg(tmp.path())
+            .env("RNR_DRIVER", "docker")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+}
+
+/// Runs `web/test/<script>` in node (playwright-core drives Debian's Chromium) and returns
+/// the JSON line it prints; fails the test with its reason and the server's log otherwise.
+pub fn run_browser_script(s: &Server, script: &str, args: &[&str]) -> Value {
+    let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../web");
+    assert!(
+        web.join("node_modules/playwright-core").exists(),
+        "web/node_modules is missing: the rnr-gateway build runs npm ci there"
+    );
+    let out = Command::new("node")
+        .arg(format!("test/{script}"))
+        .args(args)
+        .current_dir(&web)
+        .output()
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stdout}{stderr}");
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{stderr}\nserver log:\n{}",
+        s.log_text()
+    );
+    serde_json::from_str(stdout.trim()).expect("results line")
+}
