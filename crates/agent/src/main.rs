@@ -7,6 +7,7 @@
 mod check;
 mod check_wire;
 mod session;
+mod session_wire;
 
 use std::process::ExitCode;
 

@@ -19,16 +19,10 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch};
 
-// Frame types of the agent protocol; they mirror crates/agent/src/session.rs (the agent
-// stays free of workspace crates) and docs/terminal-protocol.md.
-pub const T_INPUT: u8 = 0x01;
-pub const T_RESIZE: u8 = 0x02;
-pub const T_SNAPSHOT_REQ: u8 = 0x03;
-pub const T_KILL: u8 = 0x04;
-pub const T_HELLO: u8 = 0x80;
-pub const T_OUTPUT: u8 = 0x81;
-pub const T_SNAPSHOT: u8 = 0x82;
-pub const T_EXIT: u8 = 0x83;
+// Frame tags of the agent protocol, shared with the agent itself.
+#[path = "../../agent/src/session_wire.rs"]
+mod session_wire;
+pub use session_wire::*;
 
 /// Largest frame taken from the machine side (a snapshot of a 1000×1000 screen fits);
 /// anything larger is an attack or a bug and ends the terminal.
