@@ -6,13 +6,15 @@
 
 mod check;
 mod check_wire;
+mod exec_wire;
+mod init;
 mod session;
 mod session_wire;
 
 use std::process::ExitCode;
 
 fn usage() -> ExitCode {
-    eprintln!("usage: rnr-agent <version> [args…]");
+    eprintln!("usage: rnr-agent <version|init|check|session> [args…]");
     ExitCode::from(2)
 }
 
@@ -24,6 +26,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some("check") => check::main(),
+        Some("init") => init::main(),
         Some("session") => session::main(&args[1..]),
         _ => usage(),
     }

@@ -1,4 +1,4 @@
-//! Processes started in a machine with `crun exec`: their streams (pipes, or a pty whose
+//! Processes started in a machine with `crun exec` (or by its agent, see `agent`): their streams (pipes, or a pty whose
 //! master crun hands over on a console socket so the platform holds it), exit code and
 //! kill.
 
@@ -128,8 +128,8 @@ pub fn pty_output(machine: String, pty: Pty) -> OutputStream {
 /// Stdout and stderr pipes as one stream, chunks in arrival order.
 pub fn pipe_output(
     machine: String,
-    stdout: tokio::process::ChildStdout,
-    stderr: tokio::process::ChildStderr,
+    stdout: impl AsyncRead + Send + 'static,
+    stderr: impl AsyncRead + Send + 'static,
 ) -> OutputStream {
     let m2 = machine.clone();
     let out = ReaderStream::with_capacity(stdout, 32 * 1024).map(move |r| {

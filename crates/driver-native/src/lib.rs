@@ -11,14 +11,20 @@
 //!   holding its upper layer, and the idmapped image) are mounted only inside the private
 //!   mount namespace crun runs in, so they live exactly as long as the machine's own mount
 //!   namespace and never grow the host's mount table.
+//!   `agent.sock` — with an agent configured, the socket its PID 1 (`rnr-agent init`)
+//!   listens on (bound here, passed to it as fd 3): every exec is forked by the agent in
+//!   about a millisecond; without an agent, PID 1 is a shell loop and execs use `crun exec`.
 //! * `crun/` — crun's state root (`--root`).
 //!
 //! Every crun call runs in a fresh private mount namespace where, on cgroup v1 hybrid
 //! hosts, an empty file hides `<cgroup_root>/unified/cgroup.controllers` (crun 1.8.1
 //! refuses hybrid hosts otherwise).
 
+mod agent;
 mod error;
 mod exec;
+#[path = "../../agent/src/exec_wire.rs"]
+mod exec_wire;
 mod net;
 mod oci;
 mod sys;
@@ -164,6 +170,9 @@ fn check_traversable(dir: &Path) -> NResult<()> {
     }
     Ok(())
 }
+
+/// The agent's socket in a machine's host-side directory.
+const AGENT_SOCKET: &str = "agent.sock";
 
 /// What the driver records per machine (`machines/<id>/machine.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -397,7 +406,7 @@ impl NativeDriver {
         }
         let mut cmd = tokio::process::Command::new(&cfg.runtime);
         cmd.arg("--root").arg(cfg.state_dir.join("crun"));
-        if plan.needs_mount_ns() || plan.netns_fd.is_some() {
+        if plan.needs_mount_ns() || plan.netns_fd.is_some() || plan.pass_fd.is_some() {
             sys::with_plan(&mut cmd, Arc::new(plan));
         }
         Ok(cmd)
@@ -576,12 +585,36 @@ impl NativeDriver {
             sys::cstr(&opts).map_err(|e| io_err("preparing", &rootfs, e))?,
         ));
 
+        // The agent's listening socket, bound here (outside anything the machine can see)
+        // and handed to its PID 1 as fd 3.
+        let listener = match cfg.agent {
+            Some(_) => {
+                let path = dir.join(AGENT_SOCKET);
+                if path.as_os_str().len() > 107 {
+                    return Err(NativeError::Invalid {
+                        id: id.to_string(),
+                        message: format!(
+                            "socket path {} is longer than 107 bytes: use a shorter state dir",
+                            path.display()
+                        ),
+                    });
+                }
+                let l = std::os::unix::net::UnixListener::bind(&path)
+                    .map_err(|e| io_err("binding", &path, e))?;
+                plan.pass_fd = Some(l.as_raw_fd());
+                Some(l)
+            }
+            None => None,
+        };
         let log_path = dir.join("crun.log");
         let log = std::fs::File::create(&log_path).map_err(|e| io_err("creating", &log_path, e))?;
         let pid_file = dir.join("init.pid");
         let mut cmd = self.crun(plan, true)?;
-        cmd.arg("run")
-            .arg("--detach")
+        cmd.arg("run");
+        if listener.is_some() {
+            cmd.arg("--preserve-fds").arg("1");
+        }
+        cmd.arg("--detach")
             .arg("--bundle")
             .arg(&dir)
             .arg("--pid-file")
@@ -598,6 +631,7 @@ impl NativeDriver {
             )
         })?;
         drop(userns_fd);
+        drop(listener);
         if !status.success() {
             return Err(NativeError::Command {
                 id: id.to_string(),
@@ -757,6 +791,25 @@ impl NativeDriver {
         }
         let pid = meta.init_pid.unwrap_or(0);
         let (uid, gid, home) = self.resolve_user(id, pid, spec.user.as_deref())?;
+        let mut env = vec![
+            oci::DEFAULT_PATH.to_string(),
+            "TERM=xterm-256color".to_string(),
+            format!("HOME={home}"),
+        ];
+        env.extend(spec.env.iter().map(|(k, v)| format!("{k}={v}")));
+        // Through the agent when the machine has one (a millisecond), else `crun exec`.
+        let socket = self.machine_dir(id).join(AGENT_SOCKET);
+        let req = exec_wire::Request {
+            argv: spec.argv.clone(),
+            env: env.clone(),
+            uid,
+            gid,
+            cwd: spec.workdir.clone(),
+            tty: spec.tty.map(|t| [t.rows, t.cols]),
+        };
+        if let Some(handle) = agent::exec(&socket, id, &req).await? {
+            return Ok(handle);
+        }
         let cfg = &self.inner.cfg;
         let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
         let tag = format!("{}-{n}", std::process::id());
@@ -767,12 +820,6 @@ impl NativeDriver {
         if let Some(cwd) = &spec.workdir {
             cmd.arg("--cwd").arg(cwd);
         }
-        let mut env = vec![
-            oci::DEFAULT_PATH.to_string(),
-            "TERM=xterm-256color".to_string(),
-            format!("HOME={home}"),
-        ];
-        env.extend(spec.env.iter().map(|(k, v)| format!("{k}={v}")));
         for e in env {
             cmd.arg("--env").arg(e);
         }

@@ -85,6 +85,11 @@ fn device_rule(kind: &str, major: Option<i64>, minor: Option<i64>, access: &str)
 /// The machine's config.json.
 pub fn config(i: &ConfigInput<'_>) -> Value {
     let caps: Vec<&str> = CAPABILITIES.to_vec();
+    // With an agent, it is PID 1 and serves execs on fd 3 (see `agent`).
+    let init_args = match i.agent {
+        Some(_) => json!([AGENT_PATH, "init"]),
+        None => json!(["/bin/sh", "-c", INIT_SCRIPT]),
+    };
     let memory = i.limits.memory_mib.saturating_mul(1 << 20);
     let mut memory_res = json!({"limit": memory});
     if i.memsw {
@@ -157,7 +162,7 @@ pub fn config(i: &ConfigInput<'_>) -> Value {
         "process": {
             "terminal": false,
             "user": {"uid": 0, "gid": 0},
-            "args": ["/bin/sh", "-c", INIT_SCRIPT],
+            "args": init_args,
             "env": [DEFAULT_PATH, "TERM=xterm-256color", "HOME=/root"],
             "cwd": "/",
             "capabilities": {

@@ -54,6 +54,9 @@ pub struct MountPlan {
     pub overlay: Option<(CString, CString)>,
     /// A network namespace to join (for `ip` calls inside a machine).
     pub netns_fd: Option<RawFd>,
+    /// A descriptor to pass to the started program as fd 3 (the agent's listening socket;
+    /// crun forwards it with `--preserve-fds 1`).
+    pub pass_fd: Option<RawFd>,
 }
 
 fn check(ret: libc::c_int) -> io::Result<()> {
@@ -87,6 +90,15 @@ impl MountPlan {
 
     /// Runs in the child after fork and before exec: raw system calls only, no allocation.
     pub fn apply(&self) -> io::Result<()> {
+        if let Some(fd) = self.pass_fd {
+            if fd == crate::exec_wire::LISTEN_FD {
+                // SAFETY: fcntl on a descriptor the parent keeps open: clear close-on-exec.
+                check(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) })?;
+            } else {
+                // SAFETY: dup2(2) onto fd 3 of this child; the copy has no close-on-exec.
+                check(unsafe { libc::dup2(fd, crate::exec_wire::LISTEN_FD) })?;
+            }
+        }
         if let Some(fd) = self.netns_fd {
             // SAFETY: setns(2) on a namespace fd the parent opened and keeps open.
             check(unsafe { libc::setns(fd, libc::CLONE_NEWNET) })?;
@@ -244,11 +256,22 @@ pub fn make_userns(base: u32) -> io::Result<OwnedFd> {
 /// Receives one file descriptor sent with SCM_RIGHTS on `sock` (crun's console socket).
 pub fn recv_fd(sock: RawFd) -> io::Result<OwnedFd> {
     let mut data = [0u8; 4096];
+    let (_, fds) = recv_with_fds(sock, &mut data)?;
+    fds.into_iter().next().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "console socket message carried no file descriptor",
+        )
+    })
+}
+
+/// One `recvmsg` on `sock`: bytes into `data`, and the descriptors that rode along.
+pub fn recv_with_fds(sock: RawFd, data: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
     let mut iov = libc::iovec {
         iov_base: data.as_mut_ptr().cast(),
         iov_len: data.len(),
     };
-    // Room for one cmsg carrying a few fds, 8-byte aligned.
+    // Room for a cmsg carrying up to 16 fds, 8-byte aligned.
     let mut cbuf = [0u64; 16];
     // SAFETY: msghdr is plain old data; zeroed is a valid initial value.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -261,21 +284,30 @@ pub fn recv_fd(sock: RawFd) -> io::Result<OwnedFd> {
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: walking the control buffer the kernel filled, with the libc CMSG macros.
+    let mut fds = Vec::new();
+    // SAFETY: walking the control buffer the kernel filled, with the libc CMSG macros;
+    // every descriptor in an SCM_RIGHTS message is new in this process and ours to own.
     unsafe {
         let mut c = libc::CMSG_FIRSTHDR(&msg);
         while !c.is_null() {
             if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let fd = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
-                return Ok(OwnedFd::from_raw_fd(fd));
+                let len = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                let base = libc::CMSG_DATA(c).cast::<libc::c_int>();
+                for i in 0..len / std::mem::size_of::<libc::c_int>() {
+                    let fd = std::ptr::read_unaligned(base.add(i));
+                    fds.push(OwnedFd::from_raw_fd(fd));
+                }
             }
             c = libc::CMSG_NXTHDR(&msg, c);
         }
     }
-    Err(io::Error::new(
-        io::ErrorKind::InvalidData,
-        "console socket message carried no file descriptor",
-    ))
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "too many file descriptors in one message",
+        ));
+    }
+    Ok((n as usize, fds))
 }
 
 /// Sets the window size of a pty.

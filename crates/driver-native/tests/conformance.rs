@@ -1,4 +1,5 @@
-//! The shared driver conformance suite, run against the native (crun) driver.
+//! The shared driver conformance suite, run against the native (crun) driver with its agent
+//! as PID 1 (execs through the agent).
 //! Needs root, crun, iproute2, iptables and /bin/busybox (busybox-static).
 
 mod common;

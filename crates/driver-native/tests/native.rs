@@ -116,6 +116,61 @@ async fn init_survives_kill_all_and_reaps() {
     d.delete(&s.id).await.expect("delete");
 }
 
+/// With an agent, PID 1 is `rnr-agent init` and forks every exec itself (no runtime
+/// process in between), and the learner's root can neither reach its socket nor its
+/// descriptors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn execs_go_through_the_agent_out_of_the_learners_reach() {
+    for flavour in [Flavour::Plain, Flavour::Userns] {
+        let d = driver(flavour).await;
+        let s = spec("agent");
+        d.create(&s).await.expect("create");
+        let (code, out, err) = sh(
+            &d,
+            &s.id,
+            "tr '\\0' ' ' < /proc/1/cmdline; echo; echo ppid=$PPID; \
+             readlink /proc/1/fd/3 >/dev/null 2>&1 && echo fd-resolved; \
+             cat /proc/1/environ >/dev/null 2>&1 && echo environ-read; \
+             ls /proc/1/root/ >/dev/null 2>&1 && echo root-listed; \
+             kill -9 1; sleep 0.1; echo still-here",
+        )
+        .await;
+        assert_eq!(code, Some(0), "{flavour:?}: {out} {err}");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines.first().map(|l| l.trim()),
+            Some("/.rnr/rnr-agent init")
+        );
+        // `sh` is the agent's own child: no `crun exec` process between them.
+        assert!(lines.contains(&"ppid=1"), "{flavour:?}: {out}");
+        for leak in ["fd-resolved", "environ-read", "root-listed"] {
+            assert!(!out.contains(leak), "{flavour:?}: {leak}: {out}");
+        }
+        assert!(out.contains("still-here"));
+        // A program that does not exist: exit 127 and the reason, as a shell would say.
+        let (code, _, err) = sh(&d, &s.id, "exec /no/such/program").await;
+        assert_eq!(code, Some(127), "{err}");
+        let out = collect(
+            d.as_ref(),
+            &s.id,
+            ExecRequest::new(ExecSpec::new(["no-such-program"]), Duration::from_secs(5)),
+        )
+        .await
+        .expect("exec");
+        assert_eq!(out.exit_code, Some(127));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("not found in $PATH"),
+            "{:?}",
+            out.stderr
+        );
+        assert_eq!(
+            d.inspect(&s.id).await.unwrap().status,
+            MachineStatus::Running
+        );
+        d.delete(&s.id).await.expect("delete");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cgroup_limits_and_fork_bomb() {
     let d = driver(Flavour::Plain).await;

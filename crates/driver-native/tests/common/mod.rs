@@ -88,14 +88,20 @@ pub fn build_tiny_tar(work: &Path, out: &Path) {
 /// Flavours of driver a test binary may need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flavour {
+    /// Execs through the agent (PID 1), no user namespace.
     Plain,
+    /// Execs through the agent, user namespaces.
     Userns,
+    /// A 16 MiB writable layer.
     SmallDisk,
+    /// No agent: shell init, every exec through `crun exec`.
+    Runtime,
 }
 
 static PLAIN: OnceCell<Arc<NativeDriver>> = OnceCell::const_new();
 static USERNS: OnceCell<Arc<NativeDriver>> = OnceCell::const_new();
 static SMALL: OnceCell<Arc<NativeDriver>> = OnceCell::const_new();
+static RUNTIME: OnceCell<Arc<NativeDriver>> = OnceCell::const_new();
 static TAR: OnceCell<PathBuf> = OnceCell::const_new();
 
 async fn tiny_tar() -> PathBuf {
@@ -130,6 +136,7 @@ pub fn config(f: Flavour, state_dir: &Path) -> NativeConfig {
         Flavour::Plain => 0,
         Flavour::Userns => 1,
         Flavour::SmallDisk => 2,
+        Flavour::Runtime => 3,
     };
     let mut cfg = NativeConfig::new(state_dir, format!("test-{pid}-{n}"));
     cfg.bridge = format!("rnt{}x{n}", pid % 100_000);
@@ -142,7 +149,32 @@ pub fn config(f: Flavour, state_dir: &Path) -> NativeConfig {
     if f == Flavour::SmallDisk {
         cfg.disk_mib = Some(16);
     }
+    if f != Flavour::Runtime {
+        cfg.agent = Some(agent_path());
+    }
     cfg
+}
+
+/// The static agent: `RNR_AGENT_PATH`, else built with scripts/build-agent.sh.
+pub fn agent_path() -> PathBuf {
+    static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        if let Some(p) = std::env::var_os("RNR_AGENT_PATH").filter(|p| !p.is_empty()) {
+            return PathBuf::from(p);
+        }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let out = std::process::Command::new(root.join("scripts/build-agent.sh"))
+            .current_dir(&root)
+            .output()
+            .expect("run scripts/build-agent.sh");
+        assert!(
+            out.status.success(),
+            "scripts/build-agent.sh: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    })
+    .clone()
 }
 
 /// The driver of flavour `f` for this process, with the tiny image imported.
@@ -151,6 +183,7 @@ pub async fn driver(f: Flavour) -> Arc<NativeDriver> {
         Flavour::Plain => &PLAIN,
         Flavour::Userns => &USERNS,
         Flavour::SmallDisk => &SMALL,
+        Flavour::Runtime => &RUNTIME,
     };
     cell.get_or_init(|| async {
         let dir = tempfile::Builder::new()
@@ -179,6 +212,14 @@ pub async fn driver(f: Flavour) -> Arc<NativeDriver> {
 pub async fn harness() -> rnr_driver::conformance::Harness {
     rnr_driver::conformance::Harness {
         driver: driver(Flavour::Plain).await,
+        image: IMAGE.to_string(),
+    }
+}
+
+/// The conformance harness on a driver without agent (every exec through crun).
+pub async fn runtime_harness() -> rnr_driver::conformance::Harness {
+    rnr_driver::conformance::Harness {
+        driver: driver(Flavour::Runtime).await,
         image: IMAGE.to_string(),
     }
 }
