@@ -76,7 +76,7 @@ class Api:
 
 
 class Server:
-    def __init__(self, rnr, driver, capacity):
+    def __init__(self, rnr, driver, capacity, agent):
         self.rnr = rnr
         self.driver = driver
         self.dir = tempfile.mkdtemp(prefix=f"rnr-bench-{driver}-")
@@ -94,7 +94,9 @@ class Server:
             "RNR_CAPACITY": str(capacity),
             "RNR_LOG": "warn,rnr=info",
         })
-        self.env.pop("RNR_AGENT_PATH", None)
+        # The platform as run.sh runs it: with the in-machine agent (on the native driver
+        # it is PID 1 and starts every exec).
+        self.env["RNR_AGENT_PATH"] = agent
         self.proc = None
         self.ids = []
         self.failed_execs = []
@@ -286,14 +288,19 @@ def main():
     ap.add_argument("--idle", default="1000,2000")
     ap.add_argument("--docker-idle", default="1000")
     ap.add_argument("--variants", default="native,docker,docker-run")
+    ap.add_argument("--agent", default="",
+                    help="rnr-agent binary (default: built with scripts/build-agent.sh)")
     args = ap.parse_args()
+    agent = args.agent or subprocess.run(
+        [os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts", "build-agent.sh")],
+        check=True, capture_output=True, text=True).stdout.strip()
     idle = [int(x) for x in args.idle.split(",") if x]
     didle = [int(x) for x in args.docker_idle.split(",") if x]
     cap = max(idle + didle + [args.n]) + 10
     results = []
     for name in args.variants.split(","):
-        v = {"native": lambda: Server(args.rnr, "native", cap),
-             "docker": lambda: Server(args.rnr, "docker", cap),
+        v = {"native": lambda: Server(args.rnr, "native", cap, agent),
+             "docker": lambda: Server(args.rnr, "docker", cap, agent),
              "docker-run": BareDocker}[name]()
         try:
             v.start()

@@ -168,7 +168,8 @@ pub struct Store {
     pool: SqlitePool,
 }
 
-pub(crate) const MACHINE_COLUMNS: &str = "id, image, state, address, hostname, memory_mib, cpu_millis, pids, \
+pub(crate) const MACHINE_COLUMNS: &str =
+    "id, image, state, address, hostname, memory_mib, cpu_millis, pids, \
      outbound, owner, api_key_id, error, created_at, expires_at, deleted_at";
 
 fn to_i64(v: u64) -> i64 {
