@@ -40,6 +40,7 @@ mod sys;
 
 pub use error::{NResult, NativeError};
 pub use net::Subnet;
+pub use oci::seccomp as seccomp_profile;
 
 use async_trait::async_trait;
 use rnr_driver::{

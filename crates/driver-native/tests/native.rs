@@ -468,3 +468,66 @@ async fn btrfs_pool_torn_down_without_leftovers() {
         "nothing mounted"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seccomp_profile_refuses_what_capabilities_do_not() {
+    for f in [Flavour::Plain, Flavour::Userns] {
+        let d = driver(f).await;
+        let s = spec("seccomp");
+        d.create(&s).await.expect("create");
+        let (_, out, _) = sh(&d, &s.id, "grep -E '^Seccomp:' /proc/self/status").await;
+        assert_eq!(out.split_whitespace().nth(1), Some("2"), "filtered: {out}");
+        // A nested user namespace needs no capability, so only the profile refuses it
+        // (inside it, the learner would hold every capability over new namespaces).
+        let (_, out, _) = sh(
+            &d,
+            &s.id,
+            "unshare -U true 2>&1; echo rc=$?; unshare -n true 2>&1; echo rc=$?",
+        )
+        .await;
+        assert!(!out.contains("rc=0"), "{f:?}: namespaces refused: {out}");
+        assert!(
+            out.contains("Operation not permitted"),
+            "{f:?}: EPERM, as from the profile: {out}"
+        );
+        // What the profile must leave alone: PER_LINUX32, unshare without namespaces,
+        // threads and processes.
+        let (_, out, err) = sh(
+            &d,
+            &s.id,
+            "linux32 uname -m; unshare true && echo plain-unshare; (true) && echo forked",
+        )
+        .await;
+        assert_eq!(out, "i686\nplain-unshare\nforked\n", "{f:?}: {err}");
+        d.delete(&s.id).await.unwrap();
+    }
+}
+
+/// crun silently skips system calls its libseccomp does not know: every name in the
+/// profile must resolve in the host's libseccomp (the one crun links to).
+#[test]
+fn seccomp_profile_names_are_known_to_libseccomp() {
+    // SAFETY: dlopen/dlsym with NUL-terminated names; the symbol is used with the
+    // signature libseccomp documents, `int seccomp_syscall_resolve_name(const char *)`.
+    let resolve = unsafe {
+        let lib = libc::dlopen(c"libseccomp.so.2".as_ptr(), libc::RTLD_NOW);
+        assert!(!lib.is_null(), "libseccomp.so.2 (crun's) not found");
+        let sym = libc::dlsym(lib, c"seccomp_syscall_resolve_name".as_ptr());
+        assert!(!sym.is_null(), "seccomp_syscall_resolve_name");
+        std::mem::transmute::<*mut libc::c_void, extern "C" fn(*const libc::c_char) -> libc::c_int>(
+            sym,
+        )
+    };
+    let profile = rnr_driver_native::seccomp_profile();
+    let mut names = 0;
+    for rule in profile["syscalls"].as_array().unwrap() {
+        for name in rule["names"].as_array().unwrap() {
+            let name = name.as_str().unwrap();
+            let c = std::ffi::CString::new(name).unwrap();
+            // -1 is __NR_SCMP_ERROR; other negative numbers are calls another ABI has.
+            assert_ne!(resolve(c.as_ptr()), -1, "libseccomp does not know {name}");
+            names += 1;
+        }
+    }
+    assert!(names > 40, "{names} names");
+}
