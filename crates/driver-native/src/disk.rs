@@ -29,6 +29,7 @@ const BTRFS_FIRST_FREE_OBJECTID: u64 = 256;
 const LOOP_CTL_GET_FREE: libc::Ioctl = 0x4c82;
 const LOOP_CONFIGURE: libc::Ioctl = 0x4c0a;
 const LO_FLAGS_AUTOCLEAR: u32 = 4;
+const LO_FLAGS_DIRECT_IO: u32 = 16;
 
 /// `struct btrfs_ioctl_vol_args`.
 #[repr(C)]
@@ -213,6 +214,7 @@ impl Pool {
             if !image.exists() {
                 make_image(&image, size_gib)?;
             }
+            warn_if_short_of_space(&image, state_dir);
             mount_image(&image, &dir)?;
             Self {
                 image: Some(image),
@@ -366,6 +368,31 @@ fn vol_args(name: &str) -> NResult<Box<VolArgs>> {
     Ok(args)
 }
 
+/// The image is sparse: should the host's filesystem fill up before the image does,
+/// writes to the pool fail and btrfs turns it read-only. Says so when that can happen.
+fn warn_if_short_of_space(image: &Path, state_dir: &Path) {
+    let (Ok(md), Ok(c)) = (std::fs::metadata(image), cpath(state_dir)) else {
+        return;
+    };
+    // SAFETY: statvfs is plain old data; zeroed is a valid initial value.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statvfs(2) writes into the struct it is given.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } < 0 {
+        return;
+    }
+    #[allow(clippy::unnecessary_cast)] // fsblkcnt_t and c_ulong vary across targets
+    let free = (st.f_bavail as u64).saturating_mul(st.f_frsize as u64);
+    let unallocated = md.len().saturating_sub(md.blocks().saturating_mul(512));
+    if unallocated > free {
+        tracing::warn!(
+            image = %image.display(),
+            image_gib = md.len() >> 30,
+            host_free_gib = free >> 30,
+            "the machines' disk pool may outgrow the free space of the filesystem holding it"
+        );
+    }
+}
+
 /// Creates a sparse image of `size_gib` GiB at `image` and formats it with mkfs.btrfs.
 fn make_image(image: &Path, size_gib: u64) -> NResult<()> {
     let tmp = image.with_extension("img.tmp");
@@ -404,7 +431,9 @@ fn make_image(image: &Path, size_gib: u64) -> NResult<()> {
     res
 }
 
-/// Attaches `image` to a free loop device (auto-clearing) and mounts it on `dir`.
+/// Attaches `image` to a free loop device (auto-clearing; with direct I/O where the
+/// host's filesystem allows, so that pool data is not cached twice: once by btrfs and
+/// once as pages of the image file) and mounts it on `dir`.
 fn mount_image(image: &Path, dir: &Path) -> NResult<()> {
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -417,6 +446,7 @@ fn mount_image(image: &Path, dir: &Path) -> NResult<()> {
         .open("/dev/loop-control")
         .map_err(|e| io_err("opening", Path::new("/dev/loop-control"), e))?;
     let mut attempts = 0;
+    let mut flags = LO_FLAGS_AUTOCLEAR | LO_FLAGS_DIRECT_IO;
     let (loop_dev, _loop_fd) = loop {
         attempts += 1;
         // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a device number.
@@ -437,7 +467,7 @@ fn mount_image(image: &Path, dir: &Path) -> NResult<()> {
         // SAFETY: loop_config is plain old data; zeroed is a valid initial value.
         let mut cfg: LoopConfig = unsafe { std::mem::zeroed() };
         cfg.fd = file.as_raw_fd() as u32;
-        cfg.info.flags = LO_FLAGS_AUTOCLEAR;
+        cfg.info.flags = flags;
         let name = image.as_os_str().as_encoded_bytes();
         let len = name.len().min(63);
         cfg.info.file_name[..len].copy_from_slice(&name[..len]);
@@ -446,6 +476,11 @@ fn mount_image(image: &Path, dir: &Path) -> NResult<()> {
             break (dev, f);
         }
         let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EINVAL) && flags & LO_FLAGS_DIRECT_IO != 0 {
+            // The image's filesystem cannot do direct I/O: cache it, then.
+            flags = LO_FLAGS_AUTOCLEAR;
+            continue;
+        }
         // Another process took this device between GET_FREE and CONFIGURE: try again.
         if e.raw_os_error() != Some(libc::EBUSY) || attempts >= 16 {
             return Err(io_err(format!("attaching {} to", image.display()), &dev, e));

@@ -89,7 +89,9 @@ pub struct NativeConfig {
     /// Size in GiB of the sparse btrfs image `<state_dir>/disk.img` holding all machines'
     /// writable layers when `state_dir` is not on btrfs itself (default 64). Only what is
     /// written takes space on the host; it is the machines' combined ceiling, fixed when
-    /// the image is first made.
+    /// the image is first made. Keep it within the host filesystem's free space (the
+    /// driver warns otherwise): should the host fill up first, btrfs turns the pool
+    /// read-only.
     pub disk_pool_gib: u64,
     /// Static agent binary bind-mounted read-only at [`rnr_driver::AGENT_PATH`] in every
     /// machine.

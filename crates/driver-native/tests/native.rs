@@ -430,7 +430,10 @@ async fn btrfs_pool_torn_down_without_leftovers() {
     let d = driver(Flavour::Scratch).await;
     let state = d.config().state_dir.clone();
     let image = std::fs::canonicalize(state.join("disk.img")).expect("pool image");
-    assert_eq!(loops_backed_by(&image).len(), 1, "one loop device");
+    let loops = loops_backed_by(&image);
+    assert_eq!(loops.len(), 1, "one loop device");
+    let dio = std::fs::read_to_string(format!("/sys/block/{}/loop/dio", loops[0])).unwrap();
+    eprintln!("pool on {} (direct I/O: {})", loops[0], dio.trim());
     assert_eq!(mounts_under(&state).len(), 1, "the pool's one mount");
     // A second driver on the same state dir (a restart) reuses the mounted pool.
     let d2 = NativeDriver::open(d.config().clone()).expect("reopen");
