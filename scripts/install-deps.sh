@@ -8,6 +8,8 @@ log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
 
 pkgs=(docker.io debootstrap busybox-static crun runc iptables iproute2 sqlite3 ca-certificates
+      # mkfs.btrfs: the native driver's per-machine disk quotas (a loop-mounted btrfs pool).
+      btrfs-progs
       python3-pytest python3-requests
       curl python3 gcc libc6-dev pkg-config
       # Chromium runs the browser tests.

@@ -100,9 +100,16 @@ pub struct NativeSection {
     pub userns: bool,
     /// First host uid of the machines' ranges (65536 ids each).
     pub uid_base: u32,
-    /// Size of each machine's writable layer in MiB (a tmpfs counted against its memory
-    /// limit); 0 keeps it on the data dir's disk without a quota.
+    /// Size of each machine's writable layer in MiB; 0 keeps it on the data dir's disk
+    /// without a quota.
     pub disk_mib: u64,
+    /// Where writable layers live: `btrfs` (a subvolume per machine with a qgroup limit, a
+    /// real disk quota), `tmpfs` (a tmpfs per machine counted against its memory limit),
+    /// or `auto` (btrfs when the host has it, else tmpfs).
+    pub disk: String,
+    /// Size in GiB of the sparse btrfs image `<state_dir>/disk.img` holding every
+    /// machine's writable layer (unless `state_dir` is on btrfs itself); fixed when made.
+    pub disk_pool_gib: u64,
 }
 
 impl Default for NativeSection {
@@ -115,6 +122,8 @@ impl Default for NativeSection {
             userns: true,
             uid_base: 1_000_000_000,
             disk_mib: 1024,
+            disk: "auto".into(),
+            disk_pool_gib: 64,
         }
     }
 }
@@ -200,6 +209,11 @@ pub fn load(file: Option<&Path>, flags: &FlagOverrides) -> anyhow::Result<Config
         matches!(config.driver.as_str(), "auto" | "docker" | "native"),
         "invalid configuration: driver {:?} is not one of: auto, docker, native",
         config.driver
+    );
+    anyhow::ensure!(
+        matches!(config.native.disk.as_str(), "auto" | "btrfs" | "tmpfs"),
+        "invalid configuration: native.disk {:?} is not one of: auto, btrfs, tmpfs",
+        config.native.disk
     );
     anyhow::ensure!(
         matches!(config.log_format.as_str(), "text" | "json"),
@@ -298,8 +312,15 @@ subnet = "10.231.0.0/16"
 # Root in each machine is its own unprivileged host uid range of 65536, from uid_base up.
 userns = true
 uid_base = 1000000000
-# Each machine's writable layer in MiB (counted against its memory limit); 0: no quota.
+# Each machine's writable layer in MiB; 0: no quota.
 disk_mib = 1024
+# Where writable layers live: "btrfs" (a subvolume per machine with a qgroup limit: a real
+# disk quota, on state_dir's own btrfs or on a loop-mounted sparse image
+# <state_dir>/disk.img made with mkfs.btrfs, package btrfs-progs), "tmpfs" (a tmpfs per
+# machine, counted against its memory limit), or "auto": btrfs when the host can, else tmpfs.
+disk = "auto"
+# Size in GiB of the sparse image disk.img (only what is written takes space).
+disk_pool_gib = 64
 
 [terminal]
 # Lifetime of a terminal token; connected browsers are sent fresh ones before it ends.
@@ -356,6 +377,24 @@ mod tests {
             assert_eq!(c.capacity, 9);
             assert_eq!(c.docker.network, "env-net");
             assert_eq!(c.default_ttl_seconds, 3600);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn native_disk_mode_is_checked() {
+        figment::Jail::expect_with(|jail| {
+            let c = load(None, &FlagOverrides::default()).expect("loads");
+            assert_eq!(
+                (c.native.disk.as_str(), c.native.disk_pool_gib),
+                ("auto", 64)
+            );
+            jail.set_env("RNR_NATIVE__DISK", "tmpfs");
+            let c = load(None, &FlagOverrides::default()).expect("loads");
+            assert_eq!(c.native.disk, "tmpfs");
+            jail.set_env("RNR_NATIVE__DISK", "ext4");
+            let err = load(None, &FlagOverrides::default()).expect_err("rejected");
+            assert!(format!("{err:#}").contains("auto, btrfs, tmpfs"), "{err:#}");
             Ok(())
         });
     }

@@ -58,6 +58,9 @@ pub fn native_config(cfg: &Config, owner: &str) -> rnr_driver_native::NativeConf
     c.userns = n.userns;
     c.uid_base = n.uid_base;
     c.disk_mib = (n.disk_mib > 0).then_some(n.disk_mib);
+    // Validated when the configuration is loaded.
+    c.disk = n.disk.parse().unwrap_or_default();
+    c.disk_pool_gib = n.disk_pool_gib;
     c.cgroup_root = cfg.cgroup_root.clone();
     c.proc_root = cfg.proc_root.clone();
     c.agent = cfg.agent();

@@ -1,6 +1,7 @@
 //! Measures create → first successful `true` exec over N machines with the native driver,
 //! then deletes everything it made. Usage (root):
-//! `native_bench <busybox-rootfs.tar> [N] [--userns] [--keep-going]`.
+//! `native_bench <busybox-rootfs.tar> [N] [--userns] [--disk=auto|btrfs|tmpfs] [--keep-going]`.
+//! With `RUST_LOG=rnr_driver_native=debug` it logs each start's steps and their times.
 //! With `RNR_DEBUG_EXEC="cmd"` it runs one command in one machine and prints the outcome.
 
 use rnr_driver::{collect, Driver, ExecRequest, ExecSpec, Limits, MachineSpec, NetworkSpec};
@@ -10,6 +11,11 @@ use std::time::{Duration, Instant};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // `RUST_LOG=rnr_driver_native=debug` shows each start's steps (prepare, disk, runtime…).
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let args: Vec<String> = std::env::args().collect();
     let tar = args
         .get(1)
@@ -21,7 +27,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     cfg.bridge = "rnrbench0".into();
     cfg.subnet = "10.239.0.0/16".into();
     cfg.userns = userns;
+    if let Some(mode) = args.iter().find_map(|a| a.strip_prefix("--disk=")) {
+        cfg.disk = mode.parse()?;
+    }
     let driver = NativeDriver::new(cfg).await?;
+    println!("disk mode: {:?}", driver.disk_mode());
     driver
         .import_image("tiny", std::path::Path::new(tar))
         .await?;

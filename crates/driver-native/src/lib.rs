@@ -7,20 +7,35 @@
 //!   (replaced atomically on re-import); `images/<name>/info.json` holds its size.
 //! * `machines/<id>/machine.json` — what the driver knows (owner, image, address, uid
 //!   range, init pid); `config.json` — the OCI bundle config; `rootfs/`, `lower/`,
-//!   `disk/` — mount points, empty on the host: the machine's overlay (and the tmpfs
-//!   holding its upper layer, and the idmapped image) are mounted only inside the private
-//!   mount namespace crun runs in, so they live exactly as long as the machine's own mount
-//!   namespace and never grow the host's mount table.
+//!   `disk/` — mount points, empty on the host: the machine's overlay (and, in tmpfs disk
+//!   mode, the tmpfs holding its upper layer, and the idmapped image) are mounted only
+//!   inside the private mount namespace crun runs in, so they live exactly as long as the
+//!   machine's own mount namespace and never grow the host's mount table.
 //!   `agent.sock` — with an agent configured, the socket its PID 1 (`rnr-agent init`)
 //!   listens on (bound here, passed to it as fd 3): every exec is forked by the agent in
 //!   about a millisecond; without an agent, PID 1 is a shell loop and execs use `crun exec`.
+//! * `disks/<id>/{upper,work}` (btrfs disk mode) — each machine's writable layer, on a
+//!   btrfs subvolume of its own whose qgroup limit is the machine's disk size: a real disk
+//!   quota, independent of its memory limit. `disks/` is a directory of `state_dir`'s own
+//!   filesystem when that is btrfs (quotas get enabled on it), else the mount point of
+//!   `disk.img`, a sparse image (`disk_pool_gib`, allocated only as written) formatted
+//!   once with mkfs.btrfs and loop-mounted when the driver opens (the one mount the driver
+//!   adds to the host's table; [`NativeDriver::teardown`] unmounts it and the loop device
+//!   detaches itself). `disk.lock` serialises setting it up.
 //! * `crun/` — crun's state root (`--root`).
+//!
+//! The disk mode ([`DiskMode`]) is chosen by the config: `auto` (the default) takes btrfs
+//! when the kernel has it and either `state_dir` is on btrfs or mkfs.btrfs and loop devices
+//! are there, else falls back to tmpfs with a warning; in tmpfs mode the writable layer is
+//! a per-machine tmpfs whose pages count against the machine's memory limit, so filling
+//! the disk ends in the machine's OOM killer rather than in ENOSPC/EDQUOT.
 //!
 //! Every crun call runs in a fresh private mount namespace where, on cgroup v1 hybrid
 //! hosts, an empty file hides `<cgroup_root>/unified/cgroup.controllers` (crun 1.8.1
 //! refuses hybrid hosts otherwise).
 
 mod agent;
+mod disk;
 mod error;
 mod exec;
 #[path = "../../agent/src/exec_wire.rs"]
@@ -31,6 +46,7 @@ mod sys;
 
 pub use error::{NResult, NativeError};
 pub use net::Subnet;
+pub use oci::seccomp as seccomp_profile;
 
 use async_trait::async_trait;
 use rnr_driver::{
@@ -69,10 +85,20 @@ pub struct NativeConfig {
     pub userns: bool,
     /// First host uid of the ranges handed to machines (65536 ids each).
     pub uid_base: u32,
-    /// Size of each machine's writable layer, held on a per-machine tmpfs whose pages
-    /// count against the machine's memory limit; `None` keeps it on `state_dir`'s disk
-    /// without a quota.
+    /// Size of each machine's writable layer in MiB: a btrfs qgroup limit or a tmpfs size,
+    /// depending on [`NativeConfig::disk`]; `None` keeps it in plain directories on
+    /// `state_dir`'s disk without a quota (and `disk` is then ignored).
     pub disk_mib: Option<u64>,
+    /// Where the writable layers live: [`DiskMode::Auto`] (default) is btrfs when this
+    /// host can have it, else tmpfs.
+    pub disk: DiskMode,
+    /// Size in GiB of the sparse btrfs image `<state_dir>/disk.img` holding all machines'
+    /// writable layers when `state_dir` is not on btrfs itself (default 64). Only what is
+    /// written takes space on the host; it is the machines' combined ceiling, fixed when
+    /// the image is first made. Keep it within the host filesystem's free space (the
+    /// driver warns otherwise): should the host fill up first, btrfs turns the pool
+    /// read-only.
+    pub disk_pool_gib: u64,
     /// Static agent binary bind-mounted read-only at [`rnr_driver::AGENT_PATH`] in every
     /// machine.
     pub agent: Option<PathBuf>,
@@ -92,12 +118,52 @@ impl NativeConfig {
             userns: false,
             uid_base: 1_000_000_000,
             disk_mib: Some(1024),
+            disk: DiskMode::Auto,
+            disk_pool_gib: 64,
             agent: None,
         }
     }
 }
 
-fn on_path(program: &str) -> bool {
+/// Where machines' writable layers (overlay upper dirs) live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DiskMode {
+    /// [`DiskMode::Btrfs`] when the host supports it (the kernel has btrfs, and
+    /// `state_dir` is on btrfs or mkfs.btrfs and loop devices are available), else
+    /// [`DiskMode::Tmpfs`] with a warning.
+    #[default]
+    Auto,
+    /// One btrfs subvolume per machine with a qgroup limit: a real disk quota; opening the
+    /// driver fails if btrfs cannot be had.
+    Btrfs,
+    /// One tmpfs per machine, counted against the machine's memory limit: a full disk
+    /// means an OOM-killed process, not a write error.
+    Tmpfs,
+}
+
+impl std::str::FromStr for DiskMode {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "btrfs" => Ok(Self::Btrfs),
+            "tmpfs" => Ok(Self::Tmpfs),
+            _ => Err(format!("disk mode {s:?} is not one of: auto, btrfs, tmpfs")),
+        }
+    }
+}
+
+impl std::fmt::Display for DiskMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Btrfs => "btrfs",
+            Self::Tmpfs => "tmpfs",
+        })
+    }
+}
+
+pub(crate) fn on_path(program: &str) -> bool {
     std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
         .unwrap_or(false)
@@ -147,6 +213,11 @@ pub fn preflight(cfg: &NativeConfig) -> NResult<()> {
         )));
     }
     Subnet::parse(&cfg.subnet)?;
+    if cfg.disk == DiskMode::Btrfs && cfg.disk_mib.is_some() {
+        let parent = cfg.state_dir.ancestors().find(|a| a.exists());
+        disk::available(parent.unwrap_or(Path::new("/")), &cfg.proc_root)
+            .map_err(|e| missing(format!("disk mode btrfs: {e}")))?;
+    }
     Ok(())
 }
 
@@ -211,6 +282,8 @@ struct Inner {
     alloc: Mutex<Alloc>,
     userns_fds: Mutex<HashMap<u32, Arc<OwnedFd>>>,
     counter: AtomicU64,
+    /// The btrfs pool of the machines' writable layers (btrfs disk mode).
+    pool: Option<disk::Pool>,
 }
 
 /// A driver bound to one state directory and one owner.
@@ -319,6 +392,23 @@ impl NativeDriver {
             .join("memory")
             .join("memory.memsw.limit_in_bytes")
             .exists();
+        let pool = match (cfg.disk_mib, cfg.disk) {
+            (None, _) | (_, DiskMode::Tmpfs) => None,
+            (Some(_), DiskMode::Btrfs) => {
+                Some(disk::Pool::open(&cfg.state_dir, cfg.disk_pool_gib)?)
+            }
+            (Some(_), DiskMode::Auto) => match disk::available(&cfg.state_dir, &cfg.proc_root) {
+                Ok(()) => Some(disk::Pool::open(&cfg.state_dir, cfg.disk_pool_gib)?),
+                Err(why) => {
+                    tracing::warn!(
+                        reason = %why,
+                        "no btrfs for machine disks: writable layers are tmpfs counted \
+                         against each machine's memory limit"
+                    );
+                    None
+                }
+            },
+        };
         let mut alloc = Alloc::default();
         let machines = cfg.state_dir.join("machines");
         for entry in std::fs::read_dir(&machines)
@@ -342,6 +432,7 @@ impl NativeDriver {
                 alloc: Mutex::new(alloc),
                 userns_fds: Mutex::new(HashMap::new()),
                 counter: AtomicU64::new(0),
+                pool,
             }),
         })
     }
@@ -351,11 +442,24 @@ impl NativeDriver {
         &self.inner.cfg
     }
 
-    /// Removes host-wide resources of this driver: the bridge, the iptables chains, and the
-    /// parent cgroups of its machines. Machines must have been deleted first (uninstall,
-    /// tests).
+    /// The disk mode in force: [`DiskMode::Btrfs`] or [`DiskMode::Tmpfs`] (what
+    /// [`DiskMode::Auto`] resolved to), or `None` without a disk quota.
+    pub fn disk_mode(&self) -> Option<DiskMode> {
+        match (&self.inner.pool, self.inner.cfg.disk_mib) {
+            (_, None) => None,
+            (Some(_), _) => Some(DiskMode::Btrfs),
+            (None, _) => Some(DiskMode::Tmpfs),
+        }
+    }
+
+    /// Removes host-wide resources of this driver: the bridge, the iptables chains, the
+    /// parent cgroups of its machines, and the btrfs disk pool's mount (its loop device
+    /// then detaches itself). Machines must have been deleted first (uninstall, tests).
     pub async fn teardown(&self) {
         let cfg = &self.inner.cfg;
+        if let Some(pool) = &self.inner.pool {
+            pool.teardown();
+        }
         net::remove_bridge(&cfg.bridge, &self.inner.subnet).await;
         let parent = self.cgroup_parent();
         let rel = parent.trim_start_matches('/');
@@ -530,8 +634,10 @@ impl NativeDriver {
         let disk = dir.join("disk");
         let (upper, work) = (disk.join("upper"), disk.join("work"));
         let mut plan = sys::MountPlan::default();
-        match cfg.disk_mib {
-            Some(mib) => {
+        let t_disk = std::time::Instant::now();
+        let (upper, work) = match (cfg.disk_mib, &self.inner.pool) {
+            (Some(mib), Some(pool)) => pool.create(id, mib.saturating_mul(1 << 20), uid_base)?,
+            (Some(mib), None) => {
                 plan.tmpfs = Some(sys::TmpfsPlan {
                     target: c(&disk)?,
                     options: sys::cstr(&format!("size={mib}m,mode=755"))
@@ -539,8 +645,9 @@ impl NativeDriver {
                     mkdirs: vec![c(&upper)?, c(&work)?],
                     owner: uid_base,
                 });
+                (upper, work)
             }
-            None => {
+            (None, _) => {
                 for p in [&upper, &work] {
                     std::fs::create_dir(p).map_err(|e| io_err("creating", p, e))?;
                     if let Some(b) = uid_base {
@@ -548,8 +655,10 @@ impl NativeDriver {
                             .map_err(|e| io_err("chowning", p, e))?;
                     }
                 }
+                (upper, work)
             }
-        }
+        };
+        let disk_time = t_disk.elapsed();
         let mut userns_fd = None;
         let lower = match meta.range {
             Some(range) => {
@@ -679,6 +788,7 @@ impl NativeDriver {
         tracing::debug!(
             machine = id,
             prepare = ?t1,
+            disk = ?disk_time,
             runtime_run = ?(t2 - t1),
             host_net = ?(t3 - t2),
             inner_net = ?(t0.elapsed() - t3),
@@ -726,6 +836,9 @@ impl NativeDriver {
         }
         if Path::new("/sys/class/net").join(&meta.veth).exists() {
             let _ = net::run(id, "ip", &["link", "del", &meta.veth], None).await;
+        }
+        if let Some(pool) = &self.inner.pool {
+            pool.destroy(id)?;
         }
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => {}

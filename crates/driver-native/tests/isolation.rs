@@ -1,5 +1,6 @@
 //! The shared isolation suite (hostile root in a machine), run against the native (crun)
-//! driver with user namespaces. Needs root, crun, iproute2, iptables and busybox-static.
+//! driver with user namespaces and btrfs disk quotas. Needs root, crun, iproute2, iptables,
+//! busybox-static and btrfs-progs.
 
 mod common;
 
@@ -13,6 +14,7 @@ async fn setup() -> rnr_driver::conformance::Harness {
 rnr_driver::isolation_tests!(setup; contained: [
     fork_bomb,
     memory_hog,
+    disk_fill,
     cpu_spin,
     other_machines_unreachable,
     host_services_unreachable,
@@ -21,6 +23,4 @@ rnr_driver::isolation_tests!(setup; contained: [
     proc_sys_and_sys_read_only,
     reboot_refused,
     no_escape_through_proc_or_devices,
-]; not_contained: [
-    disk_fill = "the writable layer is a tmpfs charged to the memory cgroup: filling it OOM-kills the machine (contained for the host and neighbours, but the machine dies); needs a project-quota filesystem for upper dirs",
-]);
+]; not_contained: []);

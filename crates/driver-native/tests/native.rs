@@ -1,7 +1,8 @@
 //! Native-driver specifics beyond the shared suite: init robustness, cgroup limits as the
 //! host sees them, adoption by a new driver, network isolation, user namespaces, the
 //! per-machine disk quota, and that nothing leaks into the host's mount table.
-//! Needs root, crun, iproute2, iptables and /bin/busybox (busybox-static).
+//! Needs root, crun, iproute2, iptables, /bin/busybox (busybox-static) and mkfs.btrfs
+//! (btrfs-progs).
 
 mod common;
 
@@ -10,8 +11,9 @@ use rnr_driver::{
     collect, Driver, DriverError, ExecRequest, ExecSpec, Limits, MachineSpec, MachineStatus,
     NetworkSpec,
 };
-use rnr_driver_native::NativeDriver;
+use rnr_driver_native::{DiskMode, NativeDriver};
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -378,10 +380,89 @@ async fn user_namespace_root_is_unprivileged_on_host() {
     d.delete(&s2.id).await.unwrap();
 }
 
+/// Loop devices backed by `image`, from sysfs.
+fn loops_backed_by(image: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/sys/block").unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Ok(b) = std::fs::read_to_string(e.path().join("loop/backing_file")) {
+            if Path::new(b.trim()) == image {
+                out.push(name);
+            }
+        }
+    }
+    out
+}
+
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let dir = dir.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&dir))
+        .map(str::to_string)
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_quota_contains_a_full_disk() {
+    // 96 MiB btrfs quota; the machine has 64 MiB of memory.
     let d = driver(Flavour::SmallDisk).await;
+    assert_eq!(d.disk_mode(), Some(DiskMode::Btrfs));
+    assert_eq!(
+        config(Flavour::SmallDisk, Path::new("/x")).disk_mib,
+        Some(96)
+    );
     let s = spec("disk");
+    d.create(&s).await.expect("create");
+    use std::os::unix::fs::MetadataExt;
+    let sub = d.config().state_dir.join("disks").join(&s.id);
+    let md = std::fs::metadata(&sub).expect("the machine's subvolume");
+    assert_eq!(md.ino(), 256, "{} is a btrfs subvolume", sub.display());
+    // More than the machine's memory fits: the quota is a disk's, not the memory limit.
+    let (_, out, _) = sh(
+        &d,
+        &s.id,
+        "dd if=/dev/zero of=/root/a bs=1M count=80 2>&1; echo rc=$?",
+    )
+    .await;
+    assert!(out.contains("rc=0"), "80 MiB in a 96 MiB quota: {out}");
+    let (_, out, _) = sh(
+        &d,
+        &s.id,
+        "dd if=/dev/zero of=/root/b bs=1M count=64 2>&1; echo rc=$?; stat -c size=%s /root/b",
+    )
+    .await;
+    assert!(!out.contains("rc=0"), "past the 96 MiB quota: {out}");
+    assert!(
+        out.to_lowercase().contains("quota exceeded"),
+        "EDQUOT, not an OOM kill: {out}"
+    );
+    let size: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("size="))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(u64::MAX);
+    assert!(size < 16 << 20, "stopped near the quota: {out}");
+    let (_, out, _) = sh(&d, &s.id, "rm /root/a /root/b; echo fine > /ok; cat /ok").await;
+    assert_eq!(out, "fine\n");
+    // Room again after deleting: the quota follows usage.
+    let (_, out, _) = sh(
+        &d,
+        &s.id,
+        "dd if=/dev/zero of=/root/c bs=1M count=80 2>&1; echo rc=$?",
+    )
+    .await;
+    assert!(out.contains("rc=0"), "space freed by rm: {out}");
+    d.delete(&s.id).await.unwrap();
+    assert!(!sub.exists(), "subvolume deleted with the machine");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tmpfs_disk_mode_fallback() {
+    let d = driver(Flavour::Tmpfs).await;
+    assert_eq!(d.disk_mode(), Some(DiskMode::Tmpfs));
+    let s = spec("tmpfsdisk");
     d.create(&s).await.expect("create");
     let (_, out, _) = sh(
         &d,
@@ -389,12 +470,122 @@ async fn disk_quota_contains_a_full_disk() {
         "dd if=/dev/zero of=/big bs=1M count=64 2>&1; echo rc=$?",
     )
     .await;
-    assert!(!out.contains("rc=0"), "16 MiB quota: {out}");
+    assert!(!out.contains("rc=0"), "16 MiB tmpfs: {out}");
     let (_, out, _) = sh(&d, &s.id, "rm /big; echo fine > /ok; cat /ok").await;
     assert_eq!(out, "fine\n");
-    assert_eq!(
-        config(Flavour::SmallDisk, std::path::Path::new("/x")).disk_mib,
-        Some(16)
+    assert!(
+        !d.config().state_dir.join("disks").exists(),
+        "no btrfs pool in tmpfs mode"
     );
     d.delete(&s.id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn btrfs_pool_torn_down_without_leftovers() {
+    let d = driver(Flavour::Scratch).await;
+    let state = d.config().state_dir.clone();
+    let image = std::fs::canonicalize(state.join("disk.img")).expect("pool image");
+    let loops = loops_backed_by(&image);
+    assert_eq!(loops.len(), 1, "one loop device");
+    let dio = std::fs::read_to_string(format!("/sys/block/{}/loop/dio", loops[0])).unwrap();
+    eprintln!("pool on {} (direct I/O: {})", loops[0], dio.trim());
+    assert_eq!(mounts_under(&state).len(), 1, "the pool's one mount");
+    // A second driver on the same state dir (a restart) reuses the mounted pool.
+    let d2 = NativeDriver::open(d.config().clone()).expect("reopen");
+    assert_eq!(d2.disk_mode(), Some(DiskMode::Btrfs));
+    assert_eq!(loops_backed_by(&image).len(), 1, "still one loop device");
+    assert_eq!(mounts_under(&state).len(), 1, "still one mount");
+    let s = spec("pool");
+    d.create(&s).await.expect("create");
+    let (_, out, _) = sh(&d, &s.id, "echo kept > /root/f; cat /root/f").await;
+    assert_eq!(out, "kept\n");
+    d.delete(&s.id).await.unwrap();
+    d.teardown().await;
+    // The loop device detaches itself once the last reference to the pool is gone.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !loops_backed_by(&image).is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        mounts_under(&state),
+        Vec::<String>::new(),
+        "nothing mounted"
+    );
+    assert_eq!(
+        loops_backed_by(&image),
+        Vec::<String>::new(),
+        "loop device detached"
+    );
+    // Opening again remounts the existing image.
+    let d3 = NativeDriver::open(d.config().clone()).expect("reopen after teardown");
+    assert_eq!(loops_backed_by(&image).len(), 1);
+    d3.teardown().await;
+    assert_eq!(
+        mounts_under(&state),
+        Vec::<String>::new(),
+        "nothing mounted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seccomp_profile_refuses_what_capabilities_do_not() {
+    for f in [Flavour::Plain, Flavour::Userns] {
+        let d = driver(f).await;
+        let s = spec("seccomp");
+        d.create(&s).await.expect("create");
+        let (_, out, _) = sh(&d, &s.id, "grep -E '^Seccomp:' /proc/self/status").await;
+        assert_eq!(out.split_whitespace().nth(1), Some("2"), "filtered: {out}");
+        // A nested user namespace needs no capability, so only the profile refuses it
+        // (inside it, the learner would hold every capability over new namespaces).
+        let (_, out, _) = sh(
+            &d,
+            &s.id,
+            "unshare -U true 2>&1; echo rc=$?; unshare -n true 2>&1; echo rc=$?",
+        )
+        .await;
+        assert!(!out.contains("rc=0"), "{f:?}: namespaces refused: {out}");
+        assert!(
+            out.contains("Operation not permitted"),
+            "{f:?}: EPERM, as from the profile: {out}"
+        );
+        // What the profile must leave alone: PER_LINUX32, unshare without namespaces,
+        // threads and processes.
+        let (_, out, err) = sh(
+            &d,
+            &s.id,
+            "linux32 uname -m; unshare true && echo plain-unshare; (true) && echo forked",
+        )
+        .await;
+        assert_eq!(out, "i686\nplain-unshare\nforked\n", "{f:?}: {err}");
+        d.delete(&s.id).await.unwrap();
+    }
+}
+
+/// crun silently skips system calls its libseccomp does not know: every name in the
+/// profile must resolve in the host's libseccomp (the one crun links to).
+#[test]
+fn seccomp_profile_names_are_known_to_libseccomp() {
+    // SAFETY: dlopen/dlsym with NUL-terminated names; the symbol is used with the
+    // signature libseccomp documents, `int seccomp_syscall_resolve_name(const char *)`.
+    let resolve = unsafe {
+        let lib = libc::dlopen(c"libseccomp.so.2".as_ptr(), libc::RTLD_NOW);
+        assert!(!lib.is_null(), "libseccomp.so.2 (crun's) not found");
+        let sym = libc::dlsym(lib, c"seccomp_syscall_resolve_name".as_ptr());
+        assert!(!sym.is_null(), "seccomp_syscall_resolve_name");
+        std::mem::transmute::<*mut libc::c_void, extern "C" fn(*const libc::c_char) -> libc::c_int>(
+            sym,
+        )
+    };
+    let profile = rnr_driver_native::seccomp_profile();
+    let mut names = 0;
+    for rule in profile["syscalls"].as_array().unwrap() {
+        for name in rule["names"].as_array().unwrap() {
+            let name = name.as_str().unwrap();
+            let c = std::ffi::CString::new(name).unwrap();
+            // -1 is __NR_SCMP_ERROR; other negative numbers are calls another ABI has.
+            assert_ne!(resolve(c.as_ptr()), -1, "libseccomp does not know {name}");
+            names += 1;
+        }
+    }
+    assert!(names > 40, "{names} names");
 }

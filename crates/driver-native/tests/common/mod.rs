@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use rnr_driver::Driver;
-use rnr_driver_native::{NativeConfig, NativeDriver};
+use rnr_driver_native::{DiskMode, NativeConfig, NativeDriver};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::sync::OnceCell;
@@ -88,12 +88,16 @@ pub fn build_tiny_tar(work: &Path, out: &Path) {
 /// Flavours of driver a test binary may need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flavour {
-    /// Execs through the agent (PID 1), no user namespace.
+    /// Defaults (disk mode auto); execs through the agent (PID 1).
     Plain,
-    /// Execs through the agent, user namespaces.
+    /// User namespaces; 256 MiB btrfs disks (below the isolation suite's 1 GiB fill).
     Userns,
-    /// A 16 MiB writable layer.
+    /// 96 MiB btrfs disks: more than a test machine's 64 MiB of memory.
     SmallDisk,
+    /// 16 MiB tmpfs disks (the fallback disk mode).
+    Tmpfs,
+    /// A driver of its own for each call, not cached (for set-up and tear-down tests).
+    Scratch,
     /// No agent: shell init, every exec through `crun exec`.
     Runtime,
 }
@@ -101,6 +105,7 @@ pub enum Flavour {
 static PLAIN: OnceCell<Arc<NativeDriver>> = OnceCell::const_new();
 static USERNS: OnceCell<Arc<NativeDriver>> = OnceCell::const_new();
 static SMALL: OnceCell<Arc<NativeDriver>> = OnceCell::const_new();
+static TMPFS: OnceCell<Arc<NativeDriver>> = OnceCell::const_new();
 static RUNTIME: OnceCell<Arc<NativeDriver>> = OnceCell::const_new();
 static TAR: OnceCell<PathBuf> = OnceCell::const_new();
 
@@ -136,18 +141,32 @@ pub fn config(f: Flavour, state_dir: &Path) -> NativeConfig {
         Flavour::Plain => 0,
         Flavour::Userns => 1,
         Flavour::SmallDisk => 2,
-        Flavour::Runtime => 3,
+        Flavour::Tmpfs => 3,
+        Flavour::Scratch => 4,
+        Flavour::Runtime => 5,
     };
     let mut cfg = NativeConfig::new(state_dir, format!("test-{pid}-{n}"));
     cfg.bridge = format!("rnt{}x{n}", pid % 100_000);
     cfg.subnet = format!(
         "10.{}.{}.0/22",
         100 + (pid % 100),
-        n * 4 + (pid / 100 % 60) * 4
+        n * 4 + (pid / 100 % 58) * 4
     );
     cfg.userns = f == Flavour::Userns;
-    if f == Flavour::SmallDisk {
-        cfg.disk_mib = Some(16);
+    match f {
+        Flavour::Userns => {
+            cfg.disk = DiskMode::Btrfs;
+            cfg.disk_mib = Some(256);
+        }
+        Flavour::SmallDisk | Flavour::Scratch => {
+            cfg.disk = DiskMode::Btrfs;
+            cfg.disk_mib = Some(96);
+        }
+        Flavour::Tmpfs => {
+            cfg.disk = DiskMode::Tmpfs;
+            cfg.disk_mib = Some(16);
+        }
+        Flavour::Plain | Flavour::Runtime => {}
     }
     if f != Flavour::Runtime {
         cfg.agent = Some(agent_path());
@@ -183,29 +202,31 @@ pub async fn driver(f: Flavour) -> Arc<NativeDriver> {
         Flavour::Plain => &PLAIN,
         Flavour::Userns => &USERNS,
         Flavour::SmallDisk => &SMALL,
+        Flavour::Tmpfs => &TMPFS,
         Flavour::Runtime => &RUNTIME,
+        Flavour::Scratch => return new_driver(f).await,
     };
-    cell.get_or_init(|| async {
-        let dir = tempfile::Builder::new()
-            .prefix("rnr-native-")
-            .tempdir_in("/tmp")
-            .unwrap()
-            .keep();
-        let driver = Arc::new(
-            NativeDriver::new(config(f, &dir))
-                .await
-                .expect("native driver"),
-        );
-        register_atexit();
-        CREATED.lock().unwrap().push((driver.clone(), dir));
-        driver
-            .import_image(IMAGE, &tiny_tar().await)
+    cell.get_or_init(|| new_driver(f)).await.clone()
+}
+
+async fn new_driver(f: Flavour) -> Arc<NativeDriver> {
+    let dir = tempfile::Builder::new()
+        .prefix("rnr-native-")
+        .tempdir_in("/tmp")
+        .unwrap()
+        .keep();
+    let driver = Arc::new(
+        NativeDriver::new(config(f, &dir))
             .await
-            .expect("import tiny image");
-        driver
-    })
-    .await
-    .clone()
+            .expect("native driver"),
+    );
+    register_atexit();
+    CREATED.lock().unwrap().push((driver.clone(), dir));
+    driver
+        .import_image(IMAGE, &tiny_tar().await)
+        .await
+        .expect("import tiny image");
+    driver
 }
 
 /// The conformance harness on the plain driver.
