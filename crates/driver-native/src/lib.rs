@@ -41,6 +41,7 @@ mod exec;
 #[path = "../../agent/src/exec_wire.rs"]
 mod exec_wire;
 mod net;
+mod netlink;
 mod oci;
 mod sys;
 
@@ -282,6 +283,8 @@ struct Inner {
     alloc: Mutex<Alloc>,
     userns_fds: Mutex<HashMap<u32, Arc<OwnedFd>>>,
     counter: AtomicU64,
+    /// Bridge segments known to be up (see `net`); the lock serialises creating one.
+    segments: tokio::sync::Mutex<BTreeSet<u32>>,
     /// The btrfs pool of the machines' writable layers (btrfs disk mode).
     pool: Option<disk::Pool>,
 }
@@ -432,6 +435,7 @@ impl NativeDriver {
                 alloc: Mutex::new(alloc),
                 userns_fds: Mutex::new(HashMap::new()),
                 counter: AtomicU64::new(0),
+                segments: tokio::sync::Mutex::new(BTreeSet::new()),
                 pool,
             }),
         })
@@ -471,6 +475,18 @@ impl NativeDriver {
                 }
             }
         }
+    }
+
+    /// The bridge of segment `seg`, created on first use.
+    async fn ensure_segment(&self, seg: u32) -> NResult<String> {
+        let cfg = &self.inner.cfg;
+        let mut ready = self.inner.segments.lock().await;
+        if ready.contains(&seg) {
+            return Ok(net::segment_bridge(&cfg.bridge, seg));
+        }
+        let name = net::ensure_segment(&cfg.bridge, &self.inner.subnet, seg).await?;
+        ready.insert(seg);
+        Ok(name)
     }
 
     fn machine_dir(&self, id: &str) -> PathBuf {
@@ -577,7 +593,7 @@ impl NativeDriver {
             .inner
             .subnet
             .range(outbound)
-            .find(|i| !alloc.ips.contains(i))
+            .find(|i| self.inner.subnet.usable(*i) && !alloc.ips.contains(i))
             .ok_or_else(|| NativeError::other(id, "no free address in the subnet"))?;
         let range = if self.inner.cfg.userns {
             let max = (u32::MAX - self.inner.cfg.uid_base) / 65536;
@@ -763,28 +779,31 @@ impl NativeDriver {
         write_meta(&dir, meta)?;
 
         let t2 = t0.elapsed();
-        // Network: veth into the bridge, then address and route inside.
-        let host = net::host_batch(&meta.veth, &cfg.bridge, pid);
-        net::run(id, "ip", &["-b", "-"], Some(&host)).await?;
-        let t3 = t0.elapsed();
+        // Network: veth into the segment's bridge, then address and route inside.
+        let seg = self.inner.subnet.segment_of(meta.ip_index);
+        let bridge = self.ensure_segment(seg).await?;
         let netns_path = cfg.proc_root.join(pid.to_string()).join("ns").join("net");
         let netns =
             std::fs::File::open(&netns_path).map_err(|e| io_err("opening", &netns_path, e))?;
-        let mut ip = tokio::process::Command::new("ip");
-        ip.args(["-b", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        sys::with_plan(
-            &mut ip,
-            Arc::new(sys::MountPlan {
-                netns_fd: Some(netns.as_raw_fd()),
-                ..Default::default()
-            }),
+        let (veth, addr) = (meta.veth.clone(), meta.address);
+        let (prefix, gateway) = (
+            self.inner.subnet.segment_prefix(),
+            self.inner.subnet.gateway(seg),
         );
-        let inner = net::inner_batch(&self.inner.subnet, meta.address);
-        net::run_cmd(id, ip, Some(&inner)).await?;
-        drop(netns);
+        let wired = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+            let mut s = netlink::Socket::open()?;
+            s.add_veth(&veth, pid, netlink::index_of(&bridge)?)?;
+            std::fs::write(format!("/sys/class/net/{veth}/brport/isolated"), "1")?;
+            let t = std::time::Instant::now();
+            netlink::in_netns(netns.as_raw_fd(), move || {
+                netlink::configure_inside(addr, prefix, gateway)
+            })?;
+            Ok(t)
+        })
+        .await
+        .map_err(|e| NativeError::other(id, e))?
+        .map_err(|e| NativeError::io(format!("machine {id}: wiring its network"), e))?;
+        let t3 = t0.elapsed() - wired.elapsed();
         tracing::debug!(
             machine = id,
             prepare = ?t1,
@@ -835,7 +854,9 @@ impl NativeDriver {
             }
         }
         if Path::new("/sys/class/net").join(&meta.veth).exists() {
-            let _ = net::run(id, "ip", &["link", "del", &meta.veth], None).await;
+            let veth = meta.veth.clone();
+            let _ =
+                tokio::task::spawn_blocking(move || netlink::Socket::open()?.del_link(&veth)).await;
         }
         if let Some(pool) = &self.inner.pool {
             pool.destroy(id)?;

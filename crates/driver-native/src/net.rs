@@ -1,15 +1,20 @@
-//! Machine networking: a platform-owned bridge with the gateway address `.1`, one veth
-//! pair per machine, an address allocator, and the platform's iptables chains.
+//! Machine networking: platform-owned bridges with a gateway address each, one veth pair
+//! per machine, an address allocator, and the platform's iptables chains.
 //!
 //! Addresses come from the configured subnet: the lower half for machines without
 //! outbound access, the upper half for those with it, so that one static rule per half
-//! (not one per machine) decides who may leave the bridge. The chains, named after the
-//! bridge so several platforms can share a host, are:
+//! (not one per machine) decides who may leave. A Linux bridge takes at most 1,024 ports,
+//! so a subnet larger than a /22 is cut into /22 segments, each on a bridge of its own
+//! (`<bridge>` for the first, `<bridge>-<n in hex>` for the others, created when the first
+//! machine lands in them) whose `.1` is the gateway of its machines. The chains match every
+//! segment's bridge with the `<bridge>+` wildcard, named after the bridge so several
+//! platforms can share a host:
 //!
 //! * `RNRF-<bridge>` (filter, jumped to from the top of `FORWARD` for traffic in or out of
-//!   the bridge): replies to host-initiated or allowed connections pass; machine → machine
-//!   is dropped; machines of the outbound half may leave; everything else is dropped.
-//! * `RNRI-<bridge>` (filter, from `INPUT -i <bridge>`): machines reach no service of the
+//!   the bridges): replies to host-initiated or allowed connections pass; machine → machine
+//!   (same or another segment) is dropped; machines of the outbound half may leave;
+//!   everything else is dropped.
+//! * `RNRI-<bridge>` (filter, from `INPUT -i <bridge>+`): machines reach no service of the
 //!   host; only replies to connections the host opened pass.
 //! * `RNRN-<bridge>` (nat, from `POSTROUTING`): masquerades the outbound half.
 //!
@@ -53,9 +58,36 @@ impl Subnet {
         1u32 << (32 - self.prefix)
     }
 
-    /// The gateway (`.1`), on the bridge.
-    pub fn gateway(&self) -> Ipv4Addr {
-        Ipv4Addr::from(self.base + 1)
+    /// Prefix of one bridge segment: a /22 (1,024 addresses, a bridge's port limit) or
+    /// the whole subnet when it is smaller.
+    pub fn segment_prefix(&self) -> u8 {
+        self.prefix.max(22)
+    }
+
+    fn segment_size(&self) -> u32 {
+        1u32 << (32 - self.segment_prefix())
+    }
+
+    /// Number of bridge segments.
+    pub fn segments(&self) -> u32 {
+        self.size() / self.segment_size()
+    }
+
+    /// The segment holding the address at offset `index`.
+    pub fn segment_of(&self, index: u32) -> u32 {
+        index / self.segment_size()
+    }
+
+    /// The gateway of segment `seg` (its `.1`), on the segment's bridge.
+    pub fn gateway(&self, seg: u32) -> Ipv4Addr {
+        Ipv4Addr::from(self.base + seg * self.segment_size() + 1)
+    }
+
+    /// Whether offset `index` may be given to a machine: not a segment's network,
+    /// gateway or broadcast address.
+    pub fn usable(&self, index: u32) -> bool {
+        let o = index % self.segment_size();
+        o >= 2 && o != self.segment_size() - 1 && index < self.size()
     }
 
     /// Address at offset `index`.
@@ -63,7 +95,8 @@ impl Subnet {
         Ipv4Addr::from(self.base + index)
     }
 
-    /// Offsets usable for machines with (`true`) or without outbound access.
+    /// Offsets for machines with (`true`) or without outbound access (filter them with
+    /// [`Subnet::usable`]).
     pub fn range(&self, outbound: bool) -> std::ops::Range<u32> {
         let half = self.size() / 2;
         if outbound {
@@ -158,22 +191,33 @@ async fn ensure_rule(table: &str, chain: &str, rule: &[&str], insert: bool) -> N
     ipt(&add).await.map(|_| ())
 }
 
-/// Creates (if missing) the bridge with the gateway address, and (re)writes the chains.
+/// Name of the bridge of segment `seg`.
+pub fn segment_bridge(bridge: &str, seg: u32) -> String {
+    if seg == 0 {
+        bridge.to_string()
+    } else {
+        format!("{bridge}-{seg:x}")
+    }
+}
+
+/// Creates (if missing) the bridge of segment `seg` with its gateway address, up.
+/// Idempotent, and safe against another instance doing the same.
+pub async fn ensure_segment(bridge: &str, subnet: &Subnet, seg: u32) -> NResult<String> {
+    let name = segment_bridge(bridge, seg);
+    let gw = format!("{}/{}", subnet.gateway(seg), subnet.segment_prefix());
+    if !std::path::Path::new("/sys/class/net").join(&name).exists() {
+        // Another instance may create it meanwhile; the address/up steps below still run.
+        let _ = run(&name, "ip", &["link", "add", &name, "type", "bridge"], None).await;
+    }
+    run(&name, "ip", &["addr", "replace", &gw, "dev", &name], None).await?;
+    run(&name, "ip", &["link", "set", &name, "up"], None).await?;
+    Ok(name)
+}
+
+/// Creates (if missing) the first segment's bridge, and (re)writes the chains.
 /// Idempotent: safe to run at every start.
 pub async fn ensure_bridge(bridge: &str, subnet: &Subnet) -> NResult<()> {
-    let gw = format!("{}/{}", subnet.gateway(), subnet.prefix);
-    if !std::path::Path::new("/sys/class/net").join(bridge).exists() {
-        // Another instance may create it meanwhile; the address/up steps below still run.
-        let _ = run(
-            bridge,
-            "ip",
-            &["link", "add", bridge, "type", "bridge"],
-            None,
-        )
-        .await;
-    }
-    run(bridge, "ip", &["addr", "replace", &gw, "dev", bridge], None).await?;
-    run(bridge, "ip", &["link", "set", bridge, "up"], None).await?;
+    ensure_segment(bridge, subnet, 0).await?;
     // Outbound machines are routed (and masqueraded) by the host.
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
         .map_err(|e| NativeError::io("/proc/sys/net/ipv4/ip_forward", e))?;
@@ -181,6 +225,8 @@ pub async fn ensure_bridge(bridge: &str, subnet: &Subnet) -> NResult<()> {
     let (fwd, inp, nat) = chains(bridge);
     let out_cidr = subnet.outbound_cidr();
     let cidr = subnet.cidr();
+    let all = format!("{bridge}+");
+    let all = all.as_str();
     for (table, chain) in [("filter", &fwd), ("filter", &inp), ("nat", &nat)] {
         let _ = ipt(&["-t", table, "-N", chain]).await;
         ipt(&["-t", table, "-F", chain]).await?;
@@ -193,11 +239,11 @@ pub async fn ensure_bridge(bridge: &str, subnet: &Subnet) -> NResult<()> {
         "-j",
         "ACCEPT",
     ];
-    let mut r = vec!["-o", bridge];
+    let mut r = vec!["-o", all];
     r.extend_from_slice(&established);
     ipt(&[&["-A", fwd.as_str()], r.as_slice()].concat()).await?;
-    ipt(&["-A", &fwd, "-i", bridge, "-o", bridge, "-j", "DROP"]).await?;
-    ipt(&["-A", &fwd, "-i", bridge, "-s", &out_cidr, "-j", "ACCEPT"]).await?;
+    ipt(&["-A", &fwd, "-i", all, "-o", all, "-j", "DROP"]).await?;
+    ipt(&["-A", &fwd, "-i", all, "-s", &out_cidr, "-j", "ACCEPT"]).await?;
     ipt(&["-A", &fwd, "-j", "DROP"]).await?;
     ipt(&[&["-A", inp.as_str()], &established[..]].concat()).await?;
     ipt(&["-A", &inp, "-j", "DROP"]).await?;
@@ -210,23 +256,38 @@ pub async fn ensure_bridge(bridge: &str, subnet: &Subnet) -> NResult<()> {
         &out_cidr,
         "!",
         "-o",
-        bridge,
+        all,
         "-j",
         "MASQUERADE",
     ])
     .await?;
-    ensure_rule("filter", "FORWARD", &["-o", bridge, "-j", &fwd], true).await?;
-    ensure_rule("filter", "FORWARD", &["-i", bridge, "-j", &fwd], true).await?;
-    ensure_rule("filter", "INPUT", &["-i", bridge, "-j", &inp], true).await?;
+    // Jumps written by versions that matched the first bridge only.
+    for (table, chain, rule) in [
+        ("filter", "FORWARD", vec!["-o", bridge, "-j", fwd.as_str()]),
+        ("filter", "FORWARD", vec!["-i", bridge, "-j", fwd.as_str()]),
+        ("filter", "INPUT", vec!["-i", bridge, "-j", inp.as_str()]),
+    ] {
+        let mut del = vec!["-t", table, "-D", chain];
+        del.extend_from_slice(&rule);
+        while ipt(&del).await.is_ok() {}
+    }
+    ensure_rule("filter", "FORWARD", &["-o", all, "-j", &fwd], true).await?;
+    ensure_rule("filter", "FORWARD", &["-i", all, "-j", &fwd], true).await?;
+    ensure_rule("filter", "INPUT", &["-i", all, "-j", &inp], true).await?;
     ensure_rule("nat", "POSTROUTING", &["-s", &cidr, "-j", &nat], true).await?;
     Ok(())
 }
 
-/// Removes the chains, the jumps to them and the bridge. Missing pieces are ignored.
+/// Removes the chains, the jumps to them and every segment's bridge. Missing pieces are
+/// ignored.
 pub async fn remove_bridge(bridge: &str, subnet: &Subnet) {
     let (fwd, inp, nat) = chains(bridge);
     let cidr = subnet.cidr();
-    let jumps: [(&str, &str, Vec<&str>); 4] = [
+    let all = format!("{bridge}+");
+    let jumps: [(&str, &str, Vec<&str>); 7] = [
+        ("filter", "FORWARD", vec!["-o", &all, "-j", &fwd]),
+        ("filter", "FORWARD", vec!["-i", &all, "-j", &fwd]),
+        ("filter", "INPUT", vec!["-i", &all, "-j", &inp]),
         ("filter", "FORWARD", vec!["-o", bridge, "-j", &fwd]),
         ("filter", "FORWARD", vec!["-i", bridge, "-j", &fwd]),
         ("filter", "INPUT", vec!["-i", bridge, "-j", &inp]),
@@ -241,7 +302,12 @@ pub async fn remove_bridge(bridge: &str, subnet: &Subnet) {
         let _ = ipt(&["-t", table, "-F", chain]).await;
         let _ = ipt(&["-t", table, "-X", chain]).await;
     }
-    let _ = run(bridge, "ip", &["link", "del", bridge], None).await;
+    for seg in 0..subnet.segments() {
+        let name = segment_bridge(bridge, seg);
+        if std::path::Path::new("/sys/class/net").join(&name).exists() {
+            let _ = run(&name, "ip", &["link", "del", &name], None).await;
+        }
+    }
 }
 
 /// Name of the host end of a machine's veth pair (at most 15 bytes).
@@ -255,29 +321,6 @@ pub fn veth_name(seed: &str, id: &str) -> String {
     format!("rv{:012x}", h & 0xffff_ffff_ffff)
 }
 
-/// Host side of a machine's wiring: the veth pair, its inner end moved into the netns of
-/// `pid` as `eth0`, the outer end on the bridge, isolated from other ports.
-pub fn host_batch(veth: &str, bridge: &str, pid: i32) -> String {
-    format!(
-        "link add {veth} type veth peer name eth0 netns {pid}\n\
-         link set {veth} master {bridge}\n\
-         link set dev {veth} type bridge_slave isolated on\n\
-         link set {veth} up\n"
-    )
-}
-
-/// Inside the machine's netns: loopback, the address, the default route via the bridge.
-pub fn inner_batch(subnet: &Subnet, addr: Ipv4Addr) -> String {
-    format!(
-        "link set lo up\n\
-         addr add {addr}/{prefix} dev eth0\n\
-         link set eth0 up\n\
-         route add default via {gw}\n",
-        prefix = subnet.prefix,
-        gw = subnet.gateway()
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,9 +329,21 @@ mod tests {
     fn subnet_halves() {
         let s = Subnet::parse("10.231.7.9/16").unwrap();
         assert_eq!(s.cidr(), "10.231.0.0/16");
-        assert_eq!(s.gateway().to_string(), "10.231.0.1");
+        assert_eq!(s.gateway(0).to_string(), "10.231.0.1");
         assert_eq!(s.range(false), 2..32768);
         assert_eq!(s.range(true), 32768..65535);
+        // /22 segments, one bridge each (a bridge takes at most 1,024 ports).
+        assert_eq!((s.segment_prefix(), s.segments()), (22, 64));
+        assert_eq!(s.gateway(1).to_string(), "10.231.4.1");
+        assert_eq!(s.segment_of(1023), 0);
+        assert_eq!(s.segment_of(1026), 1);
+        assert!(s.usable(2) && s.usable(1022) && s.usable(1026));
+        assert!(!s.usable(1023) && !s.usable(1024) && !s.usable(1025) && !s.usable(65536));
+        let small = Subnet::parse("10.1.2.0/24").unwrap();
+        assert_eq!((small.segment_prefix(), small.segments()), (24, 1));
+        assert!(small.usable(254) && !small.usable(255));
+        assert_eq!(segment_bridge("rnr-br0", 0), "rnr-br0");
+        assert_eq!(segment_bridge("rnr-br0", 0x3fff), "rnr-br0-3fff");
         assert_eq!(s.outbound_cidr(), "10.231.128.0/17");
         assert!(Subnet::parse("10.0.0.0/30").is_err());
         assert!(Subnet::parse("nope").is_err());

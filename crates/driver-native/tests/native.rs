@@ -308,7 +308,7 @@ async fn network_isolation() {
     // Machine → host services (on the gateway address) is blocked.
     let gw = rnr_driver_native::Subnet::parse(&d.config().subnet)
         .unwrap()
-        .gateway();
+        .gateway(0);
     let listener = tokio::net::TcpListener::bind((gw, 0))
         .await
         .expect("bind on gateway");
@@ -321,19 +321,68 @@ async fn network_isolation() {
     let (_, out, _) = sh(&d, &a.id, &probe(gw.to_string(), port)).await;
     assert_eq!(out.trim(), "closed", "machine reached a host service");
     assert!(!accept.await.unwrap(), "machine reached a host service");
-    d.delete(&a.id).await.unwrap();
-    d.delete(&b.id).await.unwrap();
     // Machines allowed out get addresses from the subnet's upper half (one static rule).
+    // This driver's /21 is two bridge segments (a bridge takes at most 1,024 ports): the
+    // outbound half is the second, on a bridge of its own with its own gateway.
     let mut o = spec("netout");
     o.network.outbound = true;
     let io = d.create(&o).await.expect("create outbound");
     let subnet = rnr_driver_native::Subnet::parse(&d.config().subnet).unwrap();
     let upper = subnet.addr(subnet.size() / 2);
-    match io.address {
-        Some(std::net::IpAddr::V4(v4)) => assert!(v4 >= upper, "{v4} in the outbound half"),
+    let addr_o = match io.address {
+        Some(std::net::IpAddr::V4(v4)) => {
+            assert!(v4 >= upper, "{v4} in the outbound half");
+            v4
+        }
         other => panic!("address {other:?}"),
+    };
+    assert_eq!(subnet.segments(), 2);
+    let gw1 = subnet.gateway(1);
+    let (_, out, _) = sh(&d, &o.id, "ip route").await;
+    assert!(out.contains(&format!("default via {gw1}")), "{out}");
+    let second = format!("{}-1", d.config().bridge);
+    assert!(
+        std::path::Path::new("/sys/class/net")
+            .join(&second)
+            .exists(),
+        "bridge {second}"
+    );
+    let (code, _, err) = sh(
+        &d,
+        &o.id,
+        "mkdir -p /www && echo out > /www/index.html && httpd -p 8080 -h /www",
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::timeout(
+        Duration::from_secs(3),
+        tokio::net::TcpStream::connect((addr_o, 8080)),
+    )
+    .await
+    .expect("host → second segment in time")
+    .expect("host → second segment");
+    // Across segments, machines stay apart both ways, and the second segment's gateway
+    // leads to no host service either.
+    let (_, out, _) = sh(&d, &o.id, &probe(addr_a.to_string(), 8080)).await;
+    assert_eq!(out.trim(), "closed", "machine reached another segment");
+    let (_, out, _) = sh(&d, &a.id, &probe(addr_o.to_string(), 8080)).await;
+    assert_eq!(out.trim(), "closed", "machine reached another segment");
+    let listener = tokio::net::TcpListener::bind((gw1, 0))
+        .await
+        .expect("bind on the second gateway");
+    let port = listener.local_addr().unwrap().port();
+    let accept = tokio::spawn(async move {
+        tokio::time::timeout(Duration::from_secs(4), listener.accept())
+            .await
+            .is_ok()
+    });
+    let (_, out, _) = sh(&d, &o.id, &probe(gw1.to_string(), port)).await;
+    assert_eq!(out.trim(), "closed", "machine reached a host service");
+    assert!(!accept.await.unwrap(), "machine reached a host service");
+    for m in [&a.id, &b.id, &o.id] {
+        d.delete(m).await.unwrap();
     }
-    d.delete(&o.id).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

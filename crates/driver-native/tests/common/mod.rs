@@ -147,11 +147,13 @@ pub fn config(f: Flavour, state_dir: &Path) -> NativeConfig {
     };
     let mut cfg = NativeConfig::new(state_dir, format!("test-{pid}-{n}"));
     cfg.bridge = format!("rnt{}x{n}", pid % 100_000);
-    cfg.subnet = format!(
-        "10.{}.{}.0/22",
-        100 + (pid % 100),
-        n * 4 + (pid / 100 % 58) * 4
-    );
+    // A /19 per test process: the plain flavour gets a /21, i.e. two bridge segments (its
+    // outbound half is the second), the others a /22 each.
+    let block = (pid / 100 % 8) * 32;
+    cfg.subnet = match n {
+        0 => format!("10.{}.{block}.0/21", 100 + (pid % 100)),
+        n => format!("10.{}.{}.0/22", 100 + (pid % 100), block + 8 + (n - 1) * 4),
+    };
     cfg.userns = f == Flavour::Userns;
     match f {
         Flavour::Userns => {
