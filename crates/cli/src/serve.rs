@@ -184,7 +184,28 @@ async fn shutdown_signal(token: CancellationToken) {
     token.cancel();
 }
 
+/// Raises the soft limit on open files to the hard one: every machine (its user namespace
+/// on the native driver), exec and open terminal holds descriptors, and the usual soft
+/// limit of 1,024 would cap a host far below the machines it can hold.
+fn raise_nofile_limit() {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a valid, initialised struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            let wanted = r.rlim_max;
+            r.rlim_cur = wanted;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                tracing::warn!(limit = wanted, "could not raise the open-files limit");
+            }
+        }
+    }
+}
+
 pub async fn serve(cfg: Config) -> anyhow::Result<()> {
+    raise_nofile_limit();
     if cfg.agent().is_none() {
         tracing::warn!(
             "no in-machine agent: set agent_path / RNR_AGENT_PATH (scripts/build-agent.sh) or put \
