@@ -8,7 +8,7 @@ mod machines;
 mod openapi;
 
 pub use checks::{output as check_run_output, results_sse, CheckRunOutput};
-pub use error::ApiError;
+pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use openapi::ApiDoc;
 
 use axum::extract::{Request, State};
@@ -16,7 +16,8 @@ use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
+use bytes::Bytes;
 use rnr_core::Platform;
 use std::future::Future;
 use tokio::net::TcpListener;
@@ -101,10 +102,6 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
         .into_response())
 }
 
-async fn openapi_json() -> Response {
-    Json(openapi::document()).into_response()
-}
-
 async fn not_found() -> ApiError {
     ApiError::new(
         axum::http::StatusCode::NOT_FOUND,
@@ -113,14 +110,47 @@ async fn not_found() -> ApiError {
     )
 }
 
+/// A part of the application outside this crate (e.g. the web UI's integrator routes):
+/// routes that take an API key, and the OpenAPI document describing them, so that nothing
+/// is mounted without being documented.
+pub struct ApiPart {
+    pub routes: Router,
+    pub openapi: utoipa::openapi::OpenApi,
+}
+
 /// The whole HTTP application.
 pub fn app(state: AppState) -> Router {
-    app_with_gateway(state, None)
+    app_with_parts(state, None, Vec::new())
 }
 
 /// The HTTP application with the terminal gateway's routes (its API routes behind the same
 /// API-key check; its socket and pages authenticated by terminal tokens).
 pub fn app_with_gateway(state: AppState, gateway: Option<rnr_gateway::Gateway>) -> Router {
+    app_with_parts(state, gateway, Vec::new())
+}
+
+/// The HTTP application with the gateway's routes and `parts` behind the API-key check;
+/// `/api/v1/openapi.json` is one document describing all of them.
+pub fn app_with_parts(
+    state: AppState,
+    gateway: Option<rnr_gateway::Gateway>,
+    parts: Vec<ApiPart>,
+) -> Router {
+    let mut docs = Vec::with_capacity(parts.len());
+    let mut integrator = Router::new();
+    for part in parts {
+        integrator = integrator.merge(behind_api_key(&state, part.routes));
+        docs.push(part.openapi);
+    }
+    // Rendered once: the document only changes with the code.
+    let doc = Bytes::from(
+        serde_json::to_vec(&openapi::document(gateway.is_some(), docs))
+            .expect("an OpenAPI document is plain JSON"),
+    );
+    let openapi_json = move || {
+        let doc = doc.clone();
+        async move { ([(header::CONTENT_TYPE, "application/json")], doc) }
+    };
     let protected =
         machines::routes()
             .merge(checks::routes())
@@ -129,14 +159,7 @@ pub fn app_with_gateway(state: AppState, gateway: Option<rnr_gateway::Gateway>) 
                 require_api_key,
             ));
     let terminals = gateway
-        .map(|gw| {
-            gw.api_routes()
-                .route_layer(middleware::from_fn_with_state(
-                    state.clone(),
-                    require_api_key,
-                ))
-                .merge(gw.public_routes())
-        })
+        .map(|gw| behind_api_key(&state, gw.api_routes()).merge(gw.public_routes()))
         .unwrap_or_default();
     Router::new()
         .merge(protected)
@@ -149,6 +172,7 @@ pub fn app_with_gateway(state: AppState, gateway: Option<rnr_gateway::Gateway>) 
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
         .merge(terminals)
+        .merge(integrator)
 }
 
 /// Puts `routes` (of another part, e.g. the web UI's integrator routes) behind the same

@@ -51,6 +51,78 @@ impl Modify for BearerAuth {
 )]
 pub struct ApiDoc;
 
-pub fn document() -> utoipa::openapi::OpenApi {
-    ApiDoc::openapi()
+/// The served document: the API's own paths, the gateway's when it is mounted, and those of
+/// other parts (`parts`, e.g. the web UI's links), merged into one. The parts refer to the
+/// API's `ErrorBody` schema and `api_key` scheme, which this document defines.
+pub fn document(
+    gateway: bool,
+    parts: impl IntoIterator<Item = utoipa::openapi::OpenApi>,
+) -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    if gateway {
+        doc.merge(rnr_gateway::TerminalApiDoc::openapi());
+    }
+    for part in parts {
+        doc.merge(part);
+    }
+    doc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    /// `(where, target)` of every `$ref` under `v`.
+    fn refs(v: &Value, at: &str, out: &mut Vec<(String, String)>) {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    match (k.as_str(), v) {
+                        ("$ref", Value::String(r)) => out.push((at.to_string(), r.clone())),
+                        _ => refs(v, &format!("{at}/{k}"), out),
+                    }
+                }
+            }
+            Value::Array(a) => {
+                for (i, v) in a.iter().enumerate() {
+                    refs(v, &format!("{at}/{i}"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn dangling(doc: &Value) -> Vec<(String, String)> {
+        let mut all = Vec::new();
+        refs(doc, "", &mut all);
+        assert!(!all.is_empty(), "the document has references");
+        all.into_iter()
+            .filter(|(_, r)| r.strip_prefix('#').and_then(|p| doc.pointer(p)).is_none())
+            .collect()
+    }
+
+    #[test]
+    fn the_gateway_paths_are_merged_and_every_reference_resolves() {
+        let doc = serde_json::to_value(document(true, [])).unwrap();
+        assert!(doc["paths"]["/api/v1/machines"]["post"].is_object());
+        assert!(doc["paths"]["/api/v1/machines/{id}/terminals"]["post"].is_object());
+        assert!(doc["paths"]["/api/v1/terminals/{id}/recording"]["get"].is_object());
+        assert_eq!(dangling(&doc), Vec::new());
+        let without = serde_json::to_value(document(false, [])).unwrap();
+        assert!(without["paths"]["/api/v1/machines/{id}/terminals"].is_null());
+    }
+
+    #[test]
+    fn a_reference_to_a_missing_schema_is_caught() {
+        // The gateway's document alone names the API's error body without defining it.
+        let doc = serde_json::to_value(rnr_gateway::TerminalApiDoc::openapi()).unwrap();
+        let missing = dangling(&doc);
+        assert!(
+            missing
+                .iter()
+                .any(|(_, r)| r == "#/components/schemas/ErrorBody"),
+            "{missing:?}"
+        );
+    }
 }

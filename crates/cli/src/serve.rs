@@ -265,9 +265,8 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     )
     .await?;
     let state = rnr_api::AppState { platform };
-    let app = rnr_api::app_with_gateway(state.clone(), Some(gateway))
-        .merge(rnr_api::behind_api_key(&state, web.api_routes()))
-        .merge(web.routes());
+    let app =
+        rnr_api::app_with_parts(state, Some(gateway), vec![web.api_part()]).merge(web.routes());
     let app = rnr_api::with_checker(app, checker);
     let res = rnr_api::run(listener, app, shutdown_signal(token.clone())).await;
     token.cancel();

@@ -440,6 +440,36 @@ fn every_endpoint_refuses_missing_or_wrong_keys() {
     assert_eq!(st, 401);
 }
 
+/// `(where, target)` of every `$ref` under `v`.
+fn refs(v: &Value, at: &str, out: &mut Vec<(String, String)>) {
+    match v {
+        Value::Object(m) => {
+            for (k, v) in m {
+                match (k.as_str(), v) {
+                    ("$ref", Value::String(r)) => out.push((at.to_string(), r.clone())),
+                    _ => refs(v, &format!("{at}/{k}"), out),
+                }
+            }
+        }
+        Value::Array(a) => {
+            for (i, v) in a.iter().enumerate() {
+                refs(v, &format!("{at}/{i}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The schema `s` is, following one `$ref`.
+fn resolve<'a>(doc: &'a Value, s: &'a Value) -> &'a Value {
+    match s["$ref"].as_str() {
+        Some(r) => doc
+            .pointer(r.strip_prefix('#').unwrap())
+            .unwrap_or_else(|| panic!("{r} resolves")),
+        None => s,
+    }
+}
+
 #[test]
 fn openapi_document_describes_the_api() {
     let s = Server::start(&[]);
@@ -448,15 +478,188 @@ fn openapi_document_describes_the_api() {
         .json()
         .unwrap();
     assert!(v["openapi"].as_str().unwrap().starts_with("3."));
-    for p in [
-        "/api/v1/machines",
-        "/api/v1/machines/{id}",
-        "/api/v1/machines/{id}/exec",
+    for (p, method) in [
+        ("/api/v1/machines", "post"),
+        ("/api/v1/machines", "get"),
+        ("/api/v1/machines/{id}", "get"),
+        ("/api/v1/machines/{id}", "delete"),
+        ("/api/v1/machines/{id}/exec", "post"),
+        ("/api/v1/machines/{id}/terminals", "post"),
+        ("/api/v1/terminals/{id}", "delete"),
+        ("/api/v1/terminals/{id}/recording", "get"),
+        ("/terminals/{id}/recording", "get"),
+        ("/api/v1/links", "post"),
     ] {
-        assert!(v["paths"][p].is_object(), "{p} documented");
+        assert!(v["paths"][p][method].is_object(), "{method} {p} documented");
     }
     assert!(v["components"]["schemas"]["ErrorBody"].is_object());
     assert!(v["components"]["securitySchemes"]["api_key"].is_object());
+
+    // Every reference resolves, whichever crate's part of the document it is in.
+    let mut all = Vec::new();
+    refs(&v, "", &mut all);
+    assert!(all.len() > 20, "{all:?}");
+    let dangling: Vec<_> = all
+        .iter()
+        .filter(|(_, r)| r.strip_prefix('#').and_then(|p| v.pointer(p)).is_none())
+        .collect();
+    assert!(dangling.is_empty(), "unresolved $refs: {dangling:?}");
+    // And so does every security requirement.
+    for (p, ops) in v["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            for req in op["security"].as_array().into_iter().flatten() {
+                for scheme in req.as_object().unwrap().keys() {
+                    assert!(
+                        v["components"]["securitySchemes"][scheme].is_object(),
+                        "{method} {p}: security scheme {scheme}"
+                    );
+                }
+            }
+        }
+    }
+
+    let op = |p: &str, method: &str| &v["paths"][p][method];
+    let body = |o: &Value, status: &str| {
+        resolve(
+            &v,
+            &o["responses"][status]["content"]["application/json"]["schema"],
+        )
+        .clone()
+    };
+    let props = |schema: &Value| -> Vec<String> {
+        schema["properties"]
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+
+    let terminals = op("/api/v1/machines/{id}/terminals", "post");
+    let created = props(&body(terminals, "201"));
+    for field in [
+        "id",
+        "token",
+        "viewer_token",
+        "ws_url",
+        "viewer_ws_url",
+        "expires_at",
+    ] {
+        assert!(
+            created.iter().any(|f| f == field),
+            "terminal {field}: {created:?}"
+        );
+    }
+    let req = resolve(
+        &v,
+        &terminals["requestBody"]["content"]["application/json"]["schema"],
+    );
+    assert_eq!(props(req), ["cols", "record", "rows"]);
+    let about = terminals["description"].as_str().unwrap_or_default();
+    for needle in ["/ws/terminals/{id}?token=", "viewer", "4001", "4029"] {
+        assert!(
+            about.contains(needle),
+            "terminal description names {needle}"
+        );
+    }
+
+    let links = op("/api/v1/links", "post");
+    let link = props(&body(links, "201"));
+    for field in ["url", "embed_url", "machine_id", "expires_at"] {
+        assert!(link.iter().any(|f| f == field), "link {field}: {link:?}");
+    }
+    let req = resolve(
+        &v,
+        &links["requestBody"]["content"]["application/json"]["schema"],
+    );
+    assert_eq!(req["required"], json!(["learner", "exercise"]));
+
+    let recording = op("/api/v1/terminals/{id}/recording", "get");
+    assert!(recording["responses"]["200"]["content"]["application/x-asciicast"].is_object());
+
+    // The new operations: API key where the API's routes take one, and every error status
+    // with the API's error body.
+    for (p, method, keyed) in [
+        ("/api/v1/machines/{id}/terminals", "post", true),
+        ("/api/v1/terminals/{id}", "delete", true),
+        ("/api/v1/terminals/{id}/recording", "get", true),
+        ("/terminals/{id}/recording", "get", false),
+        ("/api/v1/links", "post", true),
+    ] {
+        let o = op(p, method);
+        assert_eq!(
+            o["security"] == json!([{"api_key": []}]),
+            keyed,
+            "{method} {p} security: {}",
+            o["security"]
+        );
+        let responses = o["responses"].as_object().unwrap();
+        let errors: Vec<_> = responses.keys().filter(|st| st.as_str() >= "400").collect();
+        assert!(errors.len() >= 2, "{method} {p} errors: {errors:?}");
+        for st in errors {
+            let schema = &responses[st]["content"]["application/json"]["schema"];
+            assert_eq!(
+                schema["$ref"], "#/components/schemas/ErrorBody",
+                "{method} {p} {st}"
+            );
+        }
+    }
+
+    // What the server answers is what the document says: a documented status, the API's
+    // error body.
+    let bad_json = s
+        .req(Method::POST, "/api/v1/machines/m-nope/terminals")
+        .header("content-type", "application/json")
+        .body("{")
+        .send()
+        .unwrap();
+    let bad_json = (
+        bad_json.status().as_u16(),
+        bad_json.json::<Value>().unwrap_or(Value::Null),
+    );
+    for ((p, method), (st, got)) in [
+        (
+            ("/api/v1/machines/{id}/terminals", "post"),
+            s.call(Method::POST, "/api/v1/machines/m-nope/terminals", None),
+        ),
+        (("/api/v1/machines/{id}/terminals", "post"), bad_json),
+        (
+            ("/api/v1/terminals/{id}", "delete"),
+            s.call(Method::DELETE, "/api/v1/terminals/t-nope", None),
+        ),
+        (
+            ("/api/v1/terminals/{id}/recording", "get"),
+            s.call(Method::GET, "/api/v1/terminals/t-nope/recording", None),
+        ),
+        (
+            ("/terminals/{id}/recording", "get"),
+            s.call(
+                Method::GET,
+                "/terminals/t-nope/recording?token=forged",
+                None,
+            ),
+        ),
+        (
+            ("/api/v1/links", "post"),
+            s.call(Method::POST, "/api/v1/links", Some(json!({}))),
+        ),
+        (
+            ("/api/v1/links", "post"),
+            s.call(
+                Method::POST,
+                "/api/v1/links",
+                Some(json!({"learner": "alice", "exercise": "no-such-exercise"})),
+            ),
+        ),
+    ] {
+        assert!(
+            op(p, method)["responses"][st.to_string()].is_object(),
+            "{method} {p} answered {st}, which is not documented: {got}"
+        );
+        assert_ne!(
+            err_code(&got),
+            "<no error code>",
+            "{method} {p} {st}: {got}"
+        );
+    }
 }
 
 #[test]

@@ -8,6 +8,7 @@
 //! The wire protocol is in docs/terminal-protocol.md.
 
 mod error;
+mod openapi;
 mod record;
 mod terminal;
 pub mod token;
@@ -15,8 +16,10 @@ mod web;
 mod ws;
 
 pub use error::GatewayError;
+pub use openapi::TerminalApiDoc;
 pub use token::{Claims, Role, Signer};
 
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -156,21 +159,26 @@ impl std::fmt::Debug for Gateway {
 }
 
 /// Body of `POST /api/v1/machines/{id}/terminals`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTerminal {
     /// Record the session as asciicast v2.
     #[serde(default)]
     pub record: bool,
+    /// Initial height in rows (1–1000, default 24); the client resizes once connected.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 1000)]
     pub rows: Option<u16>,
+    /// Initial width in columns (1–1000, default 80).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 1000)]
     pub cols: Option<u16>,
 }
 
 /// A terminal and the tokens to reach it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TerminalCreated {
+    /// Terminal id, `t-…`.
     pub id: String,
     pub machine_id: String,
     /// Owner token: type, resize.
@@ -179,11 +187,15 @@ pub struct TerminalCreated {
     pub viewer_token: String,
     /// Unix seconds after which both tokens are refused.
     pub expires_at: i64,
+    /// `ws(s)://host/ws/terminals/{id}?token=<token>`: the WebSocket for the owner.
     pub ws_url: String,
+    /// The same WebSocket with the viewer token: output only, input is dropped.
     pub viewer_ws_url: String,
     /// The page with the terminal, for a browser.
     pub page_url: String,
+    /// The page with the read-only terminal.
     pub viewer_page_url: String,
+    /// Whether the session is recorded (`GET /api/v1/terminals/{id}/recording`).
     pub recording: bool,
 }
 
@@ -522,17 +534,73 @@ fn base_url(headers: &HeaderMap) -> String {
     format!("{proto}://{host}")
 }
 
+/// Open a terminal: a root shell on the machine, for a browser
+///
+/// Returns an owner and a read-only viewer token, both bound to this terminal and machine
+/// and valid until `expires_at`. A browser either opens `page_url` (the gateway's own
+/// terminal page; the token in the URL is all it needs) or connects its own client to
+/// `ws_url`: `GET /ws/terminals/{id}?token=…[&rows=R&cols=C]` upgraded to a WebSocket.
+/// The token rides in the query string because browsers cannot set headers on a
+/// WebSocket; no API key ever reaches the browser. The `viewer_*` URLs carry the viewer
+/// token: the same screen live, input and resizes dropped.
+///
+/// On the socket, binary frames are terminal bytes both ways; text frames are JSON control
+/// messages (`{"t":"resize","rows","cols"}`, `{"t":"pause"}`, `{"t":"resume"}` from the
+/// client; `{"t":"hello",…,"token","expires_at"}` from the server, repeated with a fresh
+/// token before the old one expires, to reconnect with). A page whose `Origin` is neither
+/// the gateway's nor in `[terminal] allowed_origins` is refused with 403 before the upgrade;
+/// every other refusal is a close frame: 1001 going away, 1011 internal error (reconnect);
+/// 4000 bad control message, 4001 invalid token, 4002 token expired, 4004 machine gone,
+/// 4008 idle timeout, 4010 shell exited or terminal closed, 4029 terminal limit reached
+/// (do not reconnect); 4011 agent unavailable (reconnect later); 4012 session connection
+/// lost, 4408 no answer to pings (reconnect). The shell survives reconnects, page reloads
+/// and gateway restarts. Protocol: docs/terminal-protocol.md.
+#[utoipa::path(
+    post, path = "/api/v1/machines/{id}/terminals", tag = "terminals",
+    params(("id" = String, Path, description = "Machine id")),
+    request_body(content = CreateTerminal, description = "Optional; without a body: 24×80, not recorded"),
+    responses(
+        (status = 201, description = "Terminal attached; tokens and URLs to reach it", body = TerminalCreated),
+        (status = 401, description = "Missing or wrong API key", body = ref(openapi::ERROR_BODY)),
+        (status = 404, description = "`machine_not_found`", body = ref(openapi::ERROR_BODY)),
+        (status = 409, description = "`machine_not_running`", body = ref(openapi::ERROR_BODY)),
+        (status = 422, description = "`invalid_request`: the body is not valid JSON of this shape", body = ref(openapi::ERROR_BODY)),
+        (status = 429, description = "`terminal_limit_reached`: the machine has `[terminal] max_per_machine` open terminals", body = ref(openapi::ERROR_BODY)),
+        (status = 503, description = "`agent_unavailable`: the agent in the machine cannot hold the session", body = ref(openapi::ERROR_BODY)),
+    ),
+    security(("api_key" = []))
+)]
 async fn create_terminal(
     State(gw): State<Gateway>,
     Path(machine): Path<String>,
     headers: HeaderMap,
-    body: Option<Json<CreateTerminal>>,
+    body: Result<Option<Json<CreateTerminal>>, JsonRejection>,
 ) -> Result<Response, GatewayError> {
-    let req = body.map(|Json(b)| b).unwrap_or_default();
+    // axum's own rejection is plain text; the API promises its error shape.
+    let req = body
+        .map_err(|e| GatewayError::Invalid {
+            field: "body".into(),
+            message: e.body_text(),
+        })?
+        .map(|Json(b)| b)
+        .unwrap_or_default();
     let created = gw.create(&machine, req, &base_url(&headers)).await?;
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 
+/// Close a terminal: hang up its shell and end the session
+///
+/// Connected clients are closed with 4010.
+#[utoipa::path(
+    delete, path = "/api/v1/terminals/{id}", tag = "terminals",
+    params(("id" = String, Path, description = "Terminal id")),
+    responses(
+        (status = 204, description = "Closed"),
+        (status = 401, description = "Missing or wrong API key", body = ref(openapi::ERROR_BODY)),
+        (status = 404, description = "`terminal_not_found`: no open terminal with this id", body = ref(openapi::ERROR_BODY)),
+    ),
+    security(("api_key" = []))
+)]
 async fn delete_terminal(
     State(gw): State<Gateway>,
     Path(id): Path<String>,
@@ -554,6 +622,20 @@ async fn recording(gw: &Gateway, id: &str) -> Result<Response, GatewayError> {
     Ok(([(header::CONTENT_TYPE, "application/x-asciicast")], body).into_response())
 }
 
+/// The recording of a terminal opened with `record: true`, as an asciicast v2 file
+///
+/// Also readable with a terminal token at `/terminals/{id}/recording?token=…`, and
+/// replayed in the browser at `/terminals/{id}/replay?token=…`.
+#[utoipa::path(
+    get, path = "/api/v1/terminals/{id}/recording", tag = "terminals",
+    params(("id" = String, Path, description = "Terminal id")),
+    responses(
+        (status = 200, description = "asciicast v2: a JSON header line, then one `[time, \"o\" or \"r\", data]` line per output or resize", content_type = "application/x-asciicast", body = String),
+        (status = 401, description = "Missing or wrong API key", body = ref(openapi::ERROR_BODY)),
+        (status = 404, description = "`recording_not_found` or `terminal_not_found`", body = ref(openapi::ERROR_BODY)),
+    ),
+    security(("api_key" = []))
+)]
 async fn recording_by_key(
     State(gw): State<Gateway>,
     Path(id): Path<String>,
@@ -567,6 +649,22 @@ struct TokenQuery {
     token: String,
 }
 
+/// The recording of a terminal, for a browser holding one of its tokens
+///
+/// The same file as `GET /api/v1/terminals/{id}/recording`, authorised by an owner or
+/// viewer token of the terminal instead of an API key (what the replay page uses).
+#[utoipa::path(
+    get, path = "/terminals/{id}/recording", tag = "terminals",
+    params(
+        ("id" = String, Path, description = "Terminal id"),
+        ("token" = String, Query, description = "An owner or viewer token of this terminal"),
+    ),
+    responses(
+        (status = 200, description = "asciicast v2", content_type = "application/x-asciicast", body = String),
+        (status = 401, description = "`invalid_token` or `token_expired`", body = ref(openapi::ERROR_BODY)),
+        (status = 404, description = "`recording_not_found`", body = ref(openapi::ERROR_BODY)),
+    )
+)]
 async fn recording_by_token(
     State(gw): State<Gateway>,
     Path(id): Path<String>,

@@ -360,17 +360,20 @@ pub async fn events(
     .await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LinkRequest {
-    /// The LMS's id for the learner.
+    /// The LMS's id for the learner: 1 to 90 letters, digits or `_@.:-`.
+    #[schema(min_length = 1, max_length = 90)]
     pub learner: String,
+    /// Exercise name, as in `/exercises/{name}`.
     pub exercise: String,
-    /// How long the link stays valid (default: a day).
+    /// How long the link stays valid (default: a day; at most 30 days).
+    #[schema(minimum = 1, maximum = 2592000)]
     pub ttl_seconds: Option<u64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct LinkResponse {
     pub learner: String,
     pub exercise: String,
@@ -384,7 +387,29 @@ pub struct LinkResponse {
     pub machine_id: String,
 }
 
-/// `POST /api/v1/links` (API key): a machine for a learner and a signed link to it.
+/// Create a learner's machine and signed links to it
+///
+/// For an LMS: the machine for this learner and exercise (the running one if there is one,
+/// else a new one with the exercise set up), owned by `lms:<learner>`, and two signed links
+/// that expire at `expires_at`. `url` is the full exercise page; `embed_url` is a compact
+/// page for an `<iframe>`, which posts `{type: "rnr:passed", …}` to its parent window when
+/// every check passes. The link is all the learner's browser needs: no API key reaches it.
+/// See docs/embedding.md.
+#[utoipa::path(
+    post, path = "/api/v1/links", tag = "links",
+    request_body = LinkRequest,
+    responses(
+        (status = 201, description = "Machine ready; the links to give the learner", body = LinkResponse),
+        (status = 400, description = "`invalid_json`: malformed JSON", body = rnr_api::ErrorBody),
+        (status = 401, description = "Missing or wrong API key", body = rnr_api::ErrorBody),
+        (status = 404, description = "`exercise_not_found`", body = rnr_api::ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: the body is not JSON", body = rnr_api::ErrorBody),
+        (status = 422, description = "`invalid_request`: a missing or invalid field", body = rnr_api::ErrorBody),
+        (status = 500, description = "`setup_failed`: the exercise's setup failed on the new machine", body = rnr_api::ErrorBody),
+        (status = 503, description = "`capacity_exceeded` (with `Retry-After`) or `driver_unavailable`", body = rnr_api::ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
 pub async fn create_link(
     State(web): State<Web>,
     headers: HeaderMap,

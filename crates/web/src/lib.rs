@@ -15,6 +15,16 @@ mod pages;
 
 pub use identity::{valid_learner, LinkClaims, Signer};
 
+/// OpenAPI description of the integrator routes (`POST /api/v1/links`); it names the API's
+/// `api_key` scheme, which the served document defines.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(learn::create_link),
+    components(schemas(learn::LinkRequest, learn::LinkResponse)),
+    tags((name = "links", description = "Signed learner links for an LMS (docs/embedding.md)")),
+)]
+pub struct LinksApiDoc;
+
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -26,6 +36,7 @@ use rnr_gateway::Gateway;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use utoipa::OpenApi;
 
 /// Settings of the web UI.
 #[derive(Debug, Clone)]
@@ -120,11 +131,20 @@ impl Web {
             .with_state(self.clone())
     }
 
-    /// Routes for integrators, to be put behind the API-key check.
+    /// Routes for integrators, to be put behind the API-key check; [`Web::api_part`] has
+    /// them with their OpenAPI description.
     pub fn api_routes(&self) -> Router {
         Router::new()
             .route("/api/v1/links", post(learn::create_link))
             .with_state(self.clone())
+    }
+
+    /// The integrator routes and their OpenAPI description, for [`rnr_api::app_with_parts`].
+    pub fn api_part(&self) -> rnr_api::ApiPart {
+        rnr_api::ApiPart {
+            routes: self.api_routes(),
+            openapi: LinksApiDoc::openapi(),
+        }
     }
 
     /// The terminal the pages show for `machine` (the same one across reloads, restarts and
