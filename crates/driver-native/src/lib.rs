@@ -283,6 +283,8 @@ struct Inner {
     alloc: Mutex<Alloc>,
     userns_fds: Mutex<HashMap<u32, Arc<OwnedFd>>>,
     counter: AtomicU64,
+    /// The seccomp profile as crun compiled it (base64), once a machine has started.
+    seccomp_bpf: Mutex<Option<String>>,
     /// Bridge segments known to be up (see `net`); the lock serialises creating one.
     segments: tokio::sync::Mutex<BTreeSet<u32>>,
     /// The btrfs pool of the machines' writable layers (btrfs disk mode).
@@ -436,6 +438,7 @@ impl NativeDriver {
                 userns_fds: Mutex::new(HashMap::new()),
                 counter: AtomicU64::new(0),
                 segments: tokio::sync::Mutex::new(BTreeSet::new()),
+                seccomp_bpf: Mutex::new(None),
                 pool,
             }),
         })
@@ -474,6 +477,36 @@ impl NativeDriver {
                     remove_cgroup_tree(&dir);
                 }
             }
+        }
+    }
+
+    /// Keeps the seccomp filter crun compiled for machine `id` (crun stores it with the
+    /// container's state for its `exec`) to pass it precompiled to the next starts.
+    fn keep_seccomp_bpf(&self, id: &str) {
+        use base64::Engine;
+        let path = self
+            .inner
+            .cfg
+            .state_dir
+            .join("crun")
+            .join(id)
+            .join("seccomp.bpf");
+        match std::fs::read(&path) {
+            // A BPF program is a whole number of 8-byte instructions.
+            Ok(bpf) if !bpf.is_empty() && bpf.len() % 8 == 0 => {
+                let b64 = base64::engine::general_purpose::STANDARD.encode(bpf);
+                *self
+                    .inner
+                    .seccomp_bpf
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(b64);
+            }
+            other => tracing::debug!(
+                machine = id,
+                path = %path.display(),
+                outcome = ?other.map(|b| b.len()),
+                "no compiled seccomp filter to reuse"
+            ),
         }
     }
 
@@ -628,7 +661,7 @@ impl NativeDriver {
             let p = dir.join(d);
             std::fs::create_dir(&p).map_err(|e| io_err("creating", &p, e))?;
         }
-        let config = oci::config(&oci::ConfigInput {
+        let mut config = oci::config(&oci::ConfigInput {
             id,
             owner: &cfg.owner,
             hostname: &spec.hostname,
@@ -640,6 +673,17 @@ impl NativeDriver {
             uid_base,
             agent: cfg.agent.as_deref(),
         });
+        let compiled = self
+            .inner
+            .seccomp_bpf
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(bpf) = &compiled {
+            // The profile is the same for every machine: crun compiled it once already, so
+            // hand it the result instead of compiling it again (a few ms per start).
+            config["annotations"][oci::SECCOMP_BPF_ANNOTATION] = serde_json::json!(bpf);
+        }
         let config_path = dir.join("config.json");
         std::fs::write(&config_path, config.to_string())
             .map_err(|e| io_err("writing", &config_path, e))?;
@@ -777,6 +821,9 @@ impl NativeDriver {
         meta.init_pid = Some(pid);
         meta.init_start = Some(start);
         write_meta(&dir, meta)?;
+        if compiled.is_none() {
+            self.keep_seccomp_bpf(id);
+        }
 
         let t2 = t0.elapsed();
         // Network: veth into the segment's bridge, then address and route inside.

@@ -10,6 +10,10 @@ use std::path::Path;
 /// and reaps orphans through `wait`.
 pub const INIT_SCRIPT: &str = "trap 'exit 0' TERM; while :; do sleep 3600 & wait; done";
 
+/// crun's annotation carrying a precompiled seccomp filter (base64 BPF), used instead of
+/// compiling the profile at every start.
+pub const SECCOMP_BPF_ANNOTATION: &str = "run.oci.seccomp_bpf_data";
+
 /// PATH given to every process in a machine.
 pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 

@@ -578,10 +578,32 @@ async fn btrfs_pool_torn_down_without_leftovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seccomp_profile_refuses_what_capabilities_do_not() {
-    for f in [Flavour::Plain, Flavour::Userns] {
+    // Twice per flavour: the first start compiles the profile, later ones reuse crun's
+    // compiled filter (run.oci.seccomp_bpf_data); both must bite alike.
+    let mut reused = Vec::new();
+    for f in [
+        Flavour::Plain,
+        Flavour::Plain,
+        Flavour::Userns,
+        Flavour::Userns,
+    ] {
         let d = driver(f).await;
         let s = spec("seccomp");
         d.create(&s).await.expect("create");
+        let config = std::fs::read_to_string(
+            d.config()
+                .state_dir
+                .join("machines")
+                .join(&s.id)
+                .join("config.json"),
+        )
+        .expect("config.json");
+        let precompiled = config.contains("run.oci.seccomp_bpf_data");
+        assert!(
+            precompiled || !reused.contains(&f),
+            "{f:?}: the second start reuses the compiled filter"
+        );
+        reused.push(f);
         let (_, out, _) = sh(&d, &s.id, "grep -E '^Seccomp:' /proc/self/status").await;
         assert_eq!(out.split_whitespace().nth(1), Some("2"), "filtered: {out}");
         // A nested user namespace needs no capability, so only the profile refuses it
