@@ -18,23 +18,29 @@ cargo test --workspace --locked --exclude rnr-driver-docker --exclude rnr-driver
 # The drivers' conformance and isolation suites, one test at a time: the isolation suite
 # times a neighbour's shell (<= 50 ms) while an attack runs, which other tests' load would
 # distort.
-echo "==> driver suites: rnr-driver-docker, rnr-driver-native (one at a time)" >&2
-# Containment is asserted strictly; the neighbour's echo latency is asserted against a CI
-# bound (the 50 ms target is the suite's default, for a quiet host: RNR_ISOLATION_ECHO_MS=50)
-# because CI shares its 2 cores with the build and the hypervisor.
-# (Set for the suite's commands only: every other RNR_* variable is rnr configuration.)
-echo_ms=${RNR_ISOLATION_ECHO_MS:-250}
-if cargo nextest --version >/dev/null 2>&1; then
-  # A latency probe on a 2-core VM can be hit by the hypervisor or the host; a test must
-  # fail three times in a row to fail the run (nextest reports every retry).
-  RNR_ISOLATION_ECHO_MS=$echo_ms cargo nextest run --locked --no-fail-fast -p rnr-driver-docker -p rnr-driver-native \
-    --test-threads 1 --retries 2
-else
-  RNR_ISOLATION_ECHO_MS=$echo_ms cargo test --locked -p rnr-driver-docker -p rnr-driver-native \
-    -- --test-threads=1
-fi
+# Containment is asserted strictly. The neighbour's echo latency is asserted at the suite's
+# 50 ms on the native driver (its shell is a pty the host holds, its execs forked by the
+# machine's own init) and against a CI bound on the Docker driver, whose every keystroke
+# crosses dockerd and containerd-shim (measured 53-200 ms under attack on a loaded 2-core
+# VM; BENCHMARKS.md). (Set for the suites' commands only: every other RNR_* variable is rnr
+# configuration.)
+native_echo_ms=${RNR_NATIVE_ECHO_MS:-50}
+docker_echo_ms=${RNR_DOCKER_ECHO_MS:-250}
+for suite in "rnr-driver-native $native_echo_ms" "rnr-driver-docker $docker_echo_ms"; do
+  set -- $suite
+  echo "==> driver suites: $1 (one test at a time, neighbour echo <= $2 ms)" >&2
+  if cargo nextest --version >/dev/null 2>&1; then
+    # A latency probe on a 2-core VM can be hit by the hypervisor or the host; a test must
+    # fail three times in a row to fail the run (nextest reports every retry).
+    RNR_ISOLATION_ECHO_MS=$2 cargo nextest run --locked --no-fail-fast -p "$1" \
+      --test-threads 1 --retries 2
+  else
+    RNR_ISOLATION_ECHO_MS=$2 cargo test --locked -p "$1" -- --test-threads=1
+  fi
+done
 
 # The API and web terminal integration tests again on the native (crun) driver; the pass
 # above used docker.
 echo "==> cargo test -p rnr --test api --test terminal (native driver)" >&2
-RNR_TEST_DRIVER=native cargo test -p rnr --locked --test api --test terminal -- --test-threads="${RNR_TEST_THREADS:-4}"
+RNR_TEST_DRIVER=native cargo test -p rnr --locked --test api --test terminal \
+  -- --test-threads="${RNR_TEST_THREADS:-4}"
