@@ -41,6 +41,11 @@ pub struct Request {
     pub cwd: Option<String>,
     /// `[rows, cols]` of a pty to run the process on; pipes when absent.
     pub tty: Option<[u16; 2]>,
+    /// A terminal session id: `argv` is the agent's own `session attach` for it, and
+    /// instead of running a relay the agent hands over a connection to the session's
+    /// daemon ([`Reply::Connected`]), starting the daemon with `argv` first if needed.
+    #[serde(default)]
+    pub session: Option<String>,
 }
 
 /// Agent → host.
@@ -54,4 +59,7 @@ pub enum Reply {
     Failed { message: String },
     /// The process ended: its exit code, or 128 + signal.
     Exited { code: i64 },
+    /// The connection to the session daemon rides along (SCM_RIGHTS): it speaks the
+    /// session protocol exactly as `session attach`'s stdio would, one relay fewer.
+    Connected,
 }

@@ -151,10 +151,27 @@ fn serve(mut conn: UnixStream, table: &Table) {
     if res.is_err() || !line.ends_with('\n') {
         return;
     }
-    let started = serde_json::from_str::<Request>(&line)
-        .map_err(|e| format!("bad request: {e}"))
-        .and_then(|req| Prepared::new(&req))
-        .and_then(|p| spawn(&p, table));
+    let req = match serde_json::from_str::<Request>(&line) {
+        Ok(r) => r,
+        Err(e) => {
+            let message = format!("bad request: {e}");
+            let _ = send_line(&mut conn, &Reply::Failed { message });
+            return;
+        }
+    };
+    if let Some(id) = &req.session {
+        // The host sees a failed send as a closed connection.
+        let _ = match connect_session(id, &req, table) {
+            Ok(session) => {
+                let mut msg = serde_json::to_vec(&Reply::Connected).unwrap_or_default();
+                msg.push(b'\n');
+                send_with_fds(conn.as_raw_fd(), &msg, &[session.as_raw_fd()])
+            }
+            Err(message) => send_line(&mut conn, &Reply::Failed { message }),
+        };
+        return;
+    }
+    let started = Prepared::new(&req).and_then(|p| spawn(&p, table));
     let (pid, host_fds) = match started {
         Ok(s) => s,
         Err(message) => {
@@ -207,6 +224,43 @@ fn serve(mut conn: UnixStream, table: &Table) {
             Ok(_) => {}
         }
     }
+}
+
+/// A connection to terminal session `id`'s daemon, started first (by running `req`, the
+/// agent's own `session attach`, fed nothing) when it is not running.
+fn connect_session(id: &str, req: &Request, table: &Table) -> Result<UnixStream, String> {
+    if !crate::session::valid_id(id) {
+        return Err(format!("invalid session id {id:?}"));
+    }
+    if let Ok(s) = crate::session::connect(id) {
+        return Ok(s);
+    }
+    let p = Prepared::new(req)?;
+    let (pid, host_fds) = spawn(&p, table)?;
+    // Its stdin at EOF, the attach starts the daemon, connects, and leaves. Connect only
+    // after it left: the daemon serves the newest connection, and ours must be that one.
+    drop(host_fds);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let ended = matches!(lock(table).get(&pid), Some(State::Exited(_)));
+        if ended {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            lock(table).remove(&pid);
+            kill_tree(pid);
+            return Err(format!(
+                "starting session {id}: `session attach` did not finish"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let code = match lock(table).remove(&pid) {
+        Some(State::Exited(code)) => code,
+        _ => -1,
+    };
+    crate::session::connect(id)
+        .map_err(|e| format!("starting session {id} (attach exited {code}): {e}"))
 }
 
 /// Everything the child needs, prepared before fork (after it only raw system calls run).

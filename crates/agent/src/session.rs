@@ -56,7 +56,7 @@ pub fn main(args: &[String]) -> ExitCode {
     }
 }
 
-fn valid_id(id: &str) -> bool {
+pub fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
         && id
@@ -71,7 +71,7 @@ fn socket_addr(id: &str) -> std::io::Result<std::os::unix::net::SocketAddr> {
     std::os::unix::net::SocketAddr::from_abstract_name(format!("rnr-session-{id}").as_bytes())
 }
 
-fn connect(id: &str) -> std::io::Result<UnixStream> {
+pub fn connect(id: &str) -> std::io::Result<UnixStream> {
     UnixStream::connect_addr(&socket_addr(id)?)
 }
 

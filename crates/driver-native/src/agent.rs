@@ -71,6 +71,7 @@ pub async fn exec(socket: &Path, machine: &str, req: &Request) -> NResult<Option
     .map_err(|_| NativeError::other(machine, "its agent did not answer an exec in time"))??;
     let pid = match reply {
         Reply::Started { pid } => pid,
+        Reply::Connected => return session(machine, fds).map(Some),
         Reply::Failed { message } => return Ok(Some(failed(machine, message))),
         Reply::Exited { .. } => {
             return Err(NativeError::other(machine, "agent answered out of order"))
@@ -154,6 +155,66 @@ async fn handshake(s: &UnixStream) -> std::io::Result<(Reply, Vec<OwnedFd>, Vec<
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// A connection to a terminal session's daemon, as the stdio of the `session attach`
+/// it stands for: what is written goes to the daemon, what it sends is stdout.
+fn session(machine: &str, fds: Vec<OwnedFd>) -> NResult<ExecHandle> {
+    let [fd] = <[OwnedFd; 1]>::try_from(fds).map_err(|fds| {
+        NativeError::other(
+            machine,
+            format!("agent sent {} descriptors for a session", fds.len()),
+        )
+    })?;
+    let io = |e| NativeError::io(format!("machine {machine}: a session connection"), e);
+    let control = fd.try_clone().map_err(io)?;
+    let std = std::os::unix::net::UnixStream::from(fd);
+    std.set_nonblocking(true).map_err(io)?;
+    let (read, write) = UnixStream::from_std(std).map_err(io)?.into_split();
+    let m = machine.to_string();
+    // Session frames are small (keystrokes, screen updates) and the daemon sends at most
+    // 32 KiB at once; a smaller buffer keeps idle terminals cheap.
+    let output = tokio_util::io::ReaderStream::with_capacity(read, 16 * 1024)
+        .map(move |r| {
+            r.map(OutputChunk::Stdout)
+                .map_err(|e| DriverError::io(format!("a session connection in machine {m}"), e))
+        })
+        .boxed();
+    Ok(ExecHandle {
+        stdin: Box::pin(write),
+        output,
+        process: Arc::new(SessionConn {
+            machine: machine.to_string(),
+            control,
+        }),
+    })
+}
+
+/// The "process" behind a session connection: ending it closes the connection (the
+/// session itself lives on in its daemon, as it does when a relay ends).
+struct SessionConn {
+    machine: String,
+    control: OwnedFd,
+}
+
+#[async_trait]
+impl ExecProcess for SessionConn {
+    async fn resize(&self, _size: TtySize) -> Result<()> {
+        Err(DriverError::Invalid {
+            id: self.machine.clone(),
+            message: "resize of a session connection (send a resize frame)".into(),
+        })
+    }
+
+    async fn wait(&self) -> Result<i64> {
+        Ok(0)
+    }
+
+    async fn kill(&self) -> Result<()> {
+        // SAFETY: shutdown(2) on a descriptor this object owns.
+        unsafe { libc::shutdown(self.control.as_raw_fd(), libc::SHUT_RDWR) };
+        Ok(())
     }
 }
 

@@ -987,6 +987,20 @@ impl NativeDriver {
             gid,
             cwd: spec.workdir.clone(),
             tty: spec.tty.map(|t| [t.rows, t.cols]),
+            // The agent's own `session attach ID …`: take the daemon's connection instead
+            // of a relay process in between (one hop less per keystroke, per direction).
+            session: match spec.argv.as_slice() {
+                [agent, s, a, id, ..]
+                    if agent == rnr_driver::AGENT_PATH
+                        && s == "session"
+                        && a == "attach"
+                        && spec.tty.is_none()
+                        && spec.user.is_none() =>
+                {
+                    Some(id.clone())
+                }
+                _ => None,
+            },
         };
         if let Some(handle) = agent::exec(&socket, id, &req).await? {
             return Ok(handle);

@@ -173,6 +173,55 @@ async fn execs_go_through_the_agent_out_of_the_learners_reach() {
     }
 }
 
+/// A terminal's `session attach` through the agent is a direct connection to the session
+/// daemon: no relay process stays in the machine, and a second attach (the gateway
+/// reconnecting) finds the same shell.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_attach_connects_to_the_daemon_without_a_relay() {
+    use futures::StreamExt;
+    use rnr_driver::OutputChunk;
+    let d = driver(Flavour::Userns).await;
+    let s = spec("session");
+    d.create(&s).await.expect("create");
+    let attach = || {
+        ExecSpec::new([
+            rnr_driver::AGENT_PATH,
+            "session",
+            "attach",
+            "t-1",
+            "24",
+            "80",
+        ])
+    };
+    // The daemon's first frame: T_HELLO (0x80), length 8, shell pid u32, rows, cols.
+    async fn hello(h: &mut rnr_driver::ExecHandle) -> u32 {
+        let mut got = Vec::new();
+        while got.len() < 13 {
+            match tokio::time::timeout(Duration::from_secs(10), h.output.next()).await {
+                Ok(Some(Ok(OutputChunk::Stdout(b)))) => got.extend_from_slice(&b),
+                other => panic!("no hello frame: {other:?}"),
+            }
+        }
+        assert_eq!(&got[..5], &[0x80, 0, 0, 0, 8], "{got:?}");
+        u32::from_be_bytes([got[5], got[6], got[7], got[8]])
+    }
+    let mut first = d.exec(&s.id, attach()).await.expect("attach");
+    let pid = hello(&mut first).await;
+    // The daemon forks from the attach without exec, so it carries the same command line:
+    // one such process is the daemon, a second would be a relay.
+    let (_, out, _) = sh(
+        &d,
+        &s.id,
+        "ps -o pid,args | grep 'session attach' | grep -v grep || true",
+    )
+    .await;
+    assert_eq!(out.trim().lines().count(), 1, "only the daemon: {out}");
+    drop(first);
+    let mut second = d.exec(&s.id, attach()).await.expect("attach again");
+    assert_eq!(hello(&mut second).await, pid, "the same shell");
+    d.delete(&s.id).await.expect("delete");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cgroup_limits_and_fork_bomb() {
     let d = driver(Flavour::Plain).await;
