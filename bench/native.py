@@ -189,16 +189,24 @@ def native_sweep(state_dir, owner):
         time.sleep(1)
     ipt = lambda *a: subprocess.run(["iptables", "-w", *a], capture_output=True).returncode == 0
     fwd, inp, nat = f"RNRF-{BRIDGE}", f"RNRI-{BRIDGE}", f"RNRN-{BRIDGE}"
-    for table, chain, rule in [("filter", "FORWARD", ["-o", BRIDGE, "-j", fwd]),
-                               ("filter", "FORWARD", ["-i", BRIDGE, "-j", fwd]),
-                               ("filter", "INPUT", ["-i", BRIDGE, "-j", inp]),
+    every = BRIDGE + "+"
+    for table, chain, rule in [("filter", "FORWARD", ["-o", every, "-j", fwd]),
+                               ("filter", "FORWARD", ["-i", every, "-j", fwd]),
+                               ("filter", "INPUT", ["-i", every, "-j", inp]),
                                ("nat", "POSTROUTING", ["-s", SUBNET, "-j", nat])]:
         while ipt("-t", table, "-D", chain, *rule):
             pass
     for table, chain in [("filter", fwd), ("filter", inp), ("nat", nat)]:
         ipt("-t", table, "-F", chain)
         ipt("-t", table, "-X", chain)
-    subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
+    # One bridge per /22 segment: BRIDGE, BRIDGE-1, BRIDGE-2, ...
+    for dev in os.listdir("/sys/class/net"):
+        if dev == BRIDGE or dev.startswith(BRIDGE + "-"):
+            subprocess.run(["ip", "link", "del", dev], capture_output=True)
+    # The btrfs pool of the machines' disks (its loop device detaches itself).
+    disks = os.path.join(state_dir, "disks")
+    if os.path.ismount(disks):
+        subprocess.run(["umount", disks], capture_output=True)
     for ctl in os.listdir("/sys/fs/cgroup"):
         base = os.path.join("/sys/fs/cgroup", ctl)
         for d in (os.listdir(base) if os.path.isdir(base) else []):
