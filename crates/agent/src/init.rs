@@ -55,78 +55,110 @@ fn sigchld_set() -> libc::sigset_t {
 pub fn main() -> ExitCode {
     let set = sigchld_set();
     // SAFETY: plain system calls on valid arguments. SIGCHLD is blocked before any thread
-    // starts so that every thread inherits the mask and only the reaper takes it.
-    let listening = unsafe {
+    // starts so that every thread inherits the mask and only the signalfd takes it.
+    let (listening, sigfd) = unsafe {
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
-        libc::fcntl(LISTEN_FD, libc::F_SETFD, libc::FD_CLOEXEC) == 0
+        (
+            libc::fcntl(LISTEN_FD, libc::F_SETFD, libc::FD_CLOEXEC) == 0,
+            libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK),
+        )
     };
-    let table: Table = Arc::default();
-    if !listening {
-        eprintln!("rnr-agent init: no listening socket on fd {LISTEN_FD}; reaping only");
-        reap(&table);
-    }
-    let reaper = table.clone();
-    if let Err(e) = std::thread::Builder::new()
-        .name("reaper".into())
-        .stack_size(64 << 10)
-        .spawn(move || reap(&reaper))
-    {
-        eprintln!("rnr-agent init: starting the reaper: {e}");
+    if sigfd < 0 {
+        eprintln!(
+            "rnr-agent init: signalfd: {}",
+            std::io::Error::last_os_error()
+        );
         return ExitCode::FAILURE;
     }
+    if !listening {
+        eprintln!("rnr-agent init: no listening socket on fd {LISTEN_FD}; reaping only");
+    }
+    let table: Table = Arc::default();
+    // One thread while idle (an idle machine's init is most of what it costs the host):
+    // children's exits and new connections are both waited for here; only a connection
+    // gets a thread of its own, for as long as its process runs.
     // SAFETY: fd 3 is the listening socket the driver passed us; nothing else owns it.
-    let listener = unsafe { UnixListener::from_raw_fd(LISTEN_FD) };
+    let listener = listening.then(|| unsafe { UnixListener::from_raw_fd(LISTEN_FD) });
+    if let Some(l) = &listener {
+        let _ = l.set_nonblocking(true);
+    }
     loop {
-        match listener.accept() {
-            Ok((conn, _)) => {
-                let t = table.clone();
-                let spawned = std::thread::Builder::new()
-                    .stack_size(128 << 10)
-                    .spawn(move || serve(conn, &t));
-                if spawned.is_err() {
-                    // Out of threads (pids limit): the connection was dropped, the host
-                    // sees it closed and reports the exec as failed.
-                    std::thread::sleep(Duration::from_millis(10));
+        let mut fds = [
+            libc::pollfd {
+                fd: sigfd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: if listening { LISTEN_FD } else { -1 },
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: poll(2) on an array that lives across the call.
+        if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } < 0 {
+            continue;
+        }
+        if fds[0].revents != 0 {
+            let mut info = [0u8; 128];
+            // SAFETY: draining the non-blocking signalfd into a buffer of siginfo size.
+            while unsafe { libc::read(sigfd, info.as_mut_ptr().cast(), info.len()) } > 0 {}
+            reap(&table);
+        }
+        if let (true, Some(l)) = (fds[1].revents != 0, &listener) {
+            loop {
+                match l.accept() {
+                    Ok((conn, _)) => {
+                        let t = table.clone();
+                        let spawned = std::thread::Builder::new()
+                            .stack_size(128 << 10)
+                            .spawn(move || serve(conn, &t));
+                        if spawned.is_err() {
+                            // Out of threads (pids limit): the connection was dropped, the
+                            // host sees it closed and reports the exec as failed.
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    // EMFILE and friends: back off instead of spinning.
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(10));
+                        break;
+                    }
                 }
             }
-            // EMFILE and friends: back off instead of spinning.
-            Err(_) => std::thread::sleep(Duration::from_millis(10)),
         }
     }
 }
 
-/// Reaps every child; announces the exits of the processes connections wait for.
-fn reap(table: &Table) -> ! {
-    let set = sigchld_set();
+/// Reaps every child that has ended; announces the exits of the processes connections
+/// wait for.
+fn reap(table: &Table) {
     loop {
-        // SAFETY: waiting for the (blocked) SIGCHLD with a valid set.
-        unsafe { libc::sigwaitinfo(&set, std::ptr::null_mut()) };
-        loop {
-            let mut status = 0;
-            // SAFETY: waitpid with a valid out-pointer.
-            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-            if pid <= 0 {
-                break;
+        let mut status = 0;
+        // SAFETY: waitpid with a valid out-pointer.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid <= 0 {
+            return;
+        }
+        let code = if libc::WIFEXITED(status) {
+            i64::from(libc::WEXITSTATUS(status))
+        } else if libc::WIFSIGNALED(status) {
+            128 + i64::from(libc::WTERMSIG(status))
+        } else {
+            continue;
+        };
+        let mut t = lock(table);
+        match t.remove(&pid) {
+            Some(State::Running(mut conn)) => {
+                let _ = send_line(&mut conn, &Reply::Exited { code });
+                let _ = conn.shutdown(std::net::Shutdown::Both);
             }
-            let code = if libc::WIFEXITED(status) {
-                i64::from(libc::WEXITSTATUS(status))
-            } else if libc::WIFSIGNALED(status) {
-                128 + i64::from(libc::WTERMSIG(status))
-            } else {
-                continue;
-            };
-            let mut t = lock(table);
-            match t.remove(&pid) {
-                Some(State::Running(mut conn)) => {
-                    let _ = send_line(&mut conn, &Reply::Exited { code });
-                    let _ = conn.shutdown(std::net::Shutdown::Both);
-                }
-                Some(State::Starting) => {
-                    t.insert(pid, State::Exited(code));
-                }
-                _ => {}
+            Some(State::Starting) => {
+                t.insert(pid, State::Exited(code));
             }
+            _ => {}
         }
     }
 }

@@ -500,13 +500,15 @@ fn daemon(id: &str, rows: u16, cols: u16) -> std::io::Result<i32> {
                 }
             }
             if got > 0 {
-                sess.parser.process(&buf[..got]);
+                // Forward first: the screen model is for repaints later, and parsing before
+                // the bytes leave would add its time to every echo.
                 if let Some(c) = conn.as_mut() {
                     frame(&mut c.wbuf, T_OUTPUT, &buf[..got]);
                     if !c.flush() {
                         conn = None;
                     }
                 }
+                sess.parser.process(&buf[..got]);
             }
             if ended {
                 let mut status = 0;
