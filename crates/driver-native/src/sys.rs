@@ -227,19 +227,46 @@ pub fn with_plan(cmd: &mut tokio::process::Command, plan: std::sync::Arc<MountPl
 
 /// Creates a user namespace mapping ids 0..65536 to `base..base+65536` and returns an fd
 /// to it (the namespace lives as long as the fd).
+///
+/// A namespace needs a process to be born in: a thread-like child (sharing our memory, so
+/// nothing is copied and nothing is exec'd) is cloned into a new user namespace and waits
+/// on a pipe while its maps are written and the namespace is opened, then exits.
 pub fn make_userns(base: u32) -> io::Result<OwnedFd> {
-    let mut cmd = std::process::Command::new("/bin/cat");
-    cmd.stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    // SAFETY: unshare(2) is a raw system call, safe between fork and exec.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-            check(libc::unshare(libc::CLONE_NEWUSER))
-        });
+    const STACK: usize = 16 * 1024;
+    extern "C" fn hold(arg: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: `arg` points at the parent's [read end, write end], alive until the
+        // parent has waited for us. The child's own copy of the write end is closed first,
+        // or the parent closing its copy would never end the read. Raw calls only.
+        unsafe {
+            let fds = *(arg as *const [libc::c_int; 2]);
+            libc::close(fds[1]);
+            let mut b = 0u8;
+            libc::read(fds[0], (&mut b as *mut u8).cast(), 1);
+            libc::_exit(0)
+        }
     }
-    let mut child = cmd.spawn()?;
-    let pid = child.id();
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the two-element array on success.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: fresh descriptors we own.
+    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let mut stack = vec![0u8; STACK];
+    let arg = [rd.as_raw_fd(), wr.as_raw_fd()];
+    // SAFETY: the child runs `hold` on its own stack (the top of `stack`, 16-byte aligned),
+    // which outlives it: we wait for it below before `stack` is dropped. It only makes raw
+    // system calls, so sharing our memory (CLONE_VM) cannot race with our threads.
+    let pid = unsafe {
+        let top = stack.as_mut_ptr().add(STACK) as usize & !15;
+        libc::clone(
+            hold,
+            top as *mut libc::c_void,
+            libc::CLONE_VM | libc::CLONE_NEWUSER | libc::SIGCHLD,
+            &arg as *const [libc::c_int; 2] as *mut libc::c_void,
+        )
+    };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
     let res = (|| {
         let map = format!("0 {base} 65536\n");
         std::fs::write(format!("/proc/{pid}/uid_map"), &map)?;
@@ -247,9 +274,14 @@ pub fn make_userns(base: u32) -> io::Result<OwnedFd> {
         let f = std::fs::File::open(format!("/proc/{pid}/ns/user"))?;
         Ok(OwnedFd::from(f))
     })();
-    drop(child.stdin.take());
-    let _ = child.kill();
-    let _ = child.wait();
+    // Closing the write end releases the child.
+    drop(wr);
+    let mut status = 0;
+    // SAFETY: waiting for our own child with a valid out-pointer; __WALL because a
+    // CLONE_VM child is still an ordinary child here (SIGCHLD), kept for robustness.
+    unsafe { libc::waitpid(pid, &mut status, libc::__WALL) };
+    drop(rd);
+    drop(stack);
     res
 }
 
