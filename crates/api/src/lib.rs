@@ -9,7 +9,7 @@ mod openapi;
 
 pub use checks::{output as check_run_output, results_sse, CheckRunOutput};
 pub use error::{ApiError, ErrorBody, ErrorDetail};
-pub use openapi::ApiDoc;
+pub use openapi::{references as openapi_references, ApiDoc};
 
 use axum::extract::{Request, State};
 use axum::http::header;

@@ -68,34 +68,40 @@ pub fn document(
     doc
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::Value;
-
-    /// `(where, target)` of every `$ref` under `v`.
-    fn refs(v: &Value, at: &str, out: &mut Vec<(String, String)>) {
+/// `(where, target)` of every `$ref` in an OpenAPI document as JSON, so that tests (and
+/// anyone assembling a document from several crates' parts) can check each one resolves.
+pub fn references(doc: &serde_json::Value) -> Vec<(String, String)> {
+    fn walk(v: &serde_json::Value, at: &str, out: &mut Vec<(String, String)>) {
+        use serde_json::Value;
         match v {
             Value::Object(m) => {
                 for (k, v) in m {
                     match (k.as_str(), v) {
                         ("$ref", Value::String(r)) => out.push((at.to_string(), r.clone())),
-                        _ => refs(v, &format!("{at}/{k}"), out),
+                        _ => walk(v, &format!("{at}/{k}"), out),
                     }
                 }
             }
             Value::Array(a) => {
                 for (i, v) in a.iter().enumerate() {
-                    refs(v, &format!("{at}/{i}"), out);
+                    walk(v, &format!("{at}/{i}"), out);
                 }
             }
             _ => {}
         }
     }
+    let mut out = Vec::new();
+    walk(doc, "", &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
 
     fn dangling(doc: &Value) -> Vec<(String, String)> {
-        let mut all = Vec::new();
-        refs(doc, "", &mut all);
+        let all = references(doc);
         assert!(!all.is_empty(), "the document has references");
         all.into_iter()
             .filter(|(_, r)| r.strip_prefix('#').and_then(|p| doc.pointer(p)).is_none())

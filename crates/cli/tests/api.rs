@@ -440,26 +440,6 @@ fn every_endpoint_refuses_missing_or_wrong_keys() {
     assert_eq!(st, 401);
 }
 
-/// `(where, target)` of every `$ref` under `v`.
-fn refs(v: &Value, at: &str, out: &mut Vec<(String, String)>) {
-    match v {
-        Value::Object(m) => {
-            for (k, v) in m {
-                match (k.as_str(), v) {
-                    ("$ref", Value::String(r)) => out.push((at.to_string(), r.clone())),
-                    _ => refs(v, &format!("{at}/{k}"), out),
-                }
-            }
-        }
-        Value::Array(a) => {
-            for (i, v) in a.iter().enumerate() {
-                refs(v, &format!("{at}/{i}"), out);
-            }
-        }
-        _ => {}
-    }
-}
-
 /// The schema `s` is, following one `$ref`.
 fn resolve<'a>(doc: &'a Value, s: &'a Value) -> &'a Value {
     match s["$ref"].as_str() {
@@ -496,8 +476,7 @@ fn openapi_document_describes_the_api() {
     assert!(v["components"]["securitySchemes"]["api_key"].is_object());
 
     // Every reference resolves, whichever crate's part of the document it is in.
-    let mut all = Vec::new();
-    refs(&v, "", &mut all);
+    let all = rnr_api::openapi_references(&v);
     assert!(all.len() > 20, "{all:?}");
     let dangling: Vec<_> = all
         .iter()

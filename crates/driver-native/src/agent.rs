@@ -4,7 +4,7 @@
 //! host reads and writes them directly, as it does a `crun exec`'d process's — at a
 //! millisecond instead of tens.
 
-use crate::exec::{self, Pty};
+use crate::exec::{self, resize, Pty};
 use crate::exec_wire::{Reply, Request, KILL, MAX_REQUEST};
 use crate::{sys, NResult, NativeError};
 use async_trait::async_trait;
@@ -265,15 +265,7 @@ struct AgentExec {
 #[async_trait]
 impl ExecProcess for AgentExec {
     async fn resize(&self, size: TtySize) -> Result<()> {
-        match &self.pty {
-            Some(p) => p.resize(size).map_err(|e| {
-                DriverError::io(format!("resizing a pty in machine {}", self.machine), e)
-            }),
-            None => Err(DriverError::Invalid {
-                id: self.machine.clone(),
-                message: "resize of a process started without a tty".into(),
-            }),
-        }
+        resize(&self.machine, self.pty.as_ref(), size)
     }
 
     async fn wait(&self) -> Result<i64> {

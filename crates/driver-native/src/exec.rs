@@ -168,6 +168,19 @@ impl NativeExec {
     }
 }
 
+/// Resizes the pty of a process in `machine`; an error for one started without a tty.
+pub fn resize(machine: &str, pty: Option<&Pty>, size: TtySize) -> Result<()> {
+    match pty {
+        Some(p) => p
+            .resize(size)
+            .map_err(|e| DriverError::io(format!("resizing a pty in machine {machine}"), e)),
+        None => Err(DriverError::Invalid {
+            id: machine.to_string(),
+            message: "resize of a process started without a tty".into(),
+        }),
+    }
+}
+
 /// Exit code of a finished `crun exec` (128+signal when crun itself was killed).
 pub fn exit_code(status: std::process::ExitStatus) -> i64 {
     use std::os::unix::process::ExitStatusExt;
@@ -181,15 +194,7 @@ pub fn exit_code(status: std::process::ExitStatus) -> i64 {
 #[async_trait]
 impl ExecProcess for NativeExec {
     async fn resize(&self, size: TtySize) -> Result<()> {
-        match &self.pty {
-            Some(p) => p.resize(size).map_err(|e| {
-                DriverError::io(format!("resizing a pty in machine {}", self.machine), e)
-            }),
-            None => Err(DriverError::Invalid {
-                id: self.machine.clone(),
-                message: "resize of a process started without a tty".into(),
-            }),
-        }
+        resize(&self.machine, self.pty.as_ref(), size)
     }
 
     async fn wait(&self) -> Result<i64> {
