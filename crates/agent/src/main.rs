@@ -8,6 +8,7 @@ mod check;
 mod check_wire;
 mod exec_wire;
 mod init;
+mod screen;
 mod session;
 mod session_wire;
 

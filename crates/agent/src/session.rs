@@ -1,8 +1,8 @@
 //! `rnr-agent session attach ID [ROWS COLS]`: terminal sessions that outlive the gateway.
 //!
 //! The first attach for an id starts a daemon (double fork, own session) that owns a pty
-//! running the machine's shell and a screen model (vt100) of what the pty printed. Every
-//! attach connects to that daemon over an abstract unix socket and relays its stdin/stdout
+//! running the machine's shell and a screen model (vt100, fed lazily: crate::screen) of
+//! what the pty printed. Every attach connects to that daemon over an abstract unix socket and relays its stdin/stdout
 //! to it, so the gateway talks to the daemon through a plain, tty-less driver exec. When
 //! the gateway dies, only the relay dies; the shell, its jobs and its screen stay.
 //!
@@ -26,6 +26,8 @@ const MAX_IN_FRAME: usize = 64 * 1024;
 /// Output gathered into one frame at most.
 const OUT_CHUNK: usize = 32 * 1024;
 const MAX_DIM: u16 = 1000;
+/// Quiet time after which pending output is emulated into the screen model.
+const SETTLE_MS: libc::c_int = 20;
 
 fn usage() -> ExitCode {
     eprintln!("usage: rnr-agent session attach ID [ROWS COLS]");
@@ -298,14 +300,14 @@ impl Conn {
 struct Session {
     master: OwnedFd,
     pid: i32,
-    parser: vt100::Parser,
+    model: crate::screen::Model,
     /// Typed bytes not yet taken by the pty (bounded by [`MAX_IN_FRAME`]).
     input: Vec<u8>,
 }
 
 impl Session {
     fn hello(&self) -> Vec<u8> {
-        let (rows, cols) = self.parser.screen().size();
+        let (rows, cols) = self.model.size();
         let mut h = (self.pid as u32).to_be_bytes().to_vec();
         h.extend_from_slice(&rows.get().to_be_bytes());
         h.extend_from_slice(&cols.get().to_be_bytes());
@@ -324,7 +326,7 @@ impl Session {
         // SAFETY: TIOCSWINSZ on our pty master with a valid winsize; the kernel sends
         // SIGWINCH to the foreground process group.
         unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
-        self.parser.screen_mut().set_size(nz(rows), nz(cols));
+        self.model.set_size(nz(rows), nz(cols));
     }
 
     fn hang_up(&self) {
@@ -365,7 +367,7 @@ fn handle_frames(sess: &mut Session, conn: &mut Conn) -> Result<bool, ()> {
             ),
             T_SNAPSHOT_REQ if len == 4 => {
                 let mut body = p.to_vec();
-                body.extend_from_slice(&snapshot(sess.parser.screen()));
+                body.extend_from_slice(&snapshot(sess.model.screen()));
                 frame(&mut conn.wbuf, T_SNAPSHOT, &body);
             }
             T_KILL => {
@@ -390,7 +392,7 @@ fn daemon(id: &str, rows: u16, cols: u16) -> std::io::Result<i32> {
     let mut sess = Session {
         master,
         pid,
-        parser: vt100::Parser::new(nz(rows), nz(cols), 0),
+        model: crate::screen::Model::new(nz(rows), nz(cols)),
         input: Vec::new(),
     };
     let mut conn: Option<Conn> = None;
@@ -424,13 +426,23 @@ fn daemon(id: &str, rows: u16, cols: u16) -> std::io::Result<i32> {
                 revents: 0,
             });
         }
+        // Output not yet emulated is emulated once the terminal is quiet for a moment.
+        let timeout = if sess.model.has_pending() {
+            SETTLE_MS
+        } else {
+            -1
+        };
         // SAFETY: fds is a valid array of pollfd for its length.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
         if n < 0 {
             if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
                 continue;
             }
             return Err(std::io::Error::last_os_error());
+        }
+        if n == 0 {
+            sess.model.settle_idle();
+            continue;
         }
         if fds[0].revents & libc::POLLIN != 0 {
             if let Ok((s, _)) = listener.accept() {
@@ -508,7 +520,7 @@ fn daemon(id: &str, rows: u16, cols: u16) -> std::io::Result<i32> {
                         conn = None;
                     }
                 }
-                sess.parser.process(&buf[..got]);
+                sess.model.feed(&buf[..got]);
             }
             if ended {
                 let mut status = 0;
