@@ -15,7 +15,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio::sync::{Mutex, OnceCell};
@@ -172,15 +172,11 @@ fn session(machine: &str, fds: Vec<OwnedFd>) -> NResult<ExecHandle> {
     let std = std::os::unix::net::UnixStream::from(fd);
     std.set_nonblocking(true).map_err(io)?;
     let (read, write) = UnixStream::from_std(std).map_err(io)?.into_split();
-    let m = machine.to_string();
-    // Session frames are small (keystrokes, screen updates) and the daemon sends at most
-    // 32 KiB at once; a smaller buffer keeps idle terminals cheap.
-    let output = tokio_util::io::ReaderStream::with_capacity(read, 16 * 1024)
-        .map(move |r| {
-            r.map(OutputChunk::Stdout)
-                .map_err(|e| DriverError::io(format!("a session connection in machine {m}"), e))
-        })
-        .boxed();
+    let output = SessionOutput {
+        read,
+        machine: machine.to_string(),
+    }
+    .boxed();
     Ok(ExecHandle {
         stdin: Box::pin(write),
         output,
@@ -189,6 +185,38 @@ fn session(machine: &str, fds: Vec<OwnedFd>) -> NResult<ExecHandle> {
             control,
         }),
     })
+}
+
+/// What a session daemon sends, in chunks the size of each read. The read buffer lives on
+/// the stack during a poll only: an idle terminal holds no buffer (thousands may be open).
+struct SessionOutput {
+    read: OwnedReadHalf,
+    machine: String,
+}
+
+impl futures::Stream for SessionOutput {
+    type Item = Result<OutputChunk>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        // The daemon sends at most 32 KiB of output per frame.
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 40 * 1024];
+        let mut rb = tokio::io::ReadBuf::uninit(&mut buf);
+        match std::pin::Pin::new(&mut self.read).poll_read(cx, &mut rb) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(())) if rb.filled().is_empty() => Poll::Ready(None),
+            Poll::Ready(Ok(())) => Poll::Ready(Some(Ok(OutputChunk::Stdout(
+                Bytes::copy_from_slice(rb.filled()),
+            )))),
+            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(DriverError::io(
+                format!("a session connection in machine {}", self.machine),
+                e,
+            )))),
+        }
+    }
 }
 
 /// The "process" behind a session connection: ending it closes the connection (the

@@ -1,8 +1,9 @@
 //! One terminal: the gateway's end of an agent session (a tty-less driver exec speaking
 //! the agent's framed protocol) and the browsers watching it.
 //!
-//! Two tasks per terminal: a writer that feeds the exec's stdin from a bounded channel, and
-//! a reader that parses the agent's frames and hands output to clients. Owners get
+//! One task per terminal reads the agent's frames and hands output to clients; whoever has
+//! something for the agent (input, a resize, a snapshot request) writes it to the exec's
+//! stdin directly, under a lock, so a keystroke crosses no extra task on its way. Owners get
 //! backpressure (the reader waits for a full owner's small channel, the agent then stops
 //! reading the pty, the shell blocks): nothing queues without bound. Viewers never slow
 //! the owner: one that falls behind is skipped and later repainted from a fresh snapshot.
@@ -59,7 +60,8 @@ pub struct Terminal {
     pub machine: String,
     pub shell_pid: AtomicU32,
     size: Mutex<(u16, u16)>,
-    to_agent: mpsc::Sender<Bytes>,
+    /// The exec's stdin: frames for the agent, written whole under this lock.
+    to_agent: tokio::sync::Mutex<std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>>,
     clients: Mutex<Vec<Client>>,
     next_client: AtomicU64,
     next_tag: AtomicU32,
@@ -138,14 +140,13 @@ impl Terminal {
             (T_HELLO, p) if p.len() == 8 => u32::from_be_bytes([p[0], p[1], p[2], p[3]]),
             _ => return Err(agent_err("unexpected first frame from rnr-agent".into())),
         };
-        let (to_agent, mut agent_rx) = mpsc::channel::<Bytes>(64);
         let (closed_tx, _) = watch::channel(None);
         let term = Arc::new(Self {
             id: id.to_string(),
             machine: machine.to_string(),
             shell_pid: AtomicU32::new(pid),
             size: Mutex::new(size),
-            to_agent,
+            to_agent: tokio::sync::Mutex::new(handle.stdin),
             clients: Mutex::new(Vec::new()),
             next_client: AtomicU64::new(1),
             next_tag: AtomicU32::new(1),
@@ -153,20 +154,10 @@ impl Terminal {
             closed_tx,
             recorder,
         });
-        let mut stdin = handle.stdin;
         let process = handle.process;
-        // Writer: input, resizes and snapshot requests, in order.
-        let writer = tokio::spawn(async move {
-            while let Some(frame) = agent_rx.recv().await {
-                if stdin.write_all(&frame).await.is_err() || stdin.flush().await.is_err() {
-                    break;
-                }
-            }
-        });
         let t = term.clone();
         tokio::spawn(async move {
             let mut end = t.pump(&mut output, &mut reader).await;
-            writer.abort();
             // Ends only the relay: the session daemon is not in the exec's process tree.
             let _ = process.kill().await;
             if end.code == crate::close::SESSION_LOST && machine_gone(&platform, &t.machine).await {
@@ -269,10 +260,7 @@ impl Terminal {
             }
         }
         for tag in resync {
-            let _ = self
-                .to_agent
-                .send(encode(T_SNAPSHOT_REQ, &tag.to_be_bytes()))
-                .await;
+            self.send(T_SNAPSHOT_REQ, &tag.to_be_bytes()).await;
         }
         for tx in owners {
             // A departed client is dropped from the list on the next round.
@@ -292,14 +280,21 @@ impl Terminal {
             sync: Sync::Waiting(tag),
         });
         self.touch();
-        let _ = self
-            .to_agent
-            .send(encode(T_SNAPSHOT_REQ, &tag.to_be_bytes()))
-            .await;
+        self.send(T_SNAPSHOT_REQ, &tag.to_be_bytes()).await;
         Subscription {
             id,
             rx,
             closed: self.closed_tx.subscribe(),
+        }
+    }
+
+    /// Writes one frame to the agent. A failed write needs no answer here: the session's
+    /// end reaches every client through the reader.
+    async fn send(&self, ty: u8, payload: &[u8]) {
+        let frame = encode(ty, payload);
+        let mut w = self.to_agent.lock().await;
+        if w.write_all(&frame).await.is_ok() {
+            let _ = w.flush().await;
         }
     }
 
@@ -318,7 +313,7 @@ impl Terminal {
     pub async fn input(&self, data: &[u8]) {
         self.touch();
         for chunk in data.chunks(MAX_INPUT) {
-            let _ = self.to_agent.send(encode(T_INPUT, chunk)).await;
+            self.send(T_INPUT, chunk).await;
         }
     }
 
@@ -337,13 +332,13 @@ impl Terminal {
         }
         let mut p = rows.to_be_bytes().to_vec();
         p.extend_from_slice(&cols.to_be_bytes());
-        let _ = self.to_agent.send(encode(T_RESIZE, &p)).await;
+        self.send(T_RESIZE, &p).await;
     }
 
     /// Ends the session: the agent hangs up the shell; clients get `why`.
     pub async fn kill(&self, why: Closed) {
         self.closed_tx.send_replace(Some(why));
-        let _ = self.to_agent.send(encode(T_KILL, &[])).await;
+        self.send(T_KILL, &[]).await;
     }
 
     pub fn closed(&self) -> Option<Closed> {
@@ -368,29 +363,51 @@ async fn machine_gone(platform: &rnr_core::Platform, machine: &str) -> bool {
     false
 }
 
-/// Splits the exec's stdout into agent frames.
+/// Splits the exec's stdout into agent frames: sliced out of the chunk read when it holds
+/// them whole (bulk output: no copy), gathered in `buf` when they straddle reads.
 #[derive(Default)]
 struct FrameReader {
+    cur: Bytes,
     buf: BytesMut,
     last_err: String,
+}
+
+/// The frame at the front of `data`, if it is all there: (type, payload length).
+fn frame_at(data: &[u8]) -> Result<Option<(u8, usize)>, String> {
+    if data.len() < 5 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([data[1], data[2], data[3], data[4]]) as usize;
+    if len > MAX_FRAME {
+        return Err(format!("frame of {len} bytes from the machine side"));
+    }
+    Ok((data.len() >= 5 + len).then_some((data[0], len)))
 }
 
 impl FrameReader {
     async fn next(&mut self, output: &mut OutputStream) -> Result<(u8, Bytes), String> {
         loop {
-            if self.buf.len() >= 5 {
-                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]])
-                    as usize;
-                if len > MAX_FRAME {
-                    return Err(format!("frame of {len} bytes from the machine side"));
+            if self.buf.is_empty() {
+                if let Some((ty, len)) = frame_at(&self.cur)? {
+                    let payload = self.cur.slice(5..5 + len);
+                    self.cur.advance(5 + len);
+                    return Ok((ty, payload));
                 }
-                if self.buf.len() >= 5 + len {
-                    let ty = self.buf[0];
-                    self.buf.advance(5);
-                    return Ok((ty, self.buf.split_to(len).freeze()));
+                if !self.cur.is_empty() {
+                    self.buf.extend_from_slice(&self.cur);
+                    self.cur = Bytes::new();
                 }
+            } else if let Some((ty, len)) = frame_at(&self.buf)? {
+                self.buf.advance(5);
+                let payload = self.buf.split_to(len).freeze();
+                if self.buf.is_empty() {
+                    // Let go of the gathering buffer: idle terminals keep none.
+                    self.buf = BytesMut::new();
+                }
+                return Ok((ty, payload));
             }
             match output.next().await {
+                Some(Ok(OutputChunk::Stdout(d))) if self.buf.is_empty() => self.cur = d,
                 Some(Ok(OutputChunk::Stdout(d))) => self.buf.extend_from_slice(&d),
                 Some(Ok(OutputChunk::Stderr(d))) => {
                     // Kept short: it only explains a failed start (agent missing, …).
