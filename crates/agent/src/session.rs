@@ -261,6 +261,12 @@ struct Conn {
     rbuf: Vec<u8>,
     wbuf: Vec<u8>,
     wpos: usize,
+    /// The gateway asked for the pty; it is sent once `wbuf` has drained, so every output
+    /// frame read before the hand-over reaches the gateway before the pty does.
+    direct_asked: bool,
+    /// The gateway holds the pty: it reads and writes it, this daemon only models the
+    /// screen from its copies.
+    direct: bool,
 }
 
 impl Conn {
@@ -273,6 +279,8 @@ impl Conn {
             rbuf: Vec::new(),
             wbuf,
             wpos: 0,
+            direct_asked: false,
+            direct: false,
         })
     }
 
@@ -311,6 +319,7 @@ impl Session {
         let mut h = (self.pid as u32).to_be_bytes().to_vec();
         h.extend_from_slice(&rows.get().to_be_bytes());
         h.extend_from_slice(&cols.get().to_be_bytes());
+        h.push(HELLO_DIRECT);
         h
     }
 
@@ -374,6 +383,8 @@ fn handle_frames(sess: &mut Session, conn: &mut Conn) -> Result<bool, ()> {
                 sess.hang_up();
                 return Ok(false);
             }
+            T_DIRECT_REQ if len == 0 => conn.direct_asked = true,
+            T_COPY => sess.model.feed(p),
             _ => return Err(()),
         }
         off += 5 + len;
@@ -400,7 +411,10 @@ fn daemon(id: &str, rows: u16, cols: u16) -> std::io::Result<i32> {
     let mut killed = false;
     loop {
         let master_fd = sess.master.as_raw_fd();
-        let writable = !matches!(&conn, Some(c) if c.pending());
+        let direct = matches!(&conn, Some(c) if c.direct);
+        // In direct mode the gateway reads the pty; POLLHUP (always reported) still tells
+        // this daemon that the shell is gone.
+        let writable = !direct && !matches!(&conn, Some(c) if c.pending());
         let mut fds = vec![
             libc::pollfd {
                 fd: listener.as_raw_fd(),
@@ -454,7 +468,8 @@ fn daemon(id: &str, rows: u16, cols: u16) -> std::io::Result<i32> {
         if let (Some(c), Some(pfd)) = (conn.as_mut(), fds.get(2)) {
             let mut alive = true;
             if pfd.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
-                let mut tmp = [0u8; 16 * 1024];
+                // Copies (direct mode) arrive in frames of up to 32 KiB.
+                let mut tmp = [0u8; 32 * 1024];
                 match c.stream.read(&mut tmp) {
                     Ok(0) => alive = false,
                     Ok(k) => c.rbuf.extend_from_slice(&tmp[..k]),
@@ -477,6 +492,18 @@ fn daemon(id: &str, rows: u16, cols: u16) -> std::io::Result<i32> {
             if alive && c.pending() {
                 alive = c.flush();
             }
+            if alive && c.direct_asked && !c.pending() {
+                let mut f = Vec::with_capacity(5);
+                frame(&mut f, T_DIRECT, &[]);
+                match crate::init::send_with_fds(c.stream.as_raw_fd(), &f, &[master_fd]) {
+                    Ok(()) => {
+                        c.direct_asked = false;
+                        c.direct = true;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => alive = false,
+                }
+            }
             if !alive {
                 conn = None;
             }
@@ -488,10 +515,12 @@ fn daemon(id: &str, rows: u16, cols: u16) -> std::io::Result<i32> {
                 sess.input.drain(..w as usize);
             }
         }
-        if fds[1].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 || killed {
+        let hung_up = fds[1].revents & (libc::POLLHUP | libc::POLLERR) != 0;
+        if fds[1].revents & libc::POLLIN != 0 || hung_up || killed {
             let mut got = 0;
-            let mut ended = killed;
-            while got < buf.len() && !killed {
+            // In direct mode the gateway drains what the shell printed last.
+            let mut ended = killed || (direct && hung_up);
+            while got < buf.len() && !ended {
                 // SAFETY: reading into the unused tail of our buffer.
                 let r = unsafe {
                     libc::read(master_fd, buf[got..].as_mut_ptr().cast(), buf.len() - got)

@@ -506,3 +506,49 @@ fn a_stalled_client_costs_a_bounded_buffer_and_is_dropped() {
         s.log_text()
     );
 }
+
+/// Descriptors of `pid` that are pty masters.
+fn pty_masters(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .filter(|t| t.to_string_lossy().ends_with("ptmx"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Where the driver can pass descriptors (native), the session daemon hands the gateway its
+/// pty, and keystrokes and output skip the daemon; the daemon keeps a copy for repaints.
+/// Elsewhere (Docker) the daemon relays. (Surviving a gateway SIGKILL either way:
+/// `shell_survives_reconnect_and_gateway_sigkill`.)
+#[test]
+fn the_gateway_holds_the_pty_where_the_driver_passes_descriptors() {
+    let s = start(&[]);
+    let m = machine(&s);
+    let t = terminal(&s, &m, json!({}));
+    let url = t["ws_url"].as_str().unwrap().to_string();
+    let mut ws = Ws::connect(&url);
+    let (cmd, want) = marker("direct");
+    ws.send(&cmd);
+    ws.until(&want);
+    let pid = s.child.as_ref().unwrap().id();
+    let expected = usize::from(common::native());
+    assert_eq!(
+        pty_masters(pid),
+        expected,
+        "pty masters held by the gateway"
+    );
+    // Output read by the gateway reached the daemon's screen model: a second client's
+    // repaint shows it, once.
+    ws.send("seq 1 3000 | tail -n 2; printf 'mo%s\\n' del\r");
+    ws.until("model");
+    let mut viewer = Ws::connect(&url);
+    let screen = viewer.until("model");
+    assert!(
+        screen.contains("3000"),
+        "repaint holds the output: {screen:?}"
+    );
+    assert_eq!(screen.matches("model").count(), 1, "{screen:?}");
+}

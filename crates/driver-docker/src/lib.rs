@@ -464,6 +464,7 @@ impl Driver for DockerDriver {
             stdin: input,
             output,
             process,
+            passed_fds: None,
         })
     }
 

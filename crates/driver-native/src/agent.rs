@@ -15,7 +15,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio::sync::{Mutex, OnceCell};
@@ -117,6 +117,7 @@ pub async fn exec(socket: &Path, machine: &str, req: &Request) -> NResult<Option
         stdin,
         output,
         process,
+        passed_fds: None,
     }))
 }
 
@@ -172,9 +173,13 @@ fn session(machine: &str, fds: Vec<OwnedFd>) -> NResult<ExecHandle> {
     let std = std::os::unix::net::UnixStream::from(fd);
     std.set_nonblocking(true).map_err(io)?;
     let (read, write) = UnixStream::from_std(std).map_err(io)?.into_split();
+    // The daemon hands over its pty at most once per connection; anything beyond a couple
+    // of descriptors is closed on arrival.
+    let (fds_tx, fds_rx) = std::sync::mpsc::sync_channel(2);
     let output = SessionOutput {
         read,
         machine: machine.to_string(),
+        fds: fds_tx,
     }
     .boxed();
     Ok(ExecHandle {
@@ -184,38 +189,61 @@ fn session(machine: &str, fds: Vec<OwnedFd>) -> NResult<ExecHandle> {
             machine: machine.to_string(),
             control,
         }),
+        passed_fds: Some(fds_rx),
     })
 }
 
-/// What a session daemon sends, in chunks the size of each read. The read buffer lives on
-/// the stack during a poll only: an idle terminal holds no buffer (thousands may be open).
+/// What a session daemon sends, in chunks the size of each read, with any descriptors it
+/// passes (SCM_RIGHTS) queued for the caller before the bytes they arrived with. The read
+/// buffer lives on the stack during a poll only: an idle terminal holds no buffer
+/// (thousands may be open).
 struct SessionOutput {
     read: OwnedReadHalf,
     machine: String,
+    fds: std::sync::mpsc::SyncSender<OwnedFd>,
 }
 
 impl futures::Stream for SessionOutput {
     type Item = Result<OutputChunk>;
 
     fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
+        self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
         use std::task::Poll;
+        let this = self.get_mut();
+        let sock: &UnixStream = this.read.as_ref();
         // The daemon sends at most 32 KiB of output per frame.
-        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 40 * 1024];
-        let mut rb = tokio::io::ReadBuf::uninit(&mut buf);
-        match std::pin::Pin::new(&mut self.read).poll_read(cx, &mut rb) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Ok(())) if rb.filled().is_empty() => Poll::Ready(None),
-            Poll::Ready(Ok(())) => Poll::Ready(Some(Ok(OutputChunk::Stdout(
-                Bytes::copy_from_slice(rb.filled()),
-            )))),
-            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(DriverError::io(
-                format!("a session connection in machine {}", self.machine),
-                e,
-            )))),
+        let mut buf = [0u8; 40 * 1024];
+        loop {
+            if let Err(e) = std::task::ready!(sock.poll_read_ready(cx)) {
+                return Poll::Ready(Some(Err(this.io_err(e))));
+            }
+            match sock.try_io(tokio::io::Interest::READABLE, || {
+                sys::recv_with_fds(sock.as_raw_fd(), &mut buf)
+            }) {
+                Ok((0, _)) => return Poll::Ready(None),
+                Ok((n, fds)) => {
+                    for fd in fds {
+                        // A full queue: the descriptor is closed (dropped) here.
+                        let _ = this.fds.try_send(fd);
+                    }
+                    let chunk = Bytes::copy_from_slice(&buf[..n]);
+                    return Poll::Ready(Some(Ok(OutputChunk::Stdout(chunk))));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Some(Err(this.io_err(e)))),
+            }
         }
+    }
+}
+
+impl SessionOutput {
+    fn io_err(&self, e: std::io::Error) -> DriverError {
+        DriverError::io(
+            format!("a session connection in machine {}", self.machine),
+            e,
+        )
     }
 }
 
@@ -256,6 +284,7 @@ fn failed(machine: &str, message: String) -> ExecHandle {
         process: Arc::new(NotStarted {
             machine: machine.to_string(),
         }),
+        passed_fds: None,
     }
 }
 

@@ -1128,6 +1128,7 @@ impl NativeDriver {
                     stdin,
                     output,
                     process,
+                    passed_fds: None,
                 })
             }
             _ => {
@@ -1149,6 +1150,7 @@ impl NativeDriver {
                     stdin: Box::pin(stdin),
                     output,
                     process,
+                    passed_fds: None,
                 })
             }
         }

@@ -193,16 +193,18 @@ async fn session_attach_connects_to_the_daemon_without_a_relay() {
             "80",
         ])
     };
-    // The daemon's first frame: T_HELLO (0x80), length 8, shell pid u32, rows, cols.
+    // The daemon's first frame: T_HELLO (0x80), length 9, shell pid u32, rows, cols, flags
+    // (HELLO_DIRECT: this connection can be handed the pty).
     async fn hello(h: &mut rnr_driver::ExecHandle) -> u32 {
         let mut got = Vec::new();
-        while got.len() < 13 {
+        while got.len() < 14 {
             match tokio::time::timeout(Duration::from_secs(10), h.output.next()).await {
                 Ok(Some(Ok(OutputChunk::Stdout(b)))) => got.extend_from_slice(&b),
                 other => panic!("no hello frame: {other:?}"),
             }
         }
-        assert_eq!(&got[..5], &[0x80, 0, 0, 0, 8], "{got:?}");
+        assert_eq!(&got[..5], &[0x80, 0, 0, 0, 9], "{got:?}");
+        assert_eq!(got[13], 1, "hello flags: {got:?}");
         u32::from_be_bytes([got[5], got[6], got[7], got[8]])
     }
     let mut first = d.exec(&s.id, attach()).await.expect("attach");

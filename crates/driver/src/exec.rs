@@ -40,6 +40,10 @@ pub struct ExecHandle {
     pub stdin: Pin<Box<dyn AsyncWrite + Send>>,
     pub output: OutputStream,
     pub process: Arc<dyn ExecProcess>,
+    /// Descriptors the process passed along with its output, in order, when the driver
+    /// can carry them (the native driver's agent sessions: a terminal session hands the
+    /// gateway its pty). `None` where output is a plain byte stream.
+    pub passed_fds: Option<std::sync::mpsc::Receiver<std::os::fd::OwnedFd>>,
 }
 
 impl std::fmt::Debug for ExecHandle {
@@ -94,6 +98,7 @@ pub async fn collect(driver: &dyn Driver, id: &str, req: ExecRequest) -> Result<
         mut stdin,
         mut output,
         process,
+        ..
     } = tokio::time::timeout_at(deadline, driver.exec(id, req.spec))
         .await
         .map_err(|_| DriverError::backend(id, "exec did not start before the timeout"))??;

@@ -9,6 +9,7 @@
 
 mod error;
 mod openapi;
+mod pty;
 mod record;
 mod terminal;
 pub mod token;

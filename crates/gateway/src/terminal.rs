@@ -3,11 +3,21 @@
 //!
 //! One task per terminal reads the agent's frames and hands output to clients; whoever has
 //! something for the agent (input, a resize, a snapshot request) writes it to the exec's
-//! stdin directly, under a lock, so a keystroke crosses no extra task on its way. Owners get
+//! stdin directly, under a lock, so a keystroke crosses no extra task on its way.
+//!
+//! Where the driver carries descriptors (the native driver), the daemon hands over its pty
+//! right after the hello ("direct mode"): the same task then reads the shell's output from
+//! the pty itself and sends the daemon a copy for its screen model, and keystrokes go
+//! straight into the pty. Copies, snapshot requests and client registrations are ordered
+//! by the lock on the daemon's stdin, so a new client's snapshot holds exactly the output
+//! read before it was asked for, and what is read after waits in the client's backlog.
+//!
+//! Owners get
 //! backpressure (the reader waits for a full owner's small channel, the agent then stops
 //! reading the pty, the shell blocks): nothing queues without bound. Viewers never slow
 //! the owner: one that falls behind is skipped and later repainted from a fresh snapshot.
 
+use crate::pty::Pty;
 use crate::record::Recorder;
 use crate::token::Role;
 use crate::GatewayError;
@@ -32,6 +42,9 @@ const MAX_FRAME: usize = 4 << 20;
 pub const CLIENT_QUEUE: usize = 8;
 /// Largest input message accepted from a browser.
 pub const MAX_INPUT: usize = 64 * 1024;
+/// Output held for a client whose snapshot is on its way (direct mode); beyond it the
+/// client is repainted from a later snapshot instead.
+const MAX_BACKLOG: usize = 256 * 1024;
 
 /// Why a terminal's clients are being closed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +66,8 @@ struct Client {
     role: Role,
     tx: mpsc::Sender<Bytes>,
     sync: Sync,
+    /// Direct mode, while waiting: output read after the snapshot was asked for.
+    backlog: BytesMut,
 }
 
 pub struct Terminal {
@@ -63,6 +78,10 @@ pub struct Terminal {
     /// The exec's stdin: frames for the agent, written whole under this lock.
     to_agent: tokio::sync::Mutex<std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>>,
     clients: Mutex<Vec<Client>>,
+    /// The pty, once the daemon has handed it over (direct mode).
+    pty: Mutex<Option<Arc<Pty>>>,
+    /// Keeps one input message whole in the pty.
+    pty_in: tokio::sync::Mutex<()>,
     next_client: AtomicU64,
     next_tag: AtomicU32,
     /// Milliseconds since the Unix epoch of the last input or attach.
@@ -79,10 +98,14 @@ impl std::fmt::Debug for Terminal {
 
 pub fn encode(ty: u8, payload: &[u8]) -> Bytes {
     let mut b = BytesMut::with_capacity(5 + payload.len());
+    push_frame(&mut b, ty, payload);
+    b.freeze()
+}
+
+fn push_frame(b: &mut BytesMut, ty: u8, payload: &[u8]) {
     b.extend_from_slice(&[ty]);
     b.extend_from_slice(&(payload.len() as u32).to_be_bytes());
     b.extend_from_slice(payload);
-    b.freeze()
 }
 
 /// A client's subscription: its output queue and the terminal's closing signal.
@@ -136,18 +159,31 @@ impl Terminal {
                     "{e} (is the agent mounted at {AGENT_PATH}? set agent_path / RNR_AGENT_PATH)"
                 ))
             })?;
-        let pid = match hello {
-            (T_HELLO, p) if p.len() == 8 => u32::from_be_bytes([p[0], p[1], p[2], p[3]]),
+        let (pid, offers_pty) = match hello {
+            (T_HELLO, p) if p.len() >= 8 => (
+                u32::from_be_bytes([p[0], p[1], p[2], p[3]]),
+                p.get(8).is_some_and(|f| f & HELLO_DIRECT != 0),
+            ),
             _ => return Err(agent_err("unexpected first frame from rnr-agent".into())),
         };
+        let mut stdin = handle.stdin;
+        let passed_fds = handle.passed_fds.filter(|_| offers_pty);
+        if passed_fds.is_some() {
+            stdin
+                .write_all(&encode(T_DIRECT_REQ, &[]))
+                .await
+                .map_err(|e| agent_err(format!("asking for the pty: {e}")))?;
+        }
         let (closed_tx, _) = watch::channel(None);
         let term = Arc::new(Self {
             id: id.to_string(),
             machine: machine.to_string(),
             shell_pid: AtomicU32::new(pid),
             size: Mutex::new(size),
-            to_agent: tokio::sync::Mutex::new(handle.stdin),
+            to_agent: tokio::sync::Mutex::new(stdin),
             clients: Mutex::new(Vec::new()),
+            pty: Mutex::new(None),
+            pty_in: tokio::sync::Mutex::new(()),
             next_client: AtomicU64::new(1),
             next_tag: AtomicU32::new(1),
             last_active: AtomicI64::new(rnr_core::now_ms()),
@@ -157,7 +193,8 @@ impl Terminal {
         let process = handle.process;
         let t = term.clone();
         tokio::spawn(async move {
-            let mut end = t.pump(&mut output, &mut reader).await;
+            let mut end = t.pump(&mut output, &mut reader, passed_fds).await;
+            t.pty.lock().expect("pty lock").take();
             // Ends only the relay: the session daemon is not in the exec's process tree.
             let _ = process.kill().await;
             if end.code == crate::close::SESSION_LOST && machine_gone(&platform, &t.machine).await {
@@ -180,10 +217,30 @@ impl Terminal {
         Ok(term)
     }
 
-    /// Reads the agent's frames until the session or the exec ends.
-    async fn pump(&self, output: &mut OutputStream, reader: &mut FrameReader) -> Closed {
+    /// Reads the agent's frames, and the pty once handed over, until the session or the
+    /// exec ends.
+    async fn pump(
+        &self,
+        output: &mut OutputStream,
+        reader: &mut FrameReader,
+        fds: Option<std::sync::mpsc::Receiver<std::os::fd::OwnedFd>>,
+    ) -> Closed {
+        let mut pty: Option<Arc<Pty>> = None;
         loop {
-            let (ty, payload) = match reader.next(output).await {
+            let frame = tokio::select! {
+                f = reader.next(output) => f,
+                r = async { pty.as_ref().expect("guarded by the select").read().await },
+                    if pty.is_some() =>
+                {
+                    match r {
+                        Ok(Some(chunk)) => self.output_direct(chunk).await,
+                        // The shell's side closed: the daemon's exit frame follows.
+                        Ok(None) | Err(_) => pty = None,
+                    }
+                    continue;
+                }
+            };
+            let (ty, payload) = match frame {
                 Ok(f) => f,
                 Err(e) => {
                     return Closed {
@@ -197,26 +254,45 @@ impl Terminal {
                     if let Some(r) = &self.recorder {
                         r.output(&payload).await;
                     }
-                    self.dispatch(payload).await;
+                    self.output_relayed(payload).await;
                 }
-                T_SNAPSHOT if payload.len() >= 4 => {
-                    let tag = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
-                    let snap = payload.slice(4..);
-                    let mut clients = self.clients.lock().expect("clients lock");
-                    for c in clients.iter_mut() {
-                        if matches!(c.sync, Sync::Waiting(t) if t == tag) {
-                            c.sync = match c.tx.try_send(snap.clone()) {
-                                Ok(()) => Sync::Live,
-                                Err(_) => Sync::Lagging,
+                T_DIRECT => {
+                    let handed = fds.as_ref().and_then(|r| r.try_recv().ok());
+                    match handed.map(Pty::new) {
+                        Some(Ok(p)) => {
+                            let p = Arc::new(p);
+                            *self.pty.lock().expect("pty lock") = Some(p.clone());
+                            pty = Some(p);
+                        }
+                        other => {
+                            let why = match other {
+                                Some(Err(e)) => e.to_string(),
+                                _ => "no descriptor came with it".into(),
+                            };
+                            return Closed {
+                                code: crate::close::SESSION_LOST,
+                                reason: crate::close::reason(&format!(
+                                    "the machine side handed over no usable pty: {why}"
+                                )),
                             };
                         }
                     }
                 }
-                T_HELLO if payload.len() == 8 => {
+                T_SNAPSHOT if payload.len() >= 4 => {
+                    let tag = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
+                    self.deliver_snapshot(tag, payload.slice(4..));
+                }
+                T_HELLO if payload.len() >= 8 => {
                     let pid = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
                     self.shell_pid.store(pid, Ordering::Relaxed);
                 }
                 T_EXIT => {
+                    // What the shell printed last is still in the pty.
+                    if let Some(p) = pty.take() {
+                        while let Ok(Some(chunk)) = p.read_now() {
+                            self.output_direct(chunk).await;
+                        }
+                    }
                     let code = payload
                         .get(..4)
                         .map(|p| i32::from_be_bytes([p[0], p[1], p[2], p[3]]))
@@ -236,36 +312,93 @@ impl Terminal {
         }
     }
 
-    async fn dispatch(&self, data: Bytes) {
-        // Owners are awaited outside the lock; viewers never block anyone.
-        let mut owners = Vec::new();
-        let mut resync = Vec::new();
-        {
-            let mut clients = self.clients.lock().expect("clients lock");
-            clients.retain(|c| !c.tx.is_closed());
-            for c in clients.iter_mut() {
-                match (&c.sync, c.role) {
-                    (Sync::Live, Role::Owner) => owners.push(c.tx.clone()),
-                    (Sync::Live, Role::Viewer) => {
-                        let full = c.tx.try_send(data.clone()).is_err();
-                        c.sync = if full { Sync::Lagging } else { Sync::Live };
-                    }
-                    (Sync::Lagging, _) if c.tx.capacity() > CLIENT_QUEUE / 2 => {
-                        let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
-                        c.sync = Sync::Waiting(tag);
-                        resync.push(tag);
-                    }
-                    _ => {}
-                }
+    /// A snapshot arrived: its client gets it, then the output held meanwhile.
+    fn deliver_snapshot(&self, tag: u32, snap: Bytes) {
+        let mut clients = self.clients.lock().expect("clients lock");
+        for c in clients.iter_mut() {
+            if !matches!(c.sync, Sync::Waiting(t) if t == tag) {
+                continue;
             }
+            let backlog = std::mem::take(&mut c.backlog).freeze();
+            let sent = c.tx.try_send(snap.clone()).is_ok()
+                && (backlog.is_empty() || c.tx.try_send(backlog).is_ok());
+            c.sync = if sent { Sync::Live } else { Sync::Lagging };
         }
+    }
+
+    /// Output the daemon read (relay mode): a waiting client skips it, the daemon's
+    /// snapshot holds it.
+    async fn output_relayed(&self, data: Bytes) {
+        let (blocked, resync) = self.dispatch(&data, false);
         for tag in resync {
             self.send(T_SNAPSHOT_REQ, &tag.to_be_bytes()).await;
         }
-        for tx in owners {
+        for tx in blocked {
             // A departed client is dropped from the list on the next round.
             let _ = tx.send(data.clone()).await;
         }
+    }
+
+    /// Output this gateway read from the pty (direct mode). Clients get it first, then the
+    /// daemon its copy, both under the daemon's lock so that no snapshot request or new
+    /// client slips in between.
+    async fn output_direct(&self, data: Bytes) {
+        if let Some(r) = &self.recorder {
+            r.output(&data).await;
+        }
+        let mut w = self.to_agent.lock().await;
+        let (blocked, resync) = self.dispatch(&data, true);
+        let mut frames = BytesMut::with_capacity(5 + data.len() + 9 * resync.len());
+        push_frame(&mut frames, T_COPY, &data);
+        for tag in resync {
+            push_frame(&mut frames, T_SNAPSHOT_REQ, &tag.to_be_bytes());
+        }
+        if w.write_all(&frames).await.is_ok() {
+            let _ = w.flush().await;
+        }
+        drop(w);
+        for tx in blocked {
+            let _ = tx.send(data.clone()).await;
+        }
+    }
+
+    /// Hands `data` to every client that can take it now. Returns the owners whose queue
+    /// is full (to be awaited: owners get backpressure) and the tags of the snapshots to
+    /// ask for (clients that fell behind and have room again). Viewers never block anyone.
+    fn dispatch(&self, data: &Bytes, direct: bool) -> (Vec<mpsc::Sender<Bytes>>, Vec<u32>) {
+        let mut blocked = Vec::new();
+        let mut resync = Vec::new();
+        let mut clients = self.clients.lock().expect("clients lock");
+        clients.retain(|c| !c.tx.is_closed());
+        for c in clients.iter_mut() {
+            match (&c.sync, c.role) {
+                (Sync::Live, Role::Owner) => {
+                    if let Err(mpsc::error::TrySendError::Full(_)) = c.tx.try_send(data.clone()) {
+                        blocked.push(c.tx.clone());
+                    }
+                }
+                (Sync::Live, Role::Viewer) if c.tx.try_send(data.clone()).is_err() => {
+                    c.sync = Sync::Lagging;
+                }
+                (Sync::Waiting(_), _) if direct => {
+                    if c.backlog.len() + data.len() > MAX_BACKLOG {
+                        // Its snapshot is now too old to be worth completing.
+                        c.backlog = BytesMut::new();
+                        c.sync = Sync::Lagging;
+                    } else {
+                        c.backlog.extend_from_slice(data);
+                    }
+                }
+                (Sync::Lagging, _) if c.tx.capacity() > CLIENT_QUEUE / 2 => {
+                    let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
+                    c.sync = Sync::Waiting(tag);
+                    c.backlog = BytesMut::new();
+                    resync.push(tag);
+                }
+                _ => {}
+            }
+        }
+        (blocked, resync)
     }
 
     /// Adds a client; it first receives a repaint of the current screen.
@@ -273,14 +406,24 @@ impl Terminal {
         let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
         let id = self.next_client.fetch_add(1, Ordering::Relaxed);
         let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+        // Registered and asked for under the daemon's lock: in direct mode no output is
+        // read in between (see the module's header).
+        let mut w = self.to_agent.lock().await;
         self.clients.lock().expect("clients lock").push(Client {
             id,
             role,
             tx,
             sync: Sync::Waiting(tag),
+            backlog: BytesMut::new(),
         });
-        self.touch();
-        self.send(T_SNAPSHOT_REQ, &tag.to_be_bytes()).await;
+        if w.write_all(&encode(T_SNAPSHOT_REQ, &tag.to_be_bytes()))
+            .await
+            .is_ok()
+        {
+            let _ = w.flush().await;
+        }
+        drop(w);
         Subscription {
             id,
             rx,
@@ -312,6 +455,13 @@ impl Terminal {
 
     pub async fn input(&self, data: &[u8]) {
         self.touch();
+        let pty = self.pty.lock().expect("pty lock").clone();
+        if let Some(pty) = pty {
+            let _whole = self.pty_in.lock().await;
+            // A failed write needs no answer: the session's end reaches the clients.
+            let _ = pty.write_all(data).await;
+            return;
+        }
         for chunk in data.chunks(MAX_INPUT) {
             self.send(T_INPUT, chunk).await;
         }

@@ -1,0 +1,99 @@
+//! A terminal's pty once its session daemon hands it over ("direct mode",
+//! docs/terminal-protocol.md): the gateway reads what the shell prints and writes the
+//! keystrokes itself, which takes the daemon (a process to wake up twice per keystroke, and
+//! a copy of every byte) off the path between the browser and the shell.
+
+use bytes::Bytes;
+use std::fs::File;
+use std::io::{IsTerminal, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use tokio::io::unix::AsyncFd;
+
+/// Most read in one go: the pty hands out about 4 KiB per read, and bulk output leaves in
+/// fewer, larger messages when several reads are gathered.
+const CHUNK: usize = 32 * 1024;
+
+pub struct Pty {
+    fd: AsyncFd<File>,
+}
+
+impl Pty {
+    /// Takes a descriptor the machine passed. It comes from the learner's side, so it is
+    /// checked to be a terminal and made non-blocking here: a blocking descriptor would
+    /// stall a runtime thread and every terminal on it.
+    pub fn new(fd: OwnedFd) -> std::io::Result<Self> {
+        let file = File::from(fd);
+        if !file.is_terminal() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "the descriptor passed for the pty is not a terminal",
+            ));
+        }
+        let raw = file.as_raw_fd();
+        // SAFETY: fcntl on a descriptor this File owns; only the O_NONBLOCK flag changes.
+        let ok = unsafe {
+            let flags = libc::fcntl(raw, libc::F_GETFL);
+            flags >= 0 && libc::fcntl(raw, libc::F_SETFL, flags | libc::O_NONBLOCK) == 0
+        };
+        if !ok {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: the File owns its descriptor and never swaps it: it stays open and the
+        // same until the AsyncFd, which owns the File, is dropped.
+        let fd = unsafe { AsyncFd::register(file) }?;
+        Ok(Self { fd })
+    }
+
+    /// What the shell printed; `None` once the shell's side is closed (the session ends).
+    pub async fn read(&self) -> std::io::Result<Option<Bytes>> {
+        loop {
+            let mut guard = self.fd.readable().await?;
+            if let Ok(r) = guard.try_io(|f| read_chunk(f.get_ref())) {
+                return r;
+            }
+        }
+    }
+
+    /// What is left to read right now, without waiting (draining at the session's end).
+    pub fn read_now(&self) -> std::io::Result<Option<Bytes>> {
+        read_chunk(self.fd.get_ref())
+    }
+
+    pub async fn write_all(&self, mut data: &[u8]) -> std::io::Result<()> {
+        while !data.is_empty() {
+            let mut guard = self.fd.writable().await?;
+            match guard.try_io(|f| f.get_ref().write(data)) {
+                Ok(Ok(n)) => data = &data[n..],
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads until the pty is empty or [`CHUNK`] is gathered. `WouldBlock` when nothing was
+/// there; `Ok(None)` at EIO, the pty's end of file. The buffer lives on the stack only
+/// for this call, so an idle terminal holds none.
+fn read_chunk(mut f: &File) -> std::io::Result<Option<Bytes>> {
+    let mut buf = [0u8; CHUNK];
+    let mut got = 0;
+    while got < CHUNK {
+        match f.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if got > 0 => {
+                // Hand over what was read; the error (or emptiness) shows again next time.
+                let _ = e;
+                break;
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+    if got == 0 {
+        return Ok(None);
+    }
+    Ok(Some(Bytes::copy_from_slice(&buf[..got])))
+}
