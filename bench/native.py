@@ -155,7 +155,7 @@ class Server:
                 print(f"delete via API failed: {e}", file=sys.stderr)
             if self.driver == "native":
                 # Deletes finish in the background: wait for them before stopping.
-                machines = os.path.join(self.dir, "native", "machines")
+                machines = os.path.join(self.dir, "native", "run", "machines")
                 deadline = time.time() + 120
                 while os.path.isdir(machines) and os.listdir(machines) and time.time() < deadline:
                     time.sleep(0.2)
@@ -203,10 +203,12 @@ def native_sweep(state_dir, owner):
     for dev in os.listdir("/sys/class/net"):
         if dev == BRIDGE or dev.startswith(BRIDGE + "-"):
             subprocess.run(["ip", "link", "del", dev], capture_output=True)
-    # The btrfs pool of the machines' disks (its loop device detaches itself).
-    disks = os.path.join(state_dir, "disks")
-    if os.path.ismount(disks):
-        subprocess.run(["umount", disks], capture_output=True)
+    # The btrfs pool of the machines' disks (its loop device detaches itself) and the
+    # tmpfs of their transient state.
+    for mnt in ("disks", "run"):
+        path = os.path.join(state_dir, mnt)
+        if os.path.ismount(path):
+            subprocess.run(["umount", path], capture_output=True)
     for ctl in os.listdir("/sys/fs/cgroup"):
         base = os.path.join("/sys/fs/cgroup", ctl)
         for d in (os.listdir(base) if os.path.isdir(base) else []):

@@ -338,6 +338,40 @@ impl Pool {
     }
 }
 
+/// Mounts a tmpfs with `options` on `dir` unless something is mounted there already (a
+/// restarted driver finds its own mount, with its machines' state, and keeps it).
+pub fn mount_tmpfs_once(dir: &Path, parent: &Path, options: &str) -> NResult<()> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.dev())
+            .map_err(|e| NativeError::io(format!("reading {}", p.display()), e))
+    };
+    if dev(dir)? != dev(parent)? {
+        return Ok(());
+    }
+    let target =
+        cpath(dir).map_err(|e| NativeError::io(format!("mounting on {}", dir.display()), e))?;
+    let opts = std::ffi::CString::new(options).expect("mount options have no NUL");
+    // SAFETY: mount(2) with valid C strings that outlive the call.
+    let r = unsafe {
+        libc::mount(
+            c"tmpfs".as_ptr(),
+            target.as_ptr(),
+            c"tmpfs".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            opts.as_ptr().cast(),
+        )
+    };
+    if r < 0 {
+        return Err(NativeError::io(
+            format!("mounting a tmpfs on {}", dir.display()),
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
 /// Unmounts `dir` if something is mounted on it (lazily if busy).
 pub fn unmount(dir: &Path) {
     let Ok(c) = cpath(dir) else { return };
@@ -345,7 +379,7 @@ pub fn unmount(dir: &Path) {
     if unsafe { libc::umount2(c.as_ptr(), 0) } < 0 {
         let e = io::Error::last_os_error();
         if e.raw_os_error() == Some(libc::EBUSY) {
-            tracing::warn!(path = %dir.display(), "disk pool busy: detaching it lazily");
+            tracing::warn!(path = %dir.display(), "mount busy: detaching it lazily");
             // SAFETY: as above.
             unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
         }

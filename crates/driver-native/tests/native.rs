@@ -286,6 +286,7 @@ async fn adopted_by_new_driver_and_cleaned_up() {
         let meta = std::fs::read_to_string(
             d.config()
                 .state_dir
+                .join("run")
                 .join("machines")
                 .join(&s.id)
                 .join("machine.json"),
@@ -306,7 +307,13 @@ async fn adopted_by_new_driver_and_cleaned_up() {
         !std::path::Path::new("/sys/class/net").join(&veth).exists(),
         "veth gone"
     );
-    assert!(!d.config().state_dir.join("machines").join(&s.id).exists());
+    assert!(!d
+        .config()
+        .state_dir
+        .join("run")
+        .join("machines")
+        .join(&s.id)
+        .exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -457,6 +464,7 @@ async fn user_namespace_root_is_unprivileged_on_host() {
     let meta = std::fs::read_to_string(
         d.config()
             .state_dir
+            .join("run")
             .join("machines")
             .join(&s.id)
             .join("machine.json"),
@@ -589,12 +597,18 @@ async fn btrfs_pool_torn_down_without_leftovers() {
     assert_eq!(loops.len(), 1, "one loop device");
     let dio = std::fs::read_to_string(format!("/sys/block/{}/loop/dio", loops[0])).unwrap();
     eprintln!("pool on {} (direct I/O: {})", loops[0], dio.trim());
-    assert_eq!(mounts_under(&state).len(), 1, "the pool's one mount");
+    // The pool and the run/ tmpfs (the machines' transient state).
+    assert_eq!(
+        mounts_under(&state).len(),
+        2,
+        "the pool's mount and run/: {:?}",
+        mounts_under(&state)
+    );
     // A second driver on the same state dir (a restart) reuses the mounted pool.
     let d2 = NativeDriver::open(d.config().clone()).expect("reopen");
     assert_eq!(d2.disk_mode(), Some(DiskMode::Btrfs));
     assert_eq!(loops_backed_by(&image).len(), 1, "still one loop device");
-    assert_eq!(mounts_under(&state).len(), 1, "still one mount");
+    assert_eq!(mounts_under(&state).len(), 2, "still the same two mounts");
     let s = spec("pool");
     d.create(&s).await.expect("create");
     let (_, out, _) = sh(&d, &s.id, "echo kept > /root/f; cat /root/f").await;
@@ -644,6 +658,7 @@ async fn seccomp_profile_refuses_what_capabilities_do_not() {
         let config = std::fs::read_to_string(
             d.config()
                 .state_dir
+                .join("run")
                 .join("machines")
                 .join(&s.id)
                 .join("config.json"),
