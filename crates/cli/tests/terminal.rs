@@ -1,7 +1,7 @@
 //! Web terminal over a real `rnr serve`, real Docker machines and the real agent
 //! (RNR_AGENT_PATH, exported by scripts/test.sh): persistence across reconnects and a
 //! SIGKILLed gateway, viewers, binary safety, flow control, tokens, limits, close codes,
-//! recording.
+//! recording, permessage-deflate.
 
 mod common;
 
@@ -551,4 +551,275 @@ fn the_gateway_holds_the_pty_where_the_driver_passes_descriptors() {
         "repaint holds the output: {screen:?}"
     );
     assert_eq!(screen.matches("model").count(), 1, "{screen:?}");
+}
+
+/// A WebSocket client that speaks permessage-deflate itself (tungstenite has none): a
+/// plain TCP stream, the handshake and frames written and read by hand.
+struct RawWs {
+    s: TcpStream,
+    /// The 101 response's head.
+    head: String,
+    rest: Vec<u8>,
+}
+
+const FIN: u8 = 0x80;
+const RSV1: u8 = 0x40;
+const BINARY: u8 = 0x2;
+/// The sync-flush tail RFC 7692 strips from every compressed message.
+const TAIL: [u8; 4] = [0, 0, 0xff, 0xff];
+
+/// `data` compressed as one permessage-deflate message at `level`.
+fn deflated(data: &[u8], level: u32) -> Vec<u8> {
+    let mut c = flate2::Compress::new(flate2::Compression::new(level), false);
+    let mut out = Vec::with_capacity(data.len() + 64);
+    c.compress_vec(data, &mut out, flate2::FlushCompress::Sync)
+        .unwrap();
+    assert!(out.ends_with(&TAIL) && c.total_in() == data.len() as u64);
+    out.truncate(out.len() - 4);
+    out
+}
+
+fn inflated(payload: &[u8]) -> Vec<u8> {
+    let mut d = flate2::Decompress::new(false);
+    let mut input = payload.to_vec();
+    input.extend_from_slice(&TAIL);
+    let mut out = Vec::with_capacity(payload.len() * 20 + 1024);
+    loop {
+        let at = d.total_in() as usize;
+        d.decompress_vec(&input[at..], &mut out, flate2::FlushDecompress::Sync)
+            .unwrap();
+        if d.total_in() as usize == input.len() && out.len() < out.capacity() {
+            return out;
+        }
+        out.reserve(out.capacity());
+    }
+}
+
+impl RawWs {
+    fn connect(url: &str, extensions: Option<&str>) -> Self {
+        use std::io::{Read, Write};
+        let rest = url.strip_prefix("ws://").unwrap();
+        let (host, path) = rest.split_at(rest.find('/').unwrap());
+        let mut s = TcpStream::connect(host).unwrap();
+        let ext = extensions
+            .map(|e| format!("Sec-WebSocket-Extensions: {e}\r\n"))
+            .unwrap_or_default();
+        // The key and accept value of RFC 6455's example.
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{ext}\r\n"
+        )
+        .unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut got = Vec::new();
+        let mut b = [0u8; 4096];
+        let end = loop {
+            if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = s.read(&mut b).unwrap();
+            assert!(n > 0, "no handshake response");
+            got.extend_from_slice(&b[..n]);
+        };
+        let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 101"), "{head}");
+        assert!(
+            head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=\r\n"),
+            "{head}"
+        );
+        Self {
+            s,
+            head,
+            rest: got[end..].to_vec(),
+        }
+    }
+
+    fn read_exact(&mut self, n: usize) -> Vec<u8> {
+        use std::io::Read;
+        while self.rest.len() < n {
+            let mut b = [0u8; 65536];
+            let got = self.s.read(&mut b).expect("read from the gateway");
+            assert!(got > 0, "the gateway closed the connection");
+            self.rest.extend_from_slice(&b[..got]);
+        }
+        self.rest.drain(..n).collect()
+    }
+
+    /// One frame: (first header byte, payload), pings answered. The server never masks.
+    fn frame(&mut self) -> (u8, Vec<u8>) {
+        loop {
+            let (b0, p) = self.any_frame();
+            if b0 & 0x0f != 0x9 {
+                return (b0, p);
+            }
+            self.send_frame(FIN | 0xa, &p);
+        }
+    }
+
+    fn any_frame(&mut self) -> (u8, Vec<u8>) {
+        let h = self.read_exact(2);
+        assert_eq!(h[1] & 0x80, 0, "masked frame from the server");
+        let len = match h[1] & 0x7f {
+            126 => u16::from_be_bytes(self.read_exact(2).try_into().unwrap()) as usize,
+            127 => u64::from_be_bytes(self.read_exact(8).try_into().unwrap()) as usize,
+            n => n as usize,
+        };
+        (h[0], self.read_exact(len))
+    }
+
+    fn send_frame(&mut self, b0: u8, payload: &[u8]) {
+        use std::io::Write;
+        let key = [0x37, 0xfa, 0x21, 0x3d];
+        let mut f = vec![b0];
+        match payload.len() {
+            n if n < 126 => f.push(0x80 | n as u8),
+            n if n <= 0xffff => {
+                f.push(0x80 | 126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(0x80 | 127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        f.extend_from_slice(&key);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        self.s.write_all(&f).unwrap();
+    }
+
+    /// Reads until the hello; true if it came as an uncompressed text frame.
+    fn hello(&mut self) -> bool {
+        loop {
+            let (b0, p) = self.frame();
+            let text = serde_json::from_slice::<Value>(&p).ok();
+            if b0 & 0x0f == 0x1 && text.is_some_and(|v| v["t"] == "hello") {
+                return b0 & RSV1 == 0;
+            }
+        }
+    }
+
+    /// Terminal output until it holds `needle`, and how many binary messages came
+    /// compressed and how many plain.
+    fn output_until(&mut self, needle: &str) -> (String, usize, usize) {
+        let mut out = Vec::new();
+        let (mut compressed, mut plain) = (0, 0);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !String::from_utf8_lossy(&out).contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in output: {:?}",
+                String::from_utf8_lossy(&out)
+            );
+            let (b0, p) = self.frame();
+            if b0 & 0x0f != BINARY {
+                continue;
+            }
+            let data = if b0 & RSV1 != 0 {
+                compressed += 1;
+                inflated(&p)
+            } else {
+                plain += 1;
+                p
+            };
+            // Answer cursor-position queries as a terminal does (busybox ash asks).
+            for _ in 0..data.windows(4).filter(|w| w == b"\x1b[6n").count() {
+                self.send_frame(FIN | BINARY, b"\x1b[1;1R");
+            }
+            out.extend_from_slice(&data);
+        }
+        (
+            String::from_utf8_lossy(&out).into_owned(),
+            compressed,
+            plain,
+        )
+    }
+
+    /// Reads until the server closes; returns the close code and reason.
+    fn close_code(&mut self) -> (u16, String) {
+        loop {
+            let (b0, p) = self.frame();
+            if b0 & 0x0f == 0x8 {
+                let code = u16::from_be_bytes([p[0], p[1]]);
+                return (code, String::from_utf8_lossy(&p[2..]).into_owned());
+            }
+        }
+    }
+}
+
+#[test]
+fn permessage_deflate_compresses_bulk_output_and_inflates_input() {
+    let s = start(&[]);
+    let m = machine(&s);
+    let t = terminal(&s, &m, json!({}));
+    let mut ws = RawWs::connect(
+        t["ws_url"].as_str().unwrap(),
+        Some("permessage-deflate; client_max_window_bits"),
+    );
+    assert!(
+        ws.head.contains(
+            "sec-websocket-extensions: permessage-deflate; server_no_context_takeover; \
+             client_no_context_takeover\r\n"
+        ),
+        "{}",
+        ws.head
+    );
+    assert!(ws.hello(), "the hello must be an uncompressed text frame");
+    // Input compressed as a browser sends it, every message on its own.
+    let (cmd, want) = marker("inflated");
+    ws.send_frame(FIN | RSV1 | BINARY, &deflated(cmd.as_bytes(), 6));
+    ws.send_frame(
+        FIN | RSV1 | BINARY,
+        &deflated(b"seq 1 20000; echo seq-$((6*7))\r", 1),
+    );
+    let (text, compressed, plain) = ws.output_until("\nseq-42");
+    assert!(text.contains(&format!("\n{want}")), "{text:?}");
+    let seq: String = (1..=20000).map(|i| format!("{i}\r\n")).collect();
+    assert!(text.contains(&seq), "seq output lost or reordered");
+    // ~110 KB of digits: compressed; the short prompt and echoes: not.
+    assert!(
+        compressed >= 1 && plain >= 1,
+        "{compressed} compressed, {plain} plain"
+    );
+}
+
+#[test]
+fn compressed_frames_without_deflate_and_decompression_bombs_are_refused() {
+    let s = start(&[]);
+    let m = machine(&s);
+    let t = terminal(&s, &m, json!({}));
+    let url = t["ws_url"].as_str().unwrap();
+
+    // Not negotiated: RSV1 is a protocol error.
+    let mut ws = RawWs::connect(url, None);
+    assert!(!ws.head.contains("sec-websocket-extensions"), "{}", ws.head);
+    ws.hello();
+    ws.send_frame(FIN | RSV1 | BINARY, &deflated(b"echo hi\r", 6));
+    let (code, reason) = ws.close_code();
+    assert_eq!(code, 1002, "{reason}");
+    assert!(reason.contains("RSV1"), "{reason}");
+
+    // Negotiated, but on a control frame.
+    let offer = Some("permessage-deflate");
+    let mut ws = RawWs::connect(url, offer);
+    ws.hello();
+    ws.send_frame(FIN | RSV1 | 0x9, b"");
+    assert_eq!(ws.close_code().0, 1002);
+
+    // 1 MiB in about a kilobyte: refused once past the input limit, not inflated whole.
+    let bomb = deflated(&vec![b'a'; 1 << 20], 9);
+    assert!(bomb.len() < 4096, "{}", bomb.len());
+    let mut ws = RawWs::connect(url, offer);
+    ws.hello();
+    ws.send_frame(FIN | RSV1 | BINARY, &bomb);
+    let (code, reason) = ws.close_code();
+    assert_eq!(code, 1009, "{reason}");
+    assert!(reason.contains("too big"), "{reason}");
+
+    // The terminal itself is unharmed: a well-behaved client still gets its shell.
+    let mut ws = RawWs::connect(url, offer);
+    ws.hello();
+    let (cmd, want) = marker("after-bomb");
+    ws.send_frame(FIN | RSV1 | BINARY, &deflated(cmd.as_bytes(), 1));
+    ws.output_until(&want);
 }

@@ -36,6 +36,15 @@ pub enum GatewayError {
         #[source]
         source: std::io::Error,
     },
+    #[error("not a WebSocket handshake: {0}")]
+    Handshake(String),
+    /// A frame the WebSocket protocol (with the negotiated extensions) does not allow.
+    #[error("WebSocket protocol error: {0}")]
+    Protocol(String),
+    #[error("message too big: more than {0} bytes")]
+    MessageTooBig(usize),
+    #[error("invalid compressed message: {0}")]
+    BadCompression(String),
     #[error(transparent)]
     Core(#[from] rnr_core::CoreError),
 }
@@ -54,6 +63,11 @@ impl GatewayError {
             Self::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
             Self::OriginRejected(_) => (StatusCode::FORBIDDEN, "origin_rejected"),
             Self::Recording { .. } => (StatusCode::NOT_FOUND, "recording_not_found"),
+            Self::Handshake(_) => (StatusCode::BAD_REQUEST, "not_a_websocket_handshake"),
+            // Found on an open socket only (see `close`); never an HTTP answer.
+            Self::Protocol(_) | Self::MessageTooBig(_) | Self::BadCompression(_) => {
+                (StatusCode::BAD_REQUEST, "websocket_protocol_error")
+            }
             Self::Core(rnr_core::CoreError::NotFound(_)) => {
                 (StatusCode::NOT_FOUND, "machine_not_found")
             }
@@ -70,6 +84,9 @@ impl GatewayError {
             Self::Core(rnr_core::CoreError::NotFound(_)) => crate::close::MACHINE_GONE,
             Self::LimitReached { .. } => crate::close::LIMIT_REACHED,
             Self::Agent { .. } => crate::close::AGENT_UNAVAILABLE,
+            Self::Protocol(_) => crate::close::PROTOCOL_ERROR,
+            Self::MessageTooBig(_) => crate::close::MESSAGE_TOO_BIG,
+            Self::BadCompression(_) => crate::close::INVALID_DATA,
             _ => crate::close::INTERNAL,
         };
         (code, crate::close::reason(&self.to_string()))

@@ -7,6 +7,7 @@
 //! read-only viewer); the token alone is enough to find the terminal again after a restart.
 //! The wire protocol is in docs/terminal-protocol.md.
 
+mod deflate;
 mod error;
 mod openapi;
 mod pty;
@@ -38,6 +39,13 @@ use terminal::{Closed, Terminal};
 pub mod close {
     /// Normal end: the client went away or the gateway is shutting down.
     pub const GOING_AWAY: u16 = 1001;
+    /// A frame the protocol does not allow (e.g. a compressed frame without
+    /// permessage-deflate, or on a control frame).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A compressed message that does not inflate.
+    pub const INVALID_DATA: u16 = 1007;
+    /// A message over the input limit, compressed or inflated.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
     /// Unexpected failure inside the gateway.
     pub const INTERNAL: u16 = 1011;
     /// A control message that is not in the protocol.

@@ -2,23 +2,38 @@
 //! small JSON control set (docs/terminal-protocol.md). Two pumps run under one select:
 //! browser → shell (input, resize, flow control, pongs) and shell → browser (output, pings,
 //! closing). Output waits in the terminal's bounded per-client queue, nowhere else.
+//!
+//! The upgrade is done here rather than by axum, which (like tungstenite under it) knows
+//! no permessage-deflate: see `deflate` for the extension.
 
+use crate::deflate::{self, Inflating};
 use crate::terminal::{Subscription, Terminal, MAX_INPUT};
-use crate::{close, Gateway, Role};
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
+use crate::{close, Gateway, GatewayError, Role};
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role as WsRole, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::WebSocketStream;
+
+type WebSocket = WebSocketStream<Inflating<TokioIo<hyper::upgrade::Upgraded>>>;
 
 /// Output coalesced into one binary message at most.
 const MAX_OUT_MESSAGE: usize = 256 * 1024;
+/// Largest message or frame taken from a browser, compressed or inflated.
+const MAX_IN_MESSAGE: usize = MAX_INPUT + 1024;
 
 #[derive(Deserialize)]
 pub struct WsQuery {
@@ -42,32 +57,108 @@ pub async fn handler(
     State(gw): State<Gateway>,
     Path(id): Path<String>,
     Query(q): Query<WsQuery>,
-    headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    mut req: Request,
 ) -> Response {
     // Before the upgrade: a page on another site gets no socket at all.
-    if let Err(e) = gw.origin_allowed(&headers) {
+    if let Err(e) = gw.origin_allowed(req.headers()) {
         return e.into_response();
     }
-    // Small socket buffers: an idle terminal should cost kilobytes (tungstenite's default
-    // is 128 KiB each way); output is already coalesced into large messages.
-    ws.read_buffer_size(4096)
-        .write_buffer_size(0)
-        .max_message_size(MAX_INPUT + 1024)
-        .max_frame_size(MAX_INPUT + 1024)
-        .on_upgrade(move |socket| session(gw, id, q, socket))
+    let accept = match handshake(&req) {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
+    let compress = deflate::negotiate(req.headers());
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::info!(terminal = %id, error = %e, "WebSocket upgrade failed");
+                return;
+            }
+        };
+        // Small socket buffers: an idle terminal should cost kilobytes (tungstenite's
+        // default is 128 KiB each way); output is already coalesced into large messages.
+        // Unmasked frames are the adapter's inflated ones: it refuses them from the client.
+        let config = WebSocketConfig::default()
+            .read_buffer_size(4096)
+            .write_buffer_size(0)
+            .max_message_size(Some(MAX_IN_MESSAGE))
+            .max_frame_size(Some(MAX_IN_MESSAGE))
+            .accept_unmasked_frames(true);
+        let io = Inflating::new(TokioIo::new(upgraded), compress, MAX_IN_MESSAGE);
+        let socket = WebSocketStream::from_raw_socket(io, WsRole::Server, Some(config)).await;
+        session(gw, id, q, socket, compress).await
+    });
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    if compress {
+        h.insert(
+            header::SEC_WEBSOCKET_EXTENSIONS,
+            HeaderValue::from_static(deflate::RESPONSE),
+        );
+    }
+    resp
+}
+
+/// Checks an RFC 6455 opening handshake; returns the `Sec-WebSocket-Accept` value.
+fn handshake(req: &Request) -> Result<HeaderValue, GatewayError> {
+    let bad = |m: &str| Err(GatewayError::Handshake(m.into()));
+    let headers = req.headers();
+    let has = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    if req.method() != Method::GET {
+        return bad("the method must be GET");
+    }
+    if req.version() > Version::HTTP_11 {
+        return bad("WebSockets are served over HTTP/1.1 only");
+    }
+    if !has(header::UPGRADE, "websocket") {
+        return bad("Upgrade: websocket is missing");
+    }
+    if !has(header::CONNECTION, "upgrade") {
+        return bad("Connection: upgrade is missing");
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v.as_bytes() != b"13")
+    {
+        return bad("Sec-WebSocket-Version must be 13");
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return bad("Sec-WebSocket-Key is missing");
+    };
+    if req
+        .extensions()
+        .get::<hyper::upgrade::OnUpgrade>()
+        .is_none()
+    {
+        return bad("this connection cannot be upgraded");
+    }
+    Ok(HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
+        .expect("base64 is a valid header value"))
 }
 
 async fn close_with(mut socket: WebSocket, code: u16, reason: String) {
-    let _ = socket
-        .send(Message::Close(Some(CloseFrame {
-            code,
-            reason: Utf8Bytes::from(reason),
-        })))
-        .await;
+    let _ = socket.send(close_message(code, reason)).await;
 }
 
-async fn session(gw: Gateway, id: String, q: WsQuery, socket: WebSocket) {
+fn close_message(code: u16, reason: String) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: code.into(),
+        reason: reason.into(),
+    }))
+}
+
+async fn session(gw: Gateway, id: String, q: WsQuery, socket: WebSocket, compress: bool) {
     // After the upgrade, so the browser can read why (close code and reason).
     let claims = match gw.verify(&q.token, &id) {
         Ok(c) => c,
@@ -92,7 +183,7 @@ async fn session(gw: Gateway, id: String, q: WsQuery, socket: WebSocket) {
     }
     let sub = term.subscribe(claims.role).await;
     let client = sub.id;
-    pump(&gw, &term, claims.role, sub, socket).await;
+    pump(&gw, &term, claims.role, sub, socket, compress).await;
     term.unsubscribe(client);
 }
 
@@ -119,9 +210,11 @@ async fn pump(
     role: Role,
     sub: Subscription,
     socket: WebSocket,
+    compress: bool,
 ) {
-    let (mut sink, stream) = socket.split();
-    if sink.send(hello(gw, term, role)).await.is_err() {
+    let (sink, stream) = socket.split();
+    let mut sink = Sink { sink, compress };
+    if sink.sink.send(hello(gw, term, role)).await.is_err() {
         return;
     }
     let last_seen = AtomicI64::new(rnr_core::now_ms());
@@ -136,12 +229,10 @@ async fn pump(
     };
     if let Some((code, reason)) = end {
         tracing::info!(terminal = %term.id, code, reason = %reason, "closing a client");
-        let frame = Message::Close(Some(CloseFrame {
-            code,
-            reason: Utf8Bytes::from(reason),
-        }));
+        let frame = close_message(code, reason);
         // Bounded: a client that reads nothing must not hold this task.
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), sink.send(frame)).await;
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(2), sink.sink.send(frame)).await;
     }
 }
 
@@ -155,7 +246,10 @@ async fn from_browser(
     paused: &watch::Sender<bool>,
 ) -> Option<(u16, String)> {
     while let Some(msg) = stream.next().await {
-        let Ok(msg) = msg else { return None };
+        let msg = match msg {
+            Ok(m) => m,
+            Err(e) => return read_error(&e),
+        };
         last_seen.store(rnr_core::now_ms(), Ordering::Relaxed);
         match msg {
             // Viewers' keystrokes are dropped: they watch.
@@ -183,10 +277,58 @@ async fn from_browser(
                 }
             },
             Message::Close(_) => return None,
-            Message::Ping(_) | Message::Pong(_) => {}
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
         }
     }
     None
+}
+
+/// The close to send after a failed read: the client broke the protocol (a frame the
+/// negotiated extensions do not allow, a message over the limit), or `None` when the
+/// connection itself is gone.
+fn read_error(e: &tungstenite::Error) -> Option<(u16, String)> {
+    use tungstenite::error::ProtocolError;
+    match e {
+        tungstenite::Error::Io(io) => deflate::gateway_error(io).map(|g| g.close()),
+        tungstenite::Error::Capacity(c) => {
+            Some((close::MESSAGE_TOO_BIG, close::reason(&c.to_string())))
+        }
+        tungstenite::Error::Utf8(m) => Some((close::INVALID_DATA, close::reason(m))),
+        tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
+        tungstenite::Error::Protocol(p) => {
+            Some((close::PROTOCOL_ERROR, close::reason(&p.to_string())))
+        }
+        _ => None,
+    }
+}
+
+/// The browser's half of the socket we write to.
+struct Sink {
+    sink: SplitSink<WebSocket, Message>,
+    /// The client negotiated permessage-deflate.
+    compress: bool,
+}
+
+impl Sink {
+    /// Sends terminal output: compressed when the client negotiated deflate and it is
+    /// large enough to gain from it.
+    async fn output(&mut self, data: Bytes) -> Result<(), tungstenite::Error> {
+        if self.compress && data.len() >= deflate::COMPRESS_MIN {
+            if let Some(z) = deflate::compress(&data) {
+                let header = FrameHeader {
+                    is_final: true,
+                    rsv1: true,
+                    opcode: OpCode::Data(Data::Binary),
+                    ..FrameHeader::default()
+                };
+                return self
+                    .sink
+                    .send(Message::Frame(Frame::from_payload(header, z)))
+                    .await;
+            }
+        }
+        self.sink.send(Message::Binary(data)).await
+    }
 }
 
 /// Shell → browser, pings, and the terminal's end.
@@ -195,7 +337,7 @@ async fn to_browser(
     term: &Terminal,
     role: Role,
     mut sub: Subscription,
-    sink: &mut SplitSink<WebSocket, Message>,
+    sink: &mut Sink,
     last_seen: &AtomicI64,
     mut paused: watch::Receiver<bool>,
 ) -> Option<(u16, String)> {
@@ -222,12 +364,12 @@ async fn to_browser(
                 if idle > cfg.ping_timeout.as_millis() as i64 {
                     return Some((close::PING_TIMEOUT, "no answer to pings".into()));
                 }
-                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
+                if sink.sink.send(Message::Ping(Bytes::new())).await.is_err() {
                     return None;
                 }
             }
             _ = refresh.tick() => {
-                if sink.send(hello(gw, term, role)).await.is_err() {
+                if sink.sink.send(hello(gw, term, role)).await.is_err() {
                     return None;
                 }
             }
@@ -252,7 +394,7 @@ async fn to_browser(
                 };
                 // A client that takes no data for the ping timeout is as dead as a silent
                 // one; its output stays held in this one message meanwhile.
-                match tokio::time::timeout(cfg.ping_timeout, sink.send(Message::Binary(msg))).await {
+                match tokio::time::timeout(cfg.ping_timeout, sink.output(msg)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return None,
                     Err(_) => return Some((close::PING_TIMEOUT, "the client stopped reading".into())),
