@@ -55,14 +55,26 @@ docker_dir=/var/lib/rnr-docker
 docker_img=$docker_dir/btrfs.img
 docker_root=$docker_dir/data
 docker_gib=${RNR_DOCKER_POOL_GIB:-64}
-# On a systemd host, installing docker.io just now started (and enabled) the distribution's
-# docker.service on overlay2: that engine is not an operator's, so it makes way for ours,
-# also at the next boot.
-if [[ " ${missing[*]} " == *" docker.io "* ]] && command -v systemctl >/dev/null 2>&1 \
-    && systemctl is-system-running >/dev/null 2>&1; then
-  log "disabling the docker.service that installing docker.io started: dockerd runs on btrfs"
-  systemctl disable --now docker.socket docker.service >/dev/null 2>&1 || true
-fi
+# The per-container limits are btrfs qgroups, which dockerd's btrfs driver enables lazily
+# (at the first container with a size) and disables when it stops. A fresh enable leaves the
+# qgroups inconsistent until its rescan ends, and while they are, no limit is enforced (seen
+# here: a machine wrote 1 GiB past a 256 MiB limit after dockerd restarts); deleting a
+# subvolume whose tree is drop_subtree_threshold (3) levels tall also marks them so. Hence
+# quotas are enabled before dockerd starts, the threshold is raised to 8 (the most levels
+# btrfs has: always account), and inconsistent qgroups are rescanned, on every run. A
+# re-enable resets the threshold: it lasts until dockerd stops.
+docker_quotas() {
+  btrfs quota enable "$docker_root"
+  local q
+  q=/sys/fs/btrfs/$(findmnt -n -o UUID --mountpoint "$docker_root")/qgroups
+  echo 8 >"$q/drop_subtree_threshold"
+  # -W waits for a rescan under way (the one a fresh enable starts); -w starts one.
+  btrfs quota rescan -W "$docker_root" >/dev/null 2>&1 || true
+  if [ "$(cat "$q/inconsistent")" != 0 ]; then
+    log "rescanning the qgroups of $docker_root (they were inconsistent: no limit held)"
+    btrfs quota rescan -w "$docker_root" >/dev/null
+  fi
+}
 if ! docker version >/dev/null 2>&1; then
   mkdir -p "$docker_root"
   if ! mountpoint -q "$docker_root"; then
@@ -79,6 +91,7 @@ if ! docker version >/dev/null 2>&1; then
   fi
   fstype=$(findmnt -n -o FSTYPE --target "$docker_root")
   [ "$fstype" = btrfs ] || { echo "$docker_root is $fstype, not btrfs" >&2; exit 1; }
+  docker_quotas
   log "starting dockerd (data-root $docker_root, storage driver btrfs)"
   mkdir -p /var/log
   # Not systemd's docker.service: it would run with the distribution's data-root and
@@ -87,4 +100,9 @@ if ! docker version >/dev/null 2>&1; then
     >>/var/log/rnr-dockerd.log 2>&1 &
   for _ in $(seq 1 60); do docker version >/dev/null 2>&1 && break; sleep 0.5; done
   docker version >/dev/null 2>&1 || { echo "dockerd did not start; see /var/log/rnr-dockerd.log" >&2; exit 1; }
+fi
+if mountpoint -q "$docker_root" && docker info --format '{{.DockerRootDir}}' 2>/dev/null \
+    | grep -qx "$docker_root"; then
+  # Our engine (started now or before): its quotas are checked, and repaired, on every run.
+  docker_quotas
 fi
