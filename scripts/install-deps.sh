@@ -8,7 +8,8 @@ log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
 
 pkgs=(docker.io debootstrap busybox-static crun runc iptables iproute2 sqlite3 ca-certificates
-      # mkfs.btrfs: the native driver's per-machine disk quotas (a loop-mounted btrfs pool).
+      # mkfs.btrfs: per-machine disk quotas, the native driver's (a loop-mounted btrfs pool)
+      # and dockerd's (its data-root on a loop-mounted btrfs).
       btrfs-progs
       python3-pytest python3-requests
       curl python3 gcc libc6-dev pkg-config
@@ -37,15 +38,71 @@ if ! command -v cargo >/dev/null 2>&1; then
   export PATH="$HOME/.cargo/bin:$PATH"
 fi
 
-# dockerd: use a running engine, else start Debian's.
-if ! docker version >/dev/null 2>&1; then
-  log "starting dockerd"
-  if command -v systemctl >/dev/null 2>&1 && systemctl is-system-running >/dev/null 2>&1; then
-    systemctl start docker
-  else
-    mkdir -p /var/log
-    nohup dockerd >/var/log/rnr-dockerd.log 2>&1 &
+# dockerd: use a running engine as it is (an operator's own), else start Debian's on a btrfs
+# data-root with the btrfs storage driver: each container's filesystem is then a subvolume
+# with a qgroup limit, so `--storage-opt size=` (the Docker driver's docker.disk_mib) caps
+# what root in a machine can write. overlay2 on the host's ext4 has no per-container quota.
+#
+# The btrfs is a sparse image file loop-mounted: only what is written takes host space, and
+# `discard` gives back what machines free, so the file shrinks again. It lives in a
+# directory of its own, not in rnr's data dir (/var/lib/rnr): the engine is shared by every
+# rnr instance on the host (each data dir is one, RNR_DATA_DIR moves it), and an operator
+# resetting an instance with `rm -rf /var/lib/rnr` must not descend into the engine's
+# mounted data-root. Nor /var/lib/docker, which a distribution's docker.service may use with
+# its own storage driver. The mount is not in fstab: after a reboot this script mounts it
+# again (loop devices are detached on unmount).
+docker_dir=/var/lib/rnr-docker
+docker_img=$docker_dir/btrfs.img
+docker_root=$docker_dir/data
+docker_gib=${RNR_DOCKER_POOL_GIB:-64}
+# The per-container limits are btrfs qgroups, which dockerd's btrfs driver enables lazily
+# (at the first container with a size) and disables when it stops. A fresh enable leaves the
+# qgroups inconsistent until its rescan ends, and while they are, no limit is enforced (seen
+# here: a machine wrote 1 GiB past a 256 MiB limit after dockerd restarts); deleting a
+# subvolume whose tree is drop_subtree_threshold (3) levels tall also marks them so. Hence
+# quotas are enabled before dockerd starts, the threshold is raised to 8 (the most levels
+# btrfs has: always account), and inconsistent qgroups are rescanned, on every run. A
+# re-enable resets the threshold: it lasts until dockerd stops.
+docker_quotas() {
+  btrfs quota enable "$docker_root"
+  local q
+  q=/sys/fs/btrfs/$(findmnt -n -o UUID --mountpoint "$docker_root")/qgroups
+  echo 8 >"$q/drop_subtree_threshold"
+  # -W waits for a rescan under way (the one a fresh enable starts); -w starts one.
+  btrfs quota rescan -W "$docker_root" >/dev/null 2>&1 || true
+  if [ "$(cat "$q/inconsistent")" != 0 ]; then
+    log "rescanning the qgroups of $docker_root (they were inconsistent: no limit held)"
+    btrfs quota rescan -w "$docker_root" >/dev/null
   fi
+}
+if ! docker version >/dev/null 2>&1; then
+  mkdir -p "$docker_root"
+  if ! mountpoint -q "$docker_root"; then
+    if [ ! -s "$docker_img" ]; then
+      log "making the engine's btrfs: $docker_img (${docker_gib} GiB sparse)"
+      # Made under a temporary name: an interrupted mkfs leaves no half-made image behind.
+      rm -f "$docker_img.new"
+      truncate -s "${docker_gib}G" "$docker_img.new"
+      mkfs.btrfs -q "$docker_img.new" >/dev/null
+      mv "$docker_img.new" "$docker_img"
+    fi
+    log "mounting $docker_img at $docker_root"
+    mount -o loop,noatime,discard=async "$docker_img" "$docker_root"
+  fi
+  fstype=$(findmnt -n -o FSTYPE --target "$docker_root")
+  [ "$fstype" = btrfs ] || { echo "$docker_root is $fstype, not btrfs" >&2; exit 1; }
+  docker_quotas
+  log "starting dockerd (data-root $docker_root, storage driver btrfs)"
+  mkdir -p /var/log
+  # Not systemd's docker.service: it would run with the distribution's data-root and
+  # storage driver, and an operator's own configuration of it is not ours to change.
+  nohup dockerd --data-root "$docker_root" --storage-driver btrfs \
+    >>/var/log/rnr-dockerd.log 2>&1 &
   for _ in $(seq 1 60); do docker version >/dev/null 2>&1 && break; sleep 0.5; done
   docker version >/dev/null 2>&1 || { echo "dockerd did not start; see /var/log/rnr-dockerd.log" >&2; exit 1; }
+fi
+if mountpoint -q "$docker_root" && docker info --format '{{.DockerRootDir}}' 2>/dev/null \
+    | grep -qx "$docker_root"; then
+  # Our engine (started now or before): its quotas are checked, and repaired, on every run.
+  docker_quotas
 fi

@@ -73,6 +73,10 @@ pub struct DockerSection {
     pub socket: PathBuf,
     /// Bridge network for machines; `<network>-out` holds those with outbound access.
     pub network: String,
+    /// Size of each machine's filesystem in MiB (`--storage-opt size=`, image included);
+    /// 0: no quota. Needs an engine whose storage driver enforces it (btrfs, zfs, overlay2
+    /// on xfs with pquota); on others machines get none and `rnr serve` warns.
+    pub disk_mib: u64,
 }
 
 impl Default for DockerSection {
@@ -80,6 +84,7 @@ impl Default for DockerSection {
         Self {
             socket: "/var/run/docker.sock".into(),
             network: "rnr0".into(),
+            disk_mib: 1024,
         }
     }
 }
@@ -299,6 +304,11 @@ pids = 4096
 socket = "/var/run/docker.sock"
 # Bridge network for machines (inter-machine traffic off); "<network>-out" for outbound ones.
 network = "rnr0"
+# Each machine's filesystem in MiB, the image's files included; 0: no quota. Needs an engine
+# whose storage driver can enforce it: btrfs (scripts/install-deps.sh starts dockerd with a
+# btrfs data-root when no engine runs), zfs, or overlay2 on xfs mounted with pquota; on
+# another (overlay2 on ext4, the usual default) machines get no quota and rnr warns.
+disk_mib = 1024
 
 [native]
 # Images, machine bundles and crun state. Default: <data_dir>/native.
@@ -367,6 +377,7 @@ mod tests {
             )?;
             jail.set_env("RNR_CAPACITY", "9");
             jail.set_env("RNR_DOCKER__NETWORK", "env-net");
+            jail.set_env("RNR_DOCKER__DISK_MIB", "300");
             jail.set_env("RNR_API_KEY", "not a config key");
             let flags = FlagOverrides {
                 listen: Some("127.0.0.1:2".into()),
@@ -376,6 +387,7 @@ mod tests {
             assert_eq!(c.listen, "127.0.0.1:2");
             assert_eq!(c.capacity, 9);
             assert_eq!(c.docker.network, "env-net");
+            assert_eq!(c.docker.disk_mib, 300);
             assert_eq!(c.default_ttl_seconds, 3600);
             Ok(())
         });

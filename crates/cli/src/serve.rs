@@ -127,6 +127,7 @@ async fn connect(cfg: &Config, store: &Store, machines: bool) -> anyhow::Result<
                     network: cfg.docker.network.clone(),
                     proc_root: cfg.proc_root.clone(),
                     agent: cfg.agent(),
+                    disk_mib: (cfg.docker.disk_mib > 0).then_some(cfg.docker.disk_mib),
                 })
                 .await
                 .with_context(|| {
@@ -135,6 +136,11 @@ async fn connect(cfg: &Config, store: &Store, machines: bool) -> anyhow::Result<
                         cfg.docker.socket.display()
                     )
                 })?;
+            tracing::info!(
+                storage_driver = driver.storage_driver(),
+                disk_quota_mib = ?driver.disk_quota_mib(),
+                "docker driver"
+            );
             Ok(Arc::new(driver))
         }
     }

@@ -4,7 +4,12 @@
 //! address on a platform-owned bridge network with inter-container traffic disabled. A
 //! machine without outbound access sits on an `internal` network; one with it on a second
 //! network that is NATed out. Images are imported root filesystems named `rnr/<name>`.
+//!
+//! Each machine's filesystem is capped at [`DockerConfig::disk_mib`] (`--storage-opt size=`)
+//! when the engine's storage driver can do it (btrfs, zfs, overlay2 on xfs with pquota; see
+//! `disk.rs`); on any other engine the driver warns once and machines have no disk quota.
 
+mod disk;
 mod firewall;
 
 use async_trait::async_trait;
@@ -25,6 +30,7 @@ use rnr_driver::{
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -47,6 +53,10 @@ pub struct DockerConfig {
     pub proc_root: PathBuf,
     /// Static agent binary bind-mounted read-only at [`rnr_driver::AGENT_PATH`].
     pub agent: Option<PathBuf>,
+    /// Size of each machine's filesystem in MiB (the image's files count towards it on
+    /// btrfs, whose qgroup limit is on everything the container's subvolume references);
+    /// `None`: no disk quota.
+    pub disk_mib: Option<u64>,
 }
 
 /// A driver bound to one engine and one owner.
@@ -54,6 +64,10 @@ pub struct DockerConfig {
 pub struct DockerDriver {
     docker: Docker,
     cfg: Arc<DockerConfig>,
+    storage: Arc<disk::Storage>,
+    /// Whether creates pass the disk size to the engine: configured, and not (or not yet)
+    /// refused by its storage driver.
+    quota: Arc<AtomicBool>,
 }
 
 fn map_err(id: &str, e: bollard::errors::Error) -> DriverError {
@@ -96,15 +110,83 @@ impl DockerDriver {
             .negotiate_version()
             .await
             .map_err(|e| DriverError::Unavailable(format!("docker engine at {socket}: {e}")))?;
+        let info = docker
+            .info()
+            .await
+            .map_err(|e| DriverError::Unavailable(format!("docker engine at {socket}: {e}")))?;
+        let storage = disk::Storage::of(&info);
+        let quota = cfg.disk_mib.is_some() && storage.size_opt() != disk::SizeOpt::Unsupported;
+        if cfg.disk_mib.is_some() && !quota {
+            tracing::warn!("{}", storage.no_quota_warning());
+        }
         let driver = Self {
             docker,
             cfg: Arc::new(cfg),
+            storage: Arc::new(storage),
+            quota: Arc::new(AtomicBool::new(quota)),
         };
         driver.ensure_network(&driver.cfg.network, true).await?;
         driver
             .ensure_network(&format!("{}-out", driver.cfg.network), false)
             .await?;
         Ok(driver)
+    }
+
+    /// Each machine's disk size in MiB when machines get a disk quota on this engine;
+    /// `None` when none is configured or the engine's storage driver cannot enforce one.
+    pub fn disk_quota_mib(&self) -> Option<u64> {
+        self.cfg
+            .disk_mib
+            .filter(|_| self.quota.load(Ordering::Relaxed))
+    }
+
+    /// The engine's storage driver, e.g. `btrfs` or `overlay2`.
+    pub fn storage_driver(&self) -> &str {
+        &self.storage.driver
+    }
+
+    /// Creates the container, with the disk size when the engine takes one. overlay2 on
+    /// xfs without pquota refuses it: the first such refusal turns the quota off (warning
+    /// once) and the machine is created without it.
+    async fn create_container(&self, spec: &MachineSpec, mut config: Config<String>) -> Result<()> {
+        let id = spec.id.as_str();
+        let name = container_name(id);
+        let options = || CreateContainerOptions {
+            name: name.as_str(),
+            platform: None,
+        };
+        let size = self.disk_quota_mib();
+        if let (Some(mib), Some(host)) = (size, config.host_config.as_mut()) {
+            host.storage_opt = Some(HashMap::from([("size".into(), format!("{mib}M"))]));
+        }
+        let fallback =
+            (size.is_some() && self.storage.size_opt() == disk::SizeOpt::IfPquota).then(|| {
+                Config {
+                    host_config: config.host_config.clone().map(|h| HostConfig {
+                        storage_opt: None,
+                        ..h
+                    }),
+                    ..config.clone()
+                }
+            });
+        let first = self.docker.create_container(Some(options()), config).await;
+        let result = match (first, fallback) {
+            (Err(bollard::errors::Error::DockerResponseServerError { message, .. }), Some(c))
+                if disk::is_size_opt_refusal(&message) =>
+            {
+                if self.quota.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(engine = %message, "{}", self.storage.no_quota_warning());
+                }
+                self.docker.create_container(Some(options()), c).await
+            }
+            (first, _) => first,
+        };
+        result.map(drop).map_err(|e| match e {
+            bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            } => DriverError::ImageNotFound(spec.image.clone()),
+            e => map_err(id, e),
+        })
     }
 
     /// Ids of the networks named exactly `name`, lowest first.
@@ -373,22 +455,8 @@ impl Driver for DockerDriver {
             host_config: Some(host_config),
             ..Default::default()
         };
+        self.create_container(spec, config).await?;
         let name = container_name(id);
-        self.docker
-            .create_container(
-                Some(CreateContainerOptions {
-                    name: name.as_str(),
-                    platform: None,
-                }),
-                config,
-            )
-            .await
-            .map_err(|e| match e {
-                bollard::errors::Error::DockerResponseServerError {
-                    status_code: 404, ..
-                } => DriverError::ImageNotFound(spec.image.clone()),
-                e => map_err(id, e),
-            })?;
         if let Err(e) = self.docker.start_container::<String>(&name, None).await {
             let _ = self.delete(id).await;
             return Err(map_err(id, e));

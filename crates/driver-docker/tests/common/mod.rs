@@ -1,6 +1,9 @@
 //! Shared test setup: a Docker driver with its own owner on the `rnr-test` network, and the
 //! tiny busybox image built and imported once per test binary.
 
+// Each test binary uses part of it.
+#![allow(dead_code)]
+
 use rnr_driver::conformance::Harness;
 use rnr_driver::Driver;
 use rnr_driver_docker::{DockerConfig, DockerDriver};
@@ -9,17 +12,54 @@ use tokio::sync::OnceCell;
 
 static IMPORTED: OnceCell<()> = OnceCell::const_new();
 
+/// Each test machine's disk: well below the isolation suite's 1 GiB fill, well above the
+/// tiny image's 2 MB.
+pub const DISK_MIB: u64 = 256;
+
 /// A driver owned by `<suite>-<pid>`, with image `image` imported.
 pub async fn harness(suite: &str, image: &str) -> Harness {
-    let driver = DockerDriver::connect(DockerConfig {
+    let driver = connect(suite).await;
+    import(&driver, image).await;
+    Harness {
+        driver: Arc::new(driver),
+        image: image.into(),
+    }
+}
+
+/// Like [`harness`], for suites that need the engine to enforce the machines' disk quota:
+/// fails, saying how to get one, when it cannot.
+pub async fn harness_with_disk_quota(suite: &str, image: &str) -> Harness {
+    let driver = connect(suite).await;
+    assert_eq!(
+        driver.disk_quota_mib(),
+        Some(DISK_MIB),
+        "the docker engine's storage driver ({}) cannot limit a machine's disk, so the \
+         disk_fill attack would fill the host's disk. Run dockerd on a btrfs data-root with \
+         --storage-driver btrfs: stop this dockerd and run scripts/install-deps.sh, which \
+         starts one so when no engine runs",
+        driver.storage_driver()
+    );
+    import(&driver, image).await;
+    Harness {
+        driver: Arc::new(driver),
+        image: image.into(),
+    }
+}
+
+async fn connect(suite: &str) -> DockerDriver {
+    DockerDriver::connect(DockerConfig {
         socket: "/var/run/docker.sock".into(),
         owner: format!("{suite}-{}", std::process::id()),
         network: "rnr-test".into(),
         proc_root: "/proc".into(),
         agent: None,
+        disk_mib: Some(DISK_MIB),
     })
     .await
-    .expect("docker engine reachable at /var/run/docker.sock");
+    .expect("docker engine reachable at /var/run/docker.sock")
+}
+
+async fn import(driver: &DockerDriver, image: &str) {
     IMPORTED
         .get_or_init(|| async {
             let dir = tempfile::tempdir().expect("tempdir");
@@ -34,8 +74,4 @@ pub async fn harness(suite: &str, image: &str) -> Harness {
             driver.import_image(image, &tar).await.expect("import");
         })
         .await;
-    Harness {
-        driver: Arc::new(driver),
-        image: image.into(),
-    }
 }
