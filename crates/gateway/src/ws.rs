@@ -30,8 +30,10 @@ use tokio_tungstenite::WebSocketStream;
 
 type WebSocket = WebSocketStream<Inflating<TokioIo<hyper::upgrade::Upgraded>>>;
 
-/// Output coalesced into one binary message at most.
-const MAX_OUT_MESSAGE: usize = 256 * 1024;
+/// Output coalesced into one binary message at most: large enough for bulk output to leave
+/// in few messages, small enough that a client that stops reading pins little (its queue
+/// plus one message in flight).
+const MAX_OUT_MESSAGE: usize = 64 * 1024;
 /// Largest message or frame taken from a browser, compressed or inflated.
 const MAX_IN_MESSAGE: usize = MAX_INPUT + 1024;
 
