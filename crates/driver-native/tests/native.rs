@@ -655,11 +655,12 @@ async fn seccomp_profile_refuses_what_capabilities_do_not() {
         let d = driver(f).await;
         let s = spec("seccomp");
         d.create(&s).await.expect("create");
+        // crun's copy (the bundle's is removed once the machine runs).
         let config = std::fs::read_to_string(
             d.config()
                 .state_dir
                 .join("run")
-                .join("machines")
+                .join("crun")
                 .join(&s.id)
                 .join("config.json"),
         )
