@@ -18,14 +18,13 @@ cargo test --workspace --locked --exclude rnr-driver-docker --exclude rnr-driver
 # The drivers' conformance and isolation suites, one test at a time: the isolation suite
 # times a neighbour's shell (<= 50 ms) while an attack runs, which other tests' load would
 # distort.
-# Containment is asserted strictly. The neighbour's echo latency is asserted at the suite's
-# 50 ms on the native driver (its shell is a pty the host holds, its execs forked by the
-# machine's own init) and against a CI bound on the Docker driver, whose every keystroke
-# crosses dockerd and containerd-shim (measured 53-200 ms under attack on a loaded 2-core
-# VM; BENCHMARKS.md). (Set for the suites' commands only: every other RNR_* variable is rnr
-# configuration.)
+# Containment is asserted strictly, and on every driver a neighbour's shell must answer
+# `echo` within the suite's 50 ms throughout each attack. (The Docker driver's probe shell
+# answers in ~21 ms at rest, every keystroke crossing dockerd and containerd-shim; worst
+# 33-40 ms under attack on a quiet 2-core VM. Overridable for a loaded machine; set for
+# the suites' commands only: every other RNR_* variable is rnr configuration.)
 native_echo_ms=${RNR_NATIVE_ECHO_MS:-50}
-docker_echo_ms=${RNR_DOCKER_ECHO_MS:-250}
+docker_echo_ms=${RNR_DOCKER_ECHO_MS:-50}
 for suite in "rnr-driver-native $native_echo_ms" "rnr-driver-docker $docker_echo_ms"; do
   set -- $suite
   echo "==> driver suites: $1 (one test at a time, neighbour echo <= $2 ms)" >&2
