@@ -213,12 +213,13 @@ impl futures::Stream for SessionOutput {
         use std::task::Poll;
         let this = self.get_mut();
         let sock: &UnixStream = this.read.as_ref();
-        // The daemon sends at most 32 KiB of output per frame.
-        let mut buf = [0u8; 40 * 1024];
         loop {
             if let Err(e) = std::task::ready!(sock.poll_read_ready(cx)) {
                 return Poll::Ready(Some(Err(this.io_err(e))));
             }
+            // Only once there is something to read: the stream is polled on every turn of
+            // the terminal's loop. The daemon sends at most 32 KiB of output per frame.
+            let mut buf = [0u8; 40 * 1024];
             match sock.try_io(tokio::io::Interest::READABLE, || {
                 sys::recv_with_fds(sock.as_raw_fd(), &mut buf)
             }) {
