@@ -2,10 +2,12 @@
 """Web terminal benchmark: rnr's gateway against ttyd, same host, same client, same workload.
 
 The client is Python `websockets` over loopback (pip install websockets). Measured for each
-server: MB/s of a 50 MB `cat` (client with and without permessage-deflate), keystroke echo
-latency p50/p99 (1,000 keystrokes after 100 uncounted) with 1 and with 200 open terminals,
-server memory per open idle terminal, and server memory growth while a client stops
-reading for 4 s during `yes`.
+server: MB/s of a 50 MB `cat` (client with and without permessage-deflate; the median of
+--runs runs), keystroke echo latency p50/p99 (rounds of 1,000 keystrokes after 100
+uncounted; the median over --runs rounds of each round's p50 and p99, and the worst p99)
+with 1 and with 200 open terminals, server memory per open idle terminal, and server memory
+growth while a client stops reading for 4 s during `yes`. (Medians: on a 2-core VM one
+round's p99 is often set by a single hypervisor hiccup, for either server.)
 
   rnr:  python3 bench/terminal.py rnr  --url http://127.0.0.1:8080 --key KEY [--machine M]
   ttyd: python3 bench/terminal.py ttyd --url http://127.0.0.1:7681 --pid PID
@@ -127,6 +129,13 @@ async def throughput(make, compression):
     return round(got / secs / 1e6, 1)
 
 
+async def echo_rounds(t, runs):
+    """[median p50, median p99, worst p99] over `runs` rounds of echo_latency."""
+    rounds = [await echo_latency(t, warmup=100 if i == 0 else 20) for i in range(runs)]
+    return [statistics.median(r[0] for r in rounds), statistics.median(r[1] for r in rounds),
+            max(r[1] for r in rounds)]
+
+
 async def echo_latency(t, n=1000, warmup=100):
     """Round trips of one keystroke to its echo: 'a' echoes as "a", DEL as a backspace.
     Output that is not the awaited echo (a late prompt, a stray redraw) is read past, so a
@@ -154,6 +163,7 @@ async def main():
     ap.add_argument("--machine")
     ap.add_argument("--pid", type=int, help="server pid for memory figures")
     ap.add_argument("--terminals", type=int, default=200)
+    ap.add_argument("--runs", type=int, default=5, help="cat runs and echo rounds (medians)")
     a = ap.parse_args()
 
     if a.server == "rnr":
@@ -179,12 +189,14 @@ async def main():
         pid = a.pid
 
     out = {"server": a.server}
-    out["cat_50mb_mb_s"] = await throughput(make, None)
-    out["cat_50mb_mb_s_deflate_offered"] = await throughput(make, "deflate")
+    out["cat_50mb_mb_s"] = statistics.median(
+        [await throughput(make, None) for _ in range(a.runs)])
+    out["cat_50mb_mb_s_deflate_offered"] = statistics.median(
+        [await throughput(make, "deflate") for _ in range(a.runs)])
 
     one = await make(None).open()
     await settle(one)
-    out["echo_us_1_terminal"] = await echo_latency(one)
+    out["echo_us_1_terminal"] = await echo_rounds(one, a.runs)
 
     base = rss_kb(pid) if pid else None
     others = []
@@ -193,7 +205,7 @@ async def main():
         others.append(t)
     await asyncio.sleep(3)
     await settle(one)
-    out[f"echo_us_{a.terminals}_terminals"] = await echo_latency(one)
+    out[f"echo_us_{a.terminals}_terminals"] = await echo_rounds(one, a.runs)
     if pid and others:
         out["server_kb_per_terminal"] = round((rss_kb(pid) - base) / len(others), 1)
     for t in others:

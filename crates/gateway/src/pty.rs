@@ -8,13 +8,26 @@ use std::fs::File;
 use std::io::{IsTerminal, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 
 /// Most read in one go: the pty hands out about 4 KiB per read, and bulk output leaves in
 /// fewer, larger messages when several reads are gathered.
 const CHUNK: usize = 32 * 1024;
 
 pub struct Pty {
+    /// Registered for reading only: a pty master turns writable again after nearly every
+    /// keystroke the shell takes, and each such edge would wake the runtime for nothing.
     fd: AsyncFd<File>,
+    /// A duplicate registered for writing, made the first time a write would block (the
+    /// shell is not reading its input); until then keystrokes go straight in.
+    wfd: tokio::sync::OnceCell<AsyncFd<File>>,
+}
+
+/// One read's outcome: what was gathered, and whether the pty was found empty after it
+/// (so the runtime waits for the next edge instead of trying again at once).
+struct Chunk {
+    data: Option<Bytes>,
+    drained: bool,
 }
 
 impl Pty {
@@ -40,60 +53,89 @@ impl Pty {
         }
         // SAFETY: the File owns its descriptor and never swaps it: it stays open and the
         // same until the AsyncFd, which owns the File, is dropped.
-        let fd = unsafe { AsyncFd::register(file) }?;
-        Ok(Self { fd })
+        let fd = unsafe { AsyncFd::register_with_interest(file, Interest::READABLE) }?;
+        Ok(Self {
+            fd,
+            wfd: tokio::sync::OnceCell::new(),
+        })
     }
 
     /// What the shell printed; `None` once the shell's side is closed (the session ends).
     pub async fn read(&self) -> std::io::Result<Option<Bytes>> {
         loop {
             let mut guard = self.fd.readable().await?;
-            if let Ok(r) = guard.try_io(|f| read_chunk(f.get_ref())) {
-                return r;
+            match read_chunk(self.fd.get_ref()) {
+                Ok(Chunk {
+                    data: None,
+                    drained: true,
+                }) => guard.clear_ready(),
+                Ok(Chunk { data, drained }) => {
+                    if drained {
+                        guard.clear_ready();
+                    }
+                    return Ok(data);
+                }
+                Err(e) => return Err(e),
             }
         }
     }
 
     /// What is left to read right now, without waiting (draining at the session's end).
     pub fn read_now(&self) -> std::io::Result<Option<Bytes>> {
-        read_chunk(self.fd.get_ref())
+        read_chunk(self.fd.get_ref()).map(|c| c.data)
     }
 
     pub async fn write_all(&self, mut data: &[u8]) -> std::io::Result<()> {
         while !data.is_empty() {
-            let mut guard = self.fd.writable().await?;
-            match guard.try_io(|f| f.get_ref().write(data)) {
-                Ok(Ok(n)) => data = &data[n..],
-                Ok(Err(e)) => return Err(e),
-                Err(_would_block) => {}
+            match self.fd.get_ref().write(data) {
+                Ok(n) => data = &data[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    let w = self
+                        .wfd
+                        .get_or_try_init(|| async {
+                            // A dup is a second epoll registration of the same pty.
+                            let dup = self.fd.get_ref().try_clone()?;
+                            // SAFETY: as in `new`: the AsyncFd owns the duplicate's File.
+                            unsafe { AsyncFd::register_with_interest(dup, Interest::WRITABLE) }
+                        })
+                        .await?;
+                    let mut guard = w.writable().await?;
+                    match guard.try_io(|f| f.get_ref().write(data)) {
+                        Ok(Ok(n)) => data = &data[n..],
+                        Ok(Err(e)) => return Err(e),
+                        Err(_would_block) => {}
+                    }
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok(())
     }
 }
 
-/// Reads until the pty is empty or [`CHUNK`] is gathered. `WouldBlock` when nothing was
-/// there; `Ok(None)` at EIO, the pty's end of file. The buffer lives on the stack only
-/// for this call, so an idle terminal holds none.
-fn read_chunk(mut f: &File) -> std::io::Result<Option<Bytes>> {
+/// Reads until the pty is empty or [`CHUNK`] is gathered; `data` is `None` at EIO, the
+/// pty's end of file, or when nothing was there. The buffer lives on the stack only for
+/// this call, so an idle terminal holds none.
+fn read_chunk(mut f: &File) -> std::io::Result<Chunk> {
     let mut buf = [0u8; CHUNK];
     let mut got = 0;
+    let mut drained = false;
     while got < CHUNK {
         match f.read(&mut buf[got..]) {
             Ok(0) => break,
             Ok(n) => got += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) if got > 0 => {
-                // Hand over what was read; the error (or emptiness) shows again next time.
-                let _ = e;
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                drained = true;
                 break;
             }
-            Err(e) if e.raw_os_error() == Some(libc::EIO) => return Ok(None),
+            // Hand over what was read; the error shows again next time.
+            Err(_) if got > 0 => break,
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => break,
             Err(e) => return Err(e),
         }
     }
-    if got == 0 {
-        return Ok(None);
-    }
-    Ok(Some(Bytes::copy_from_slice(&buf[..got])))
+    let data = (got > 0).then(|| Bytes::copy_from_slice(&buf[..got]));
+    Ok(Chunk { data, drained })
 }

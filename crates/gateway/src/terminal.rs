@@ -11,6 +11,7 @@
 //! straight into the pty. Copies, snapshot requests and client registrations are ordered
 //! by the lock on the daemon's stdin, so a new client's snapshot holds exactly the output
 //! read before it was asked for, and what is read after waits in the client's backlog.
+//! Copies leave in batches ([`AgentLink`]), never on a keystroke's way to the browser.
 //!
 //! Owners get
 //! backpressure (the reader waits for a full owner's small channel, the agent then stops
@@ -45,6 +46,12 @@ pub const MAX_INPUT: usize = 64 * 1024;
 /// Output held for a client whose snapshot is on its way (direct mode); beyond it the
 /// client is repainted from a later snapshot instead.
 const MAX_BACKLOG: usize = 256 * 1024;
+/// Most output gathered into one copy for the daemon: under the daemon's frame limit (64
+/// KiB), and large enough that bulk output wakes it once per many pty reads.
+const COPY_BATCH: usize = 60 * 1024;
+/// How long a copy may wait for more output. Short: if the gateway dies, what it read
+/// but had not copied yet is missing from the screen the daemon repaints.
+const COPY_DELAY: Duration = Duration::from_millis(2);
 
 /// Why a terminal's clients are being closed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,7 +83,7 @@ pub struct Terminal {
     pub shell_pid: AtomicU32,
     size: Mutex<(u16, u16)>,
     /// The exec's stdin: frames for the agent, written whole under this lock.
-    to_agent: tokio::sync::Mutex<std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>>,
+    to_agent: tokio::sync::Mutex<AgentLink>,
     clients: Mutex<Vec<Client>>,
     /// The pty, once the daemon has handed it over (direct mode).
     pty: Mutex<Option<Arc<Pty>>>,
@@ -93,6 +100,50 @@ pub struct Terminal {
 impl std::fmt::Debug for Terminal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Terminal({} on {})", self.id, self.machine)
+    }
+}
+
+/// The gateway's end of the daemon's connection. In direct mode the output's copies wait
+/// in `copies` (one T_COPY frame being filled) and leave ahead of any other frame, so the
+/// daemon still sees output, snapshot requests and resizes in the order the gateway did,
+/// with one wake-up per batch instead of one per pty read.
+struct AgentLink {
+    w: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+    copies: BytesMut,
+}
+
+impl AgentLink {
+    /// Adds output to the pending copy, sending the batch first if it would overflow.
+    /// Returns whether this started a new batch (which is then due in [`COPY_DELAY`]).
+    async fn copy(&mut self, data: &[u8]) -> bool {
+        if !self.copies.is_empty() && self.copies.len() + data.len() > COPY_BATCH {
+            self.write(&[]).await;
+        }
+        let fresh = self.copies.is_empty();
+        if fresh {
+            self.copies.reserve(5 + data.len());
+            self.copies.extend_from_slice(&[T_COPY, 0, 0, 0, 0]);
+        }
+        self.copies.extend_from_slice(data);
+        fresh
+    }
+
+    /// Writes the pending copy, then `frames`. A failed write needs no answer here: the
+    /// session's end reaches every client through the reader.
+    async fn write(&mut self, frames: &[u8]) {
+        let out: &[u8] = if self.copies.is_empty() {
+            frames
+        } else {
+            let len = (self.copies.len() - 5) as u32;
+            self.copies[1..5].copy_from_slice(&len.to_be_bytes());
+            self.copies.extend_from_slice(frames);
+            &self.copies
+        };
+        if !out.is_empty() && self.w.write_all(out).await.is_ok() {
+            let _ = self.w.flush().await;
+        }
+        // Let go of the buffer: idle terminals keep none.
+        self.copies = BytesMut::new();
     }
 }
 
@@ -180,7 +231,10 @@ impl Terminal {
             machine: machine.to_string(),
             shell_pid: AtomicU32::new(pid),
             size: Mutex::new(size),
-            to_agent: tokio::sync::Mutex::new(stdin),
+            to_agent: tokio::sync::Mutex::new(AgentLink {
+                w: stdin,
+                copies: BytesMut::new(),
+            }),
             clients: Mutex::new(Vec::new()),
             pty: Mutex::new(None),
             pty_in: tokio::sync::Mutex::new(()),
@@ -226,6 +280,8 @@ impl Terminal {
         fds: Option<std::sync::mpsc::Receiver<std::os::fd::OwnedFd>>,
     ) -> Closed {
         let mut pty: Option<Arc<Pty>> = None;
+        // When the pending copy for the daemon is due.
+        let mut copy_due: Option<tokio::time::Instant> = None;
         loop {
             let frame = tokio::select! {
                 f = reader.next(output) => f,
@@ -233,10 +289,21 @@ impl Terminal {
                     if pty.is_some() =>
                 {
                     match r {
-                        Ok(Some(chunk)) => self.output_direct(chunk).await,
+                        Ok(Some(chunk)) => {
+                            if self.output_direct(chunk).await {
+                                copy_due = Some(tokio::time::Instant::now() + COPY_DELAY);
+                            }
+                        }
                         // The shell's side closed: the daemon's exit frame follows.
                         Ok(None) | Err(_) => pty = None,
                     }
+                    continue;
+                }
+                () = tokio::time::sleep_until(copy_due.unwrap_or_else(tokio::time::Instant::now)),
+                    if copy_due.is_some() =>
+                {
+                    copy_due = None;
+                    self.to_agent.lock().await.write(&[]).await;
                     continue;
                 }
             };
@@ -340,26 +407,27 @@ impl Terminal {
     }
 
     /// Output this gateway read from the pty (direct mode). Clients get it first, then the
-    /// daemon its copy, both under the daemon's lock so that no snapshot request or new
-    /// client slips in between.
-    async fn output_direct(&self, data: Bytes) {
+    /// daemon's pending copy, both under the daemon's lock so that no snapshot request or
+    /// new client slips in between. Returns whether a new copy batch started.
+    async fn output_direct(&self, data: Bytes) -> bool {
         if let Some(r) = &self.recorder {
             r.output(&data).await;
         }
-        let mut w = self.to_agent.lock().await;
+        let mut link = self.to_agent.lock().await;
         let (blocked, resync) = self.dispatch(&data, true);
-        let mut frames = BytesMut::with_capacity(5 + data.len() + 9 * resync.len());
-        push_frame(&mut frames, T_COPY, &data);
-        for tag in resync {
-            push_frame(&mut frames, T_SNAPSHOT_REQ, &tag.to_be_bytes());
+        let fresh = link.copy(&data).await;
+        if !resync.is_empty() {
+            let mut frames = BytesMut::with_capacity(9 * resync.len());
+            for tag in resync {
+                push_frame(&mut frames, T_SNAPSHOT_REQ, &tag.to_be_bytes());
+            }
+            link.write(&frames).await;
         }
-        if w.write_all(&frames).await.is_ok() {
-            let _ = w.flush().await;
-        }
-        drop(w);
+        drop(link);
         for tx in blocked {
             let _ = tx.send(data.clone()).await;
         }
+        fresh
     }
 
     /// Hands `data` to every client that can take it now. Returns the owners whose queue
@@ -409,7 +477,7 @@ impl Terminal {
         self.touch();
         // Registered and asked for under the daemon's lock: in direct mode no output is
         // read in between (see the module's header).
-        let mut w = self.to_agent.lock().await;
+        let mut link = self.to_agent.lock().await;
         self.clients.lock().expect("clients lock").push(Client {
             id,
             role,
@@ -417,13 +485,9 @@ impl Terminal {
             sync: Sync::Waiting(tag),
             backlog: BytesMut::new(),
         });
-        if w.write_all(&encode(T_SNAPSHOT_REQ, &tag.to_be_bytes()))
-            .await
-            .is_ok()
-        {
-            let _ = w.flush().await;
-        }
-        drop(w);
+        link.write(&encode(T_SNAPSHOT_REQ, &tag.to_be_bytes()))
+            .await;
+        drop(link);
         Subscription {
             id,
             rx,
@@ -431,14 +495,9 @@ impl Terminal {
         }
     }
 
-    /// Writes one frame to the agent. A failed write needs no answer here: the session's
-    /// end reaches every client through the reader.
+    /// Writes one frame to the agent (after any pending copy).
     async fn send(&self, ty: u8, payload: &[u8]) {
-        let frame = encode(ty, payload);
-        let mut w = self.to_agent.lock().await;
-        if w.write_all(&frame).await.is_ok() {
-            let _ = w.flush().await;
-        }
+        self.to_agent.lock().await.write(&encode(ty, payload)).await;
     }
 
     pub fn unsubscribe(&self, id: u64) {
