@@ -97,7 +97,10 @@ impl Pty {
                             // A dup is a second epoll registration of the same pty.
                             let dup = self.fd.get_ref().try_clone()?;
                             // SAFETY: as in `new`: the AsyncFd owns the duplicate's File.
-                            unsafe { AsyncFd::register_with_interest(dup, Interest::WRITABLE) }
+                            let w = unsafe {
+                                AsyncFd::register_with_interest(dup, Interest::WRITABLE)
+                            }?;
+                            Ok::<_, std::io::Error>(w)
                         })
                         .await?;
                     let mut guard = w.writable().await?;
