@@ -12,7 +12,7 @@ round's p99 is often set by a single hypervisor hiccup, for either server.)
   rnr:  python3 bench/terminal.py rnr  --url http://127.0.0.1:8080 --key KEY [--machine M]
   ttyd: python3 bench/terminal.py ttyd --url http://127.0.0.1:7681 --pid PID
 
-rnr must run with [terminal] max_per_machine >= 210 (RNR_TERMINAL__MAX_PER_MACHINE=210); its
+rnr must run with [terminal] max_per_machine >= 220 (RNR_TERMINAL__MAX_PER_MACHINE=220); its
 machine needs pids >= 1024. ttyd must be writable (-W) and is not built by this project: use
 a ttyd binary you have (e.g. built from its public source in /tmp, never committed here).
 Prints one JSON object.

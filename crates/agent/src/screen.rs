@@ -225,15 +225,14 @@ fn skip_point(tail: &[u8], rows: usize) -> Option<usize> {
     if total < 2 * rows {
         return None;
     }
-    let mut after = 0;
-    for i in memchr::memrchr_iter(b'\n', tail) {
+    // `after`: line feeds after the one at `i`.
+    for (after, i) in memchr::memrchr_iter(b'\n', tail).enumerate() {
         if i == 0 {
             break;
         }
         if after >= rows && tail[i - 1] == b'\r' {
             return (total - after >= rows).then_some(i + 1);
         }
-        after += 1;
     }
     None
 }
