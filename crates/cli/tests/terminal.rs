@@ -241,6 +241,14 @@ fn output_is_binary_safe_and_resize_reaches_the_pty() {
     ws.control(json!({"t": "resize", "rows": 40, "cols": 132}));
     ws.send("stty size\r");
     ws.until("40 132");
+    // Regression: on the native driver keystrokes go straight into the pty while the
+    // resize went through the session daemon, and under load `stty` ran first. A command
+    // typed right after a resize must see the new size, every time.
+    for i in 1..=8 {
+        ws.control(json!({"t": "resize", "rows": 40 + i, "cols": 132 + i}));
+        ws.send("stty size\r");
+        ws.until(&format!("{} {}", 40 + i, 132 + i));
+    }
     // Invalid UTF-8 and a character split across writes arrive byte for byte.
     ws.send("printf 'A\\377\\376B'; printf '\\303'; sleep 0.2; printf '\\251Z\\n'\r");
     let deadline = Instant::now() + Duration::from_secs(20);

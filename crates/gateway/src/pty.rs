@@ -85,6 +85,25 @@ impl Pty {
         read_chunk(self.fd.get_ref()).map(|c| c.data)
     }
 
+    /// Sets the terminal's size (the kernel signals the shell's foreground job). Done here,
+    /// not only by the daemon, so that keystrokes sent after a resize, which go straight
+    /// into the pty, never reach a program before the new size does.
+    pub fn resize(&self, rows: u16, cols: u16) -> std::io::Result<()> {
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer; the descriptor is a
+        // terminal this Pty owns (checked in `new`).
+        let r = unsafe { libc::ioctl(self.fd.get_ref().as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     pub async fn write_all(&self, mut data: &[u8]) -> std::io::Result<()> {
         while !data.is_empty() {
             match self.fd.get_ref().write(data) {

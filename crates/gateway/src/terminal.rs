@@ -539,6 +539,12 @@ impl Terminal {
         if let Some(r) = &self.recorder {
             r.resize(rows, cols).await;
         }
+        // Direct mode: keystrokes bypass the daemon, so the size must not wait for it.
+        let pty = self.pty.lock().expect("pty lock").clone();
+        if let Some(pty) = pty {
+            // On failure the daemon still sets it.
+            let _ = pty.resize(rows, cols);
+        }
         let mut p = rows.to_be_bytes().to_vec();
         p.extend_from_slice(&cols.to_be_bytes());
         self.send(T_RESIZE, &p).await;
