@@ -64,18 +64,13 @@ impl Pty {
     pub async fn read(&self) -> std::io::Result<Option<Bytes>> {
         loop {
             let mut guard = self.fd.readable().await?;
-            match read_chunk(self.fd.get_ref()) {
-                Ok(Chunk {
-                    data: None,
-                    drained: true,
-                }) => guard.clear_ready(),
-                Ok(Chunk { data, drained }) => {
-                    if drained {
-                        guard.clear_ready();
-                    }
-                    return Ok(data);
-                }
-                Err(e) => return Err(e),
+            let chunk = read_chunk(self.fd.get_ref())?;
+            if chunk.drained {
+                guard.clear_ready();
+            }
+            // Nothing there yet: wait for the next edge. Otherwise output, or the end.
+            if chunk.data.is_some() || !chunk.drained {
+                return Ok(chunk.data);
             }
         }
     }

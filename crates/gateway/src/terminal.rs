@@ -121,7 +121,13 @@ impl AgentLink {
         }
         let fresh = self.copies.is_empty();
         if fresh {
-            self.copies.reserve(5 + data.len());
+            // Bulk output fills a batch: room for all of it at once, no regrowing.
+            let room = if data.len() >= 4096 {
+                COPY_BATCH
+            } else {
+                data.len()
+            };
+            self.copies.reserve(5 + room);
             self.copies.extend_from_slice(&[T_COPY, 0, 0, 0, 0]);
         }
         self.copies.extend_from_slice(data);
@@ -280,8 +286,11 @@ impl Terminal {
         fds: Option<std::sync::mpsc::Receiver<std::os::fd::OwnedFd>>,
     ) -> Closed {
         let mut pty: Option<Arc<Pty>> = None;
-        // When the pending copy for the daemon is due.
-        let mut copy_due: Option<tokio::time::Instant> = None;
+        // When the pending copy for the daemon is due. One timer, reset per batch: a fresh
+        // one per turn of the loop would be registered and dropped on every pty read.
+        let copy_timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(copy_timer);
+        let mut copy_pending = false;
         loop {
             let frame = tokio::select! {
                 f = reader.next(output) => f,
@@ -291,7 +300,10 @@ impl Terminal {
                     match r {
                         Ok(Some(chunk)) => {
                             if self.output_direct(chunk).await {
-                                copy_due = Some(tokio::time::Instant::now() + COPY_DELAY);
+                                copy_timer
+                                    .as_mut()
+                                    .reset(tokio::time::Instant::now() + COPY_DELAY);
+                                copy_pending = true;
                             }
                         }
                         // The shell's side closed: the daemon's exit frame follows.
@@ -299,10 +311,8 @@ impl Terminal {
                     }
                     continue;
                 }
-                () = tokio::time::sleep_until(copy_due.unwrap_or_else(tokio::time::Instant::now)),
-                    if copy_due.is_some() =>
-                {
-                    copy_due = None;
+                () = &mut copy_timer, if copy_pending => {
+                    copy_pending = false;
                     self.to_agent.lock().await.write(&[]).await;
                     continue;
                 }
