@@ -228,6 +228,9 @@ async def main():
         out["stalled_4s_growth_kb"] = peak - before
     await stall.send(b"\x03")
     await stall.ws.close()
+    if a.server == "rnr" and not a.machine:
+        # The machine this run made, with its 200-odd sessions, goes with it.
+        api("DELETE", f"/api/v1/machines/{machine}")
     print(json.dumps(out))
 
 
