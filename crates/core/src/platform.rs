@@ -376,6 +376,22 @@ impl Platform {
         })
     }
 
+    /// A new connection to the agent in running machine `id`: terminal sessions and check
+    /// suites go through it.
+    pub async fn agent(&self, id: &str) -> Result<rnr_driver::AgentChannel> {
+        let m = self.get(id).await?;
+        if m.state != MachineState::Running {
+            return Err(CoreError::NotRunning {
+                id: id.to_string(),
+                state: m.state.as_str().to_string(),
+            });
+        }
+        self.driver.agent(id).await.map_err(|e| {
+            self.count_driver_error(&e);
+            CoreError::driver(id, e)
+        })
+    }
+
     /// Deletes every machine whose time is up; returns how many.
     pub async fn reap_once(&self) -> Result<usize> {
         let mut n = 0;
