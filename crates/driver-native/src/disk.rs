@@ -8,7 +8,7 @@
 //! enabled once per filesystem. Everything on the machine-creation path is a handful of
 //! ioctls; no `btrfs` command is spawned.
 
-use crate::error::{NResult, NativeError};
+use crate::error::{io_err, NResult, NativeError};
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -83,10 +83,6 @@ struct LoopConfig {
     reserved: [u64; 8],
 }
 
-fn io_err(what: impl std::fmt::Display, path: &Path, e: io::Error) -> NativeError {
-    NativeError::io(format!("{what} {}", path.display()), e)
-}
-
 fn cpath(p: &Path) -> io::Result<CString> {
     crate::sys::cpath(p)
 }
@@ -134,7 +130,7 @@ pub fn available(state_dir: &Path, proc_root: &Path) -> Result<(), String> {
     if !Path::new("/dev/loop-control").exists() {
         return Err("no /dev/loop-control (loop devices)".into());
     }
-    if !state_dir.join("disk.img").exists() && !crate::on_path("mkfs.btrfs") {
+    if !state_dir.join("disk.img").exists() && !crate::config::on_path("mkfs.btrfs") {
         return Err("mkfs.btrfs not found on PATH (apt-get install btrfs-progs)".into());
     }
     Ok(())
