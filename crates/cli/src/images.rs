@@ -93,7 +93,8 @@ async fn import(cfg: &Config, name: &str, tar: &Path) -> anyhow::Result<()> {
     );
     let started = Instant::now();
     let info = driver
-        .import_image(name, tar)
+        .images()
+        .import(name, tar)
         .await
         .with_context(|| format!("cannot import image {name}"))?;
     eprintln!(
@@ -118,7 +119,7 @@ pub async fn run(cfg: &Config, cmd: ImageCommand) -> anyhow::Result<()> {
             if if_missing {
                 let store = crate::serve::open_store(cfg).await?;
                 let driver = crate::serve::connect_image_driver(cfg, &store).await?;
-                if driver.list_images().await?.iter().any(|i| i.name == name) {
+                if driver.images().list().await?.iter().any(|i| i.name == name) {
                     eprintln!("image {name} already present; nothing to build");
                     return Ok(());
                 }
@@ -170,7 +171,7 @@ pub async fn run(cfg: &Config, cmd: ImageCommand) -> anyhow::Result<()> {
             let store = crate::serve::open_store(cfg).await?;
             let driver = crate::serve::connect_image_driver(cfg, &store).await?;
             println!("{:<24} {:>10}", "NAME", "SIZE");
-            for img in driver.list_images().await? {
+            for img in driver.images().list().await? {
                 let size = img
                     .size_bytes
                     .map(|s| format!("{:.1} MB", s as f64 / 1e6))

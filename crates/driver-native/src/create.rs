@@ -23,16 +23,10 @@ impl NativeDriver {
     pub(crate) async fn create_machine(&self, spec: &MachineSpec) -> NResult<MachineInfo> {
         let id = spec.id.as_str();
         check_name("machine", id)?;
-        check_name("image", &spec.image)
-            .map_err(|_| NativeError::ImageNotFound(spec.image.clone()))?;
         let cfg = &self.inner.cfg;
-        let link = cfg
-            .state_dir
-            .join("images")
-            .join(&spec.image)
-            .join("rootfs");
-        let lower = std::fs::canonicalize(&link)
-            .map_err(|_| NativeError::ImageNotFound(spec.image.clone()))?;
+        // Until the record names the version, a prune must not take it away.
+        let images = self.inner.images.lock(false)?;
+        let lower = self.inner.images.current(&spec.image)?;
         let dir = self.machine_dir(id);
         match std::fs::create_dir(&dir) {
             Ok(()) => {}
@@ -67,13 +61,19 @@ impl NativeDriver {
             init_pid: None,
             init_start: None,
         };
-        let res = match (
+        let recorded = match (
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711)),
             write_meta(&dir, &meta),
         ) {
             (Err(e), _) => Err(io_err("setting permissions of", &dir, e)),
             (_, Err(e)) => Err(e),
-            _ => self.create_inner(spec, &mut meta).await,
+            _ => Ok(()),
+        };
+        // Released before anything slow, and before a cleanup that may prune.
+        drop(images);
+        let res = match recorded {
+            Ok(()) => self.create_inner(spec, &mut meta).await,
+            Err(e) => Err(e),
         };
         if let Err(e) = res {
             if let Err(cleanup) = self.teardown_machine(&meta).await {
@@ -370,6 +370,7 @@ impl NativeDriver {
             Err(e) => return Err(io_err("removing", &dir, e)),
         }
         self.release(meta);
+        self.inner.images.release(&meta.lower);
         Ok(())
     }
 }

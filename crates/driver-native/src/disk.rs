@@ -146,33 +146,6 @@ pub struct Pool {
     image: Option<PathBuf>,
 }
 
-/// Holds an exclusive flock(2) on a file while alive.
-struct Lock(OwnedFd);
-
-impl Lock {
-    fn take(path: &Path) -> NResult<Self> {
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .map_err(|e| io_err("opening", path, e))?;
-        let fd = OwnedFd::from(f);
-        // SAFETY: flock(2) on a valid fd.
-        if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX) } < 0 {
-            return Err(io_err("locking", path, io::Error::last_os_error()));
-        }
-        Ok(Self(fd))
-    }
-}
-
-impl Drop for Lock {
-    fn drop(&mut self) {
-        // SAFETY: flock(2) on the fd this lock owns.
-        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
-    }
-}
-
 /// Whether `dir` is the root of a filesystem mounted on it (its device differs from its
 /// parent's).
 fn is_mount_point(dir: &Path, parent: &Path) -> io::Result<bool> {
@@ -183,7 +156,9 @@ impl Pool {
     /// Makes the pool ready under `state_dir`: creates and formats a sparse image of
     /// `size_gib` GiB if needed, mounts it if not mounted, and enables quotas.
     pub fn open(state_dir: &Path, size_gib: u64) -> NResult<Self> {
-        let _lock = Lock::take(&state_dir.join("disk.lock"))?;
+        let lock = state_dir.join("disk.lock");
+        let _lock =
+            crate::sys::Flock::take(&lock, true).map_err(|e| io_err("locking", &lock, e))?;
         let dir = state_dir.join("disks");
         match std::fs::create_dir(&dir) {
             Ok(()) => {}

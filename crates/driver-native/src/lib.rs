@@ -4,7 +4,10 @@
 //! Layout of `state_dir`:
 //!
 //! * `images/<name>/rootfs` → symlink to `images/<name>/r-<nanos>`, an extracted rootfs
-//!   (replaced atomically on re-import); `images/<name>/info.json` holds its size.
+//!   (replaced atomically on re-import); `images/<name>/info.json` holds its size. A
+//!   version stays as long as a machine runs from it: re-importing or removing an image
+//!   prunes only versions no machine uses, and deleting the last machine of an old version
+//!   prunes it (`images/.lock` orders this against creates; see `image`).
 //! * `run/machines/<id>/machine.json` — what the driver knows (owner, image, address, uid
 //!   range, init pid); `config.json` — the OCI bundle config; `rootfs/`, `lower/`,
 //!   `disk/` — mount points, empty on the host: the machine's overlay (and, in tmpfs disk
@@ -67,11 +70,11 @@ pub use oci::seccomp as seccomp_profile;
 
 use async_trait::async_trait;
 use rnr_driver::{
-    Driver, ExecHandle, ExecSpec, ImageInfo, MachineInfo, MachineSpec, MachineStats, Result,
+    Driver, ExecHandle, ExecSpec, ImageStore, MachineInfo, MachineSpec, MachineStats, Result,
 };
 use std::collections::{BTreeSet, HashMap};
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
@@ -93,6 +96,8 @@ struct Inner {
     segments: tokio::sync::Mutex<BTreeSet<u32>>,
     /// The btrfs pool of the machines' writable layers (btrfs disk mode).
     pool: Option<disk::Pool>,
+    /// `images/`, the driver's image store.
+    images: image::Images,
 }
 
 /// A driver bound to one state directory and one owner.
@@ -139,15 +144,11 @@ impl Driver for NativeDriver {
         Ok(self.list_machines()?)
     }
 
-    async fn import_image(&self, name: &str, rootfs_tar: &Path) -> Result<ImageInfo> {
-        Ok(self.import_inner(name, rootfs_tar).await?)
-    }
-
     async fn stats(&self, id: &str) -> Result<Option<MachineStats>> {
         Ok(self.cgroup_stats(id)?)
     }
 
-    async fn list_images(&self) -> Result<Vec<ImageInfo>> {
-        Ok(self.list_images_inner()?)
+    fn images(&self) -> &dyn ImageStore {
+        &self.inner.images
     }
 }

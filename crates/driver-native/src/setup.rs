@@ -5,6 +5,7 @@
 use crate::alloc::Alloc;
 use crate::config::{DiskMode, NativeConfig};
 use crate::error::{io_err, NResult, NativeError};
+use crate::image::Images;
 use crate::layout::{check_traversable, machines_dir, mkdir_mode, read_meta};
 use crate::net::{self, Subnet};
 use crate::{disk, Inner, NativeDriver};
@@ -39,6 +40,7 @@ impl NativeDriver {
             check_traversable(&cfg.state_dir)?;
         }
         mkdir_mode(&cfg.state_dir.join("images"), 0o711)?;
+        let images = Images::open(&cfg.state_dir)?;
         let run = cfg.state_dir.join("run");
         mkdir_mode(&run, 0o711)?;
         disk::mount_tmpfs_once(
@@ -98,6 +100,7 @@ impl NativeDriver {
                 segments: tokio::sync::Mutex::new(BTreeSet::new()),
                 seccomp_bpf: Mutex::new(None),
                 pool,
+                images,
             }),
         })
     }

@@ -1,0 +1,117 @@
+//! The Docker driver's [`ImageStore`]: images are imported root filesystems tagged
+//! `rnr/<name>:latest` on the engine.
+//!
+//! Removing one removes its tag, forcibly: the engine then deletes the image unless a
+//! container still uses it, in which case it keeps it, untagged, for as long as such a
+//! container exists (the machines started from it keep running and can exec).
+
+use crate::{image_ref, map_err, IMAGE_REPO_PREFIX};
+use async_trait::async_trait;
+use bollard::image::{CreateImageOptions, ListImagesOptions, RemoveImageOptions};
+use bollard::Docker;
+use futures::StreamExt;
+use rnr_driver::{DriverError, ImageInfo, ImageStore, Result};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// The images of one engine (shared by every platform instance using it).
+#[derive(Clone)]
+pub(crate) struct DockerImages {
+    docker: Docker,
+}
+
+impl DockerImages {
+    pub(crate) fn new(docker: Docker) -> Self {
+        Self { docker }
+    }
+}
+
+#[async_trait]
+impl ImageStore for DockerImages {
+    async fn import(&self, name: &str, rootfs_tar: &Path) -> Result<ImageInfo> {
+        let body = tokio::fs::read(rootfs_tar)
+            .await
+            .map_err(|e| DriverError::io(rootfs_tar.display().to_string(), e))?;
+        let repo = format!("{IMAGE_REPO_PREFIX}{name}");
+        let mut progress = self.docker.create_image(
+            Some(CreateImageOptions {
+                from_src: "-",
+                repo: repo.as_str(),
+                tag: "latest",
+                ..Default::default()
+            }),
+            Some(body.into()),
+            None,
+        );
+        while let Some(msg) = progress.next().await {
+            let msg = msg.map_err(|e| DriverError::backend(name, format!("image import: {e}")))?;
+            if let Some(err) = msg.error {
+                return Err(DriverError::backend(name, format!("image import: {err}")));
+            }
+        }
+        let img = self
+            .docker
+            .inspect_image(&image_ref(name))
+            .await
+            .map_err(|_| DriverError::ImageNotFound(name.to_string()))?;
+        Ok(ImageInfo {
+            name: name.to_string(),
+            size_bytes: img.size.and_then(|s| u64::try_from(s).ok()),
+        })
+    }
+
+    async fn list(&self) -> Result<Vec<ImageInfo>> {
+        let filters = HashMap::from([(
+            "reference".to_string(),
+            vec![format!("{IMAGE_REPO_PREFIX}*")],
+        )]);
+        let images = self
+            .docker
+            .list_images(Some(ListImagesOptions {
+                all: false,
+                filters,
+                ..Default::default()
+            }))
+            .await
+            .map_err(|e| map_err("-", e))?;
+        let mut out: Vec<ImageInfo> = images
+            .into_iter()
+            .flat_map(|img| {
+                let size = u64::try_from(img.size).ok();
+                img.repo_tags.into_iter().filter_map(move |tag| {
+                    let name = tag
+                        .strip_prefix(IMAGE_REPO_PREFIX)?
+                        .strip_suffix(":latest")?;
+                    Some(ImageInfo {
+                        name: name.to_string(),
+                        size_bytes: size,
+                    })
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    async fn remove(&self, name: &str) -> Result<()> {
+        // Without force the engine refuses to untag an image a container (even a stopped
+        // one) was created from; with it, it untags it and keeps what those containers use.
+        let options = RemoveImageOptions {
+            force: true,
+            noprune: false,
+        };
+        match self
+            .docker
+            .remove_image(&image_ref(name), Some(options), None)
+            .await
+        {
+            Ok(_) => Ok(()),
+            // 400: not even a valid reference, so no image of ours.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404 | 400,
+                ..
+            }) => Err(DriverError::ImageNotFound(name.to_string())),
+            Err(e) => Err(map_err(name, e)),
+        }
+    }
+}
