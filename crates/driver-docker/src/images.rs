@@ -3,16 +3,24 @@
 //!
 //! Removing one removes its tag, forcibly: the engine then deletes the image unless a
 //! container still uses it, in which case it keeps it, untagged, for as long as such a
-//! container exists (the machines started from it keep running and can exec).
+//! container exists (the machines started from it keep running and can exec). Re-importing
+//! a name leaves the image it replaces untagged the same way. Each import and removal
+//! then prunes the untagged images this driver imported (they carry [`IMAGE_LABEL`]) that
+//! no container uses any more: the engine keeps unused untagged images forever otherwise.
 
 use crate::{image_ref, map_err, IMAGE_REPO_PREFIX};
 use async_trait::async_trait;
-use bollard::image::{CreateImageOptions, ListImagesOptions, RemoveImageOptions};
+use bollard::image::{
+    CreateImageOptions, ListImagesOptions, PruneImagesOptions, RemoveImageOptions,
+};
 use bollard::Docker;
 use futures::StreamExt;
 use rnr_driver::{DriverError, ImageInfo, ImageStore, Result};
 use std::collections::HashMap;
 use std::path::Path;
+
+/// Label of every image this driver imports (its name), so that pruning touches no other.
+pub(crate) const IMAGE_LABEL: &str = "io.rootnroll.image";
 
 /// The images of one engine (shared by every platform instance using it).
 #[derive(Clone)]
@@ -24,6 +32,23 @@ impl DockerImages {
     pub(crate) fn new(docker: Docker) -> Self {
         Self { docker }
     }
+
+    /// Deletes the untagged images this driver imported that no container uses (best
+    /// effort: what is left now goes at the next import or removal).
+    async fn prune(&self) {
+        let filters = HashMap::from([
+            // Only untagged ones: without it the engine prunes every unused image.
+            ("dangling", vec!["true"]),
+            ("label", vec![IMAGE_LABEL]),
+        ]);
+        if let Err(e) = self
+            .docker
+            .prune_images(Some(PruneImagesOptions { filters }))
+            .await
+        {
+            tracing::warn!(error = %e, "cannot prune replaced and removed images");
+        }
+    }
 }
 
 #[async_trait]
@@ -33,11 +58,13 @@ impl ImageStore for DockerImages {
             .await
             .map_err(|e| DriverError::io(rootfs_tar.display().to_string(), e))?;
         let repo = format!("{IMAGE_REPO_PREFIX}{name}");
+        let label = format!("LABEL {IMAGE_LABEL}={name}");
         let mut progress = self.docker.create_image(
             Some(CreateImageOptions {
                 from_src: "-",
                 repo: repo.as_str(),
                 tag: "latest",
+                changes: vec![label.as_str()],
                 ..Default::default()
             }),
             Some(body.into()),
@@ -54,6 +81,7 @@ impl ImageStore for DockerImages {
             .inspect_image(&image_ref(name))
             .await
             .map_err(|_| DriverError::ImageNotFound(name.to_string()))?;
+        self.prune().await;
         Ok(ImageInfo {
             name: name.to_string(),
             size_bytes: img.size.and_then(|s| u64::try_from(s).ok()),
@@ -105,7 +133,10 @@ impl ImageStore for DockerImages {
             .remove_image(&image_ref(name), Some(options), None)
             .await
         {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                self.prune().await;
+                Ok(())
+            }
             // 400: not even a valid reference, so no image of ours.
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404 | 400,
