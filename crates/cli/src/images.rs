@@ -1,13 +1,15 @@
 //! `rnr image …`: build images (Debian with debootstrap, the tiny busybox image), import
-//! tarballs, list what the driver has. Builds show progress on the terminal and one line
-//! per stage in logs.
+//! tarballs, list and remove what the driver has. Builds show progress on the terminal and
+//! one line per stage in logs.
 
 use crate::config::Config;
 use anyhow::Context;
 use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
+use rnr_driver::{Driver, DriverError};
 use rnr_images::{DebianSpec, Progress};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Subcommand)]
@@ -33,6 +35,9 @@ pub enum ImageCommand {
     Import { name: String, file: PathBuf },
     /// List the images the driver can start machines from.
     List,
+    /// Remove an image; machines started from it keep running.
+    #[command(visible_alias = "remove")]
+    Rm { name: String },
 }
 
 /// Shows progress as a bar on a terminal and as a line per stage everywhere.
@@ -83,9 +88,14 @@ impl Progress for BarProgress {
     }
 }
 
-async fn import(cfg: &Config, name: &str, tar: &Path) -> anyhow::Result<()> {
+/// The configured driver, for its images.
+async fn image_driver(cfg: &Config) -> anyhow::Result<Arc<dyn Driver>> {
     let store = crate::serve::open_store(cfg).await?;
-    let driver = crate::serve::connect_image_driver(cfg, &store).await?;
+    crate::serve::connect_image_driver(cfg, &store).await
+}
+
+async fn import(cfg: &Config, name: &str, tar: &Path) -> anyhow::Result<()> {
+    let driver = image_driver(cfg).await?;
     eprintln!(
         "importing {} as image {name} into the {} driver…",
         tar.display(),
@@ -93,7 +103,8 @@ async fn import(cfg: &Config, name: &str, tar: &Path) -> anyhow::Result<()> {
     );
     let started = Instant::now();
     let info = driver
-        .import_image(name, tar)
+        .images()
+        .import(name, tar)
         .await
         .with_context(|| format!("cannot import image {name}"))?;
     eprintln!(
@@ -116,9 +127,8 @@ pub async fn run(cfg: &Config, cmd: ImageCommand) -> anyhow::Result<()> {
             let name = name.unwrap_or_else(|| kind.clone());
             rnr_images::validate_name(&name)?;
             if if_missing {
-                let store = crate::serve::open_store(cfg).await?;
-                let driver = crate::serve::connect_image_driver(cfg, &store).await?;
-                if driver.list_images().await?.iter().any(|i| i.name == name) {
+                let driver = image_driver(cfg).await?;
+                if driver.images().list().await?.iter().any(|i| i.name == name) {
                     eprintln!("image {name} already present; nothing to build");
                     return Ok(());
                 }
@@ -167,10 +177,9 @@ pub async fn run(cfg: &Config, cmd: ImageCommand) -> anyhow::Result<()> {
             import(cfg, &name, &file).await
         }
         ImageCommand::List => {
-            let store = crate::serve::open_store(cfg).await?;
-            let driver = crate::serve::connect_image_driver(cfg, &store).await?;
+            let driver = image_driver(cfg).await?;
             println!("{:<24} {:>10}", "NAME", "SIZE");
-            for img in driver.list_images().await? {
+            for img in driver.images().list().await? {
                 let size = img
                     .size_bytes
                     .map(|s| format!("{:.1} MB", s as f64 / 1e6))
@@ -178,6 +187,21 @@ pub async fn run(cfg: &Config, cmd: ImageCommand) -> anyhow::Result<()> {
                 println!("{:<24} {:>10}", img.name, size);
             }
             Ok(())
+        }
+        ImageCommand::Rm { name } => {
+            let driver = image_driver(cfg).await?;
+            match driver.images().remove(&name).await {
+                Ok(()) => {
+                    eprintln!("removed image {name}; machines started from it keep running");
+                    Ok(())
+                }
+                Err(DriverError::ImageNotFound(_)) => anyhow::bail!(
+                    "no image named {name:?} in the {} driver; `rnr image list` shows the \
+                     images there are",
+                    driver.name()
+                ),
+                Err(e) => Err(anyhow::Error::new(e).context(format!("cannot remove image {name}"))),
+            }
         }
     }
 }

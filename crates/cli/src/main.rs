@@ -45,7 +45,7 @@ enum Command {
     /// Manage API keys (works while `rnr serve` runs).
     #[command(subcommand)]
     Apikey(ApikeyCommand),
-    /// Build, import and list machine images.
+    /// Build, import, list and remove machine images.
     #[command(subcommand)]
     Image(images::ImageCommand),
     /// Manage machines through a running platform's API.

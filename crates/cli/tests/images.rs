@@ -1,5 +1,5 @@
-//! `rnr image …` against the real Docker Engine: build, import, list, and clear errors for
-//! bad input.
+//! `rnr image …` against the real Docker Engine: build, import, list, remove, and clear
+//! errors for bad input.
 
 mod common;
 
@@ -78,9 +78,22 @@ fn build_import_and_list_images() {
     let out = run(&["image", "list"], dir.path());
     assert!(!String::from_utf8_lossy(&out.stdout).contains("junk"));
 
-    for name in ["tiny-cli-test", "tiny-imported"] {
-        let _ = std::process::Command::new("docker")
-            .args(["rmi", "-f", &format!("rnr/{name}:latest")])
-            .output();
+    for name in ["tiny-imported", "tiny-cli-test"] {
+        let out = run(&["image", "rm", name], dir.path());
+        assert!(
+            out.status.success(),
+            "rm {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = run(&["image", "list"], dir.path());
+        assert!(!String::from_utf8_lossy(&out.stdout).contains(name));
     }
+    // Unknown: an error that names it and says where to look.
+    let out = run(&["image", "rm", "tiny-imported"], dir.path());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no image named \"tiny-imported\"") && err.contains("rnr image list"),
+        "{err}"
+    );
 }

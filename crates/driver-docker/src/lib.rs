@@ -3,7 +3,8 @@
 //! Machines get memory/CPU/pids limits, a hostname, labels marking their owner, and an
 //! address on a platform-owned bridge network with inter-container traffic disabled. A
 //! machine without outbound access sits on an `internal` network; one with it on a second
-//! network that is NATed out. Images are imported root filesystems named `rnr/<name>`.
+//! network that is NATed out. Images are imported root filesystems named `rnr/<name>`
+//! (`images.rs`).
 //!
 //! Each machine's filesystem is capped at [`DockerConfig::disk_mib`] (`--storage-opt size=`)
 //! when the engine's storage driver can do it (btrfs, zfs, overlay2 on xfs with pquota; see
@@ -11,6 +12,7 @@
 
 mod disk;
 mod firewall;
+mod images;
 
 use async_trait::async_trait;
 use bollard::container::{
@@ -18,19 +20,18 @@ use bollard::container::{
     RemoveContainerOptions, StatsOptions,
 };
 use bollard::exec::{CreateExecOptions, ResizeExecOptions, StartExecOptions, StartExecResults};
-use bollard::image::{CreateImageOptions, ListImagesOptions};
 use bollard::models::{ContainerInspectResponse, ContainerSummary, EndpointSettings, HostConfig};
 use bollard::network::{CreateNetworkOptions, ListNetworksOptions};
 use bollard::Docker;
 use futures::{StreamExt, TryStreamExt};
 use rnr_driver::{
-    AgentChannel, Driver, DriverError, ExecHandle, ExecProcess, ExecSpec, ImageInfo, MachineInfo,
+    AgentChannel, Driver, DriverError, ExecHandle, ExecProcess, ExecSpec, ImageStore, MachineInfo,
     MachineSpec, MachineStats, MachineStatus, OutputChunk, Result, TtySize, MACHINE_LABEL,
     OWNER_LABEL,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -69,6 +70,7 @@ pub struct DockerDriver {
     /// Whether creates pass the disk size to the engine: configured, and not (or not yet)
     /// refused by its storage driver.
     quota: Arc<AtomicBool>,
+    images: images::DockerImages,
 }
 
 fn map_err(id: &str, e: bollard::errors::Error) -> DriverError {
@@ -121,6 +123,7 @@ impl DockerDriver {
             tracing::warn!("{}", storage.no_quota_warning());
         }
         let driver = Self {
+            images: images::DockerImages::new(docker.clone()),
             docker,
             cfg: Arc::new(cfg),
             storage: Arc::new(storage),
@@ -650,38 +653,6 @@ impl Driver for DockerDriver {
             .collect())
     }
 
-    async fn import_image(&self, name: &str, rootfs_tar: &Path) -> Result<ImageInfo> {
-        let body = tokio::fs::read(rootfs_tar)
-            .await
-            .map_err(|e| DriverError::io(rootfs_tar.display().to_string(), e))?;
-        let repo = format!("{IMAGE_REPO_PREFIX}{name}");
-        let mut progress = self.docker.create_image(
-            Some(CreateImageOptions {
-                from_src: "-",
-                repo: repo.as_str(),
-                tag: "latest",
-                ..Default::default()
-            }),
-            Some(body.into()),
-            None,
-        );
-        while let Some(msg) = progress.next().await {
-            let msg = msg.map_err(|e| DriverError::backend(name, format!("image import: {e}")))?;
-            if let Some(err) = msg.error {
-                return Err(DriverError::backend(name, format!("image import: {err}")));
-            }
-        }
-        let img = self
-            .docker
-            .inspect_image(&image_ref(name))
-            .await
-            .map_err(|_| DriverError::ImageNotFound(name.to_string()))?;
-        Ok(ImageInfo {
-            name: name.to_string(),
-            size_bytes: img.size.and_then(|s| u64::try_from(s).ok()),
-        })
-    }
-
     async fn stats(&self, id: &str) -> Result<Option<MachineStats>> {
         let mut stream = self.docker.stats(
             &container_name(id),
@@ -701,37 +672,8 @@ impl Driver for DockerDriver {
         }))
     }
 
-    async fn list_images(&self) -> Result<Vec<ImageInfo>> {
-        let filters = HashMap::from([(
-            "reference".to_string(),
-            vec![format!("{IMAGE_REPO_PREFIX}*")],
-        )]);
-        let images = self
-            .docker
-            .list_images(Some(ListImagesOptions {
-                all: false,
-                filters,
-                ..Default::default()
-            }))
-            .await
-            .map_err(|e| map_err("-", e))?;
-        let mut out: Vec<ImageInfo> = images
-            .into_iter()
-            .flat_map(|img| {
-                let size = u64::try_from(img.size).ok();
-                img.repo_tags.into_iter().filter_map(move |tag| {
-                    let name = tag
-                        .strip_prefix(IMAGE_REPO_PREFIX)?
-                        .strip_suffix(":latest")?;
-                    Some(ImageInfo {
-                        name: name.to_string(),
-                        size_bytes: size,
-                    })
-                })
-            })
-            .collect();
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+    fn images(&self) -> &dyn ImageStore {
+        &self.images
     }
 }
 

@@ -33,7 +33,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let driver = NativeDriver::new(cfg).await?;
     println!("disk mode: {:?}", driver.disk_mode());
     driver
-        .import_image("tiny", std::path::Path::new(tar))
+        .images()
+        .import("tiny", std::path::Path::new(tar))
         .await?;
     let mut times = Vec::new();
     let mut create_times = Vec::new();

@@ -8,7 +8,7 @@
 //! enabled once per filesystem. Everything on the machine-creation path is a handful of
 //! ioctls; no `btrfs` command is spawned.
 
-use crate::error::{NResult, NativeError};
+use crate::error::{io_err, NResult, NativeError};
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -83,10 +83,6 @@ struct LoopConfig {
     reserved: [u64; 8],
 }
 
-fn io_err(what: impl std::fmt::Display, path: &Path, e: io::Error) -> NativeError {
-    NativeError::io(format!("{what} {}", path.display()), e)
-}
-
 fn cpath(p: &Path) -> io::Result<CString> {
     crate::sys::cpath(p)
 }
@@ -134,7 +130,7 @@ pub fn available(state_dir: &Path, proc_root: &Path) -> Result<(), String> {
     if !Path::new("/dev/loop-control").exists() {
         return Err("no /dev/loop-control (loop devices)".into());
     }
-    if !state_dir.join("disk.img").exists() && !crate::on_path("mkfs.btrfs") {
+    if !state_dir.join("disk.img").exists() && !crate::config::on_path("mkfs.btrfs") {
         return Err("mkfs.btrfs not found on PATH (apt-get install btrfs-progs)".into());
     }
     Ok(())
@@ -150,33 +146,6 @@ pub struct Pool {
     image: Option<PathBuf>,
 }
 
-/// Holds an exclusive flock(2) on a file while alive.
-struct Lock(OwnedFd);
-
-impl Lock {
-    fn take(path: &Path) -> NResult<Self> {
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .map_err(|e| io_err("opening", path, e))?;
-        let fd = OwnedFd::from(f);
-        // SAFETY: flock(2) on a valid fd.
-        if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX) } < 0 {
-            return Err(io_err("locking", path, io::Error::last_os_error()));
-        }
-        Ok(Self(fd))
-    }
-}
-
-impl Drop for Lock {
-    fn drop(&mut self) {
-        // SAFETY: flock(2) on the fd this lock owns.
-        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
-    }
-}
-
 /// Whether `dir` is the root of a filesystem mounted on it (its device differs from its
 /// parent's).
 fn is_mount_point(dir: &Path, parent: &Path) -> io::Result<bool> {
@@ -187,7 +156,9 @@ impl Pool {
     /// Makes the pool ready under `state_dir`: creates and formats a sparse image of
     /// `size_gib` GiB if needed, mounts it if not mounted, and enables quotas.
     pub fn open(state_dir: &Path, size_gib: u64) -> NResult<Self> {
-        let _lock = Lock::take(&state_dir.join("disk.lock"))?;
+        let lock = state_dir.join("disk.lock");
+        let _lock =
+            crate::sys::Flock::take(&lock, true).map_err(|e| io_err("locking", &lock, e))?;
         let dir = state_dir.join("disks");
         match std::fs::create_dir(&dir) {
             Ok(()) => {}

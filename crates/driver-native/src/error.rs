@@ -76,5 +76,14 @@ impl From<NativeError> for DriverError {
     }
 }
 
+/// An I/O error of `what` (an action) on `path`.
+pub(crate) fn io_err(
+    what: impl std::fmt::Display,
+    path: &std::path::Path,
+    e: std::io::Error,
+) -> NativeError {
+    NativeError::io(format!("{what} {}", path.display()), e)
+}
+
 /// Result with the crate's error.
 pub type NResult<T> = std::result::Result<T, NativeError>;

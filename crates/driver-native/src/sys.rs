@@ -1,7 +1,7 @@
 //! Raw Linux plumbing: the private mount namespace every runtime call runs in (hiding
 //! cgroup2's controllers from crun on hybrid hosts, and holding a machine's overlay out of
 //! the host's mount table), idmapped mounts, user namespaces with a given id map, and
-//! pty helpers (receiving a master over a unix socket, setting its size).
+//! pty helpers (receiving a master over a unix socket, setting its size), and file locks.
 
 use std::ffi::CString;
 use std::io;
@@ -307,4 +307,37 @@ pub fn proc_start(proc_root: &Path, pid: i32) -> Option<(u64, bool)> {
     // After the state, field 22 overall is the 19th remaining one.
     let start = fields.nth(18)?.parse().ok()?;
     Some((start, state == "Z" || state == "X"))
+}
+
+/// An flock(2) on a file, held while alive.
+pub struct Flock(OwnedFd);
+
+impl Flock {
+    /// Waits for the lock on `path` (created if missing): exclusive, or shared with other
+    /// shared holders.
+    pub fn take(path: &Path, exclusive: bool) -> io::Result<Self> {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)?;
+        let fd = OwnedFd::from(f);
+        let op = if exclusive {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_SH
+        };
+        // SAFETY: flock(2) on a valid fd.
+        if unsafe { libc::flock(fd.as_raw_fd(), op) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self(fd))
+    }
+}
+
+impl Drop for Flock {
+    fn drop(&mut self) {
+        // SAFETY: flock(2) on the fd this lock owns.
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+    }
 }

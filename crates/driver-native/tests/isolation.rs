@@ -8,6 +8,7 @@ async fn setup() -> rnr_driver::conformance::Harness {
     rnr_driver::conformance::Harness {
         driver: common::driver(common::Flavour::Userns).await,
         image: common::IMAGE.to_string(),
+        rootfs_tar: common::tiny_tar().await,
     }
 }
 

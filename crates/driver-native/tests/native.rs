@@ -1,6 +1,7 @@
 //! Native-driver specifics beyond the shared suite: init robustness, cgroup limits as the
 //! host sees them, adoption by a new driver, network isolation, user namespaces, the
-//! per-machine disk quota, and that nothing leaks into the host's mount table.
+//! per-machine disk quota, image versions outliving their image for running machines, and
+//! that nothing leaks into the host's mount table.
 //! Needs root, crun, iproute2, iptables, /bin/busybox (busybox-static) and mkfs.btrfs
 //! (btrfs-progs).
 
@@ -320,6 +321,57 @@ async fn adopted_by_new_driver_and_cleaned_up() {
         .join("machines")
         .join(&s.id)
         .exists());
+}
+
+/// Names in `dir`, sorted; none when it does not exist.
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_versions_live_as_long_as_their_machines() {
+    let d = driver(Flavour::Plain).await;
+    let tar = common::tiny_tar().await;
+    let images_dir = d.config().state_dir.join("images");
+    let name = format!("vers-{}", std::process::id());
+    let dir = images_dir.join(&name);
+    let versions = || -> Vec<String> {
+        entries(&dir)
+            .into_iter()
+            .filter(|e| e.starts_with("r-"))
+            .collect()
+    };
+    d.images().import(&name, &tar).await.expect("import");
+    let first = versions();
+    assert_eq!(first.len(), 1, "{first:?}");
+    let mut s = spec("vers");
+    s.image = name.clone();
+    d.create(&s).await.expect("create");
+
+    // Re-imported: the running machine's version stays beside the new one.
+    d.images().import(&name, &tar).await.expect("re-import");
+    let both = versions();
+    assert_eq!(both.len(), 2, "{both:?}");
+    assert!(both.contains(&first[0]), "{both:?}");
+    // Removed: the unused new version goes at once, the machine's stays.
+    d.images().remove(&name).await.expect("remove");
+    assert_eq!(versions(), first);
+    assert!(!dir.join("rootfs").exists());
+    let (code, out, _) = sh(&d, &s.id, "ls /bin/busybox").await;
+    assert_eq!((code, out.as_str()), (Some(0), "/bin/busybox\n"));
+
+    // Its last machine deleted, nothing of the image is left.
+    d.delete(&s.id).await.expect("delete");
+    assert!(!dir.exists(), "{:?}", entries(&dir));
+    let left = entries(&images_dir);
+    assert!(left.iter().all(|e| !e.starts_with(".gc-")), "{left:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

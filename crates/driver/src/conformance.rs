@@ -4,9 +4,9 @@
 //! `async fn() -> Harness` building a fresh driver for that backend.
 
 use crate::{
-    collect, AgentChannel, Driver, DriverError, ExecHandle, ExecRequest, ExecSpec, ImageInfo,
-    Limits, MachineInfo, MachineSpec, MachineStats, MachineStatus, NetworkSpec, OutputChunk,
-    Result, TtySize,
+    collect, AgentChannel, Driver, DriverError, ExecHandle, ExecRequest, ExecSpec, Limits,
+    MachineInfo, MachineSpec, MachineStats, MachineStatus, NetworkSpec, OutputChunk, Result,
+    TtySize,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -25,6 +25,9 @@ use tokio::io::AsyncWriteExt;
 pub struct Harness {
     pub driver: Arc<dyn Driver>,
     pub image: String,
+    /// A root filesystem tarball the driver can import (the one `image` came from), for
+    /// the tests of its image store.
+    pub rootfs_tar: PathBuf,
 }
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -285,6 +288,63 @@ pub async fn unknown_image_is_refused(h: Harness) {
     ));
 }
 
+pub async fn removed_image_keeps_its_machines(h: Harness) {
+    let images = h.driver.images();
+    let name = unique_id("img");
+    let info = images
+        .import(&name, &h.rootfs_tar)
+        .await
+        .unwrap_or_else(|e| panic!("import {}: {e}", h.rootfs_tar.display()));
+    assert_eq!(info.name, name);
+    let listed = images.list().await.expect("list");
+    assert!(
+        listed.iter().any(|i| i.name == name),
+        "{name} listed after import: {listed:?}"
+    );
+    let mut before = spec(&h, "imgbefore");
+    before.image = name.clone();
+    let _gb = Cleanup::new(&h, &before.id);
+    h.driver
+        .create(&before)
+        .await
+        .expect("create from the image");
+
+    images.remove(&name).await.expect("remove");
+    let listed = images.list().await.expect("list");
+    assert!(
+        !listed.iter().any(|i| i.name == name),
+        "{name} not listed after removal: {listed:?}"
+    );
+    let mut after = spec(&h, "imgafter");
+    after.image = name.clone();
+    let _ga = Cleanup::new(&h, &after.id);
+    match h.driver.create(&after).await {
+        Err(DriverError::ImageNotFound(n)) => assert_eq!(n, name),
+        other => panic!("create from a removed image: expected ImageNotFound, got {other:?}"),
+    }
+    match images.remove(&name).await {
+        Err(DriverError::ImageNotFound(n)) => assert_eq!(n, name),
+        other => panic!("second removal: expected ImageNotFound, got {other:?}"),
+    }
+
+    // The machine started before keeps running, with the image's files.
+    let info = h.driver.inspect(&before.id).await.expect("inspect");
+    assert_eq!(info.status, MachineStatus::Running);
+    let out = sh(
+        &h,
+        &before.id,
+        "cut -d: -f1 /etc/passwd | head -n 1; echo still here",
+    )
+    .await;
+    assert_eq!(
+        text(&out.stdout),
+        "root\nstill here\n",
+        "stderr: {}",
+        text(&out.stderr)
+    );
+    h.driver.delete(&before.id).await.expect("delete");
+}
+
 pub async fn memory_limit_kills_process_not_machine(h: Harness) {
     let spec = spec(&h, "oom");
     let _guard = Cleanup::new(&h, &spec.id);
@@ -395,6 +455,7 @@ impl ViaAgent {
                 framed,
             }),
             image: h.image,
+            rootfs_tar: h.rootfs_tar,
         }
     }
 }
@@ -424,11 +485,8 @@ impl Driver for ViaAgent {
     async fn list(&self) -> Result<Vec<MachineInfo>> {
         self.inner.list().await
     }
-    async fn import_image(&self, name: &str, rootfs_tar: &Path) -> Result<ImageInfo> {
-        self.inner.import_image(name, rootfs_tar).await
-    }
-    async fn list_images(&self) -> Result<Vec<ImageInfo>> {
-        self.inner.list_images().await
+    fn images(&self) -> &dyn crate::ImageStore {
+        self.inner.images()
     }
     async fn stats(&self, id: &str) -> Result<Option<MachineStats>> {
         self.inner.stats(id).await
@@ -472,6 +530,7 @@ pub async fn agent_exec_users_and_failures(h: Harness) {
             Harness {
                 driver: h.driver.clone(),
                 image: h.image.clone(),
+                rootfs_tar: h.rootfs_tar.clone(),
             },
             framed,
         );
@@ -701,6 +760,7 @@ macro_rules! conformance_tests {
             exec_tty_and_resize,
             list_and_inspect,
             unknown_image_is_refused,
+            removed_image_keeps_its_machines,
             memory_limit_kills_process_not_machine,
             pids_limit_stops_fork_bomb,
             stats_are_plausible

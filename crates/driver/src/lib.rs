@@ -8,6 +8,7 @@
 pub mod agent;
 mod error;
 mod exec;
+mod images;
 pub mod process;
 pub mod stdio;
 mod types;
@@ -23,13 +24,13 @@ pub use exec::{
     collect, collect_handle, ExecHandle, ExecOutcome, ExecProcess, ExecRequest, OutputChunk,
     OutputStream, Stdin,
 };
+pub use images::ImageStore;
 pub use types::{
     ExecSpec, ImageInfo, Limits, MachineInfo, MachineSpec, MachineStats, MachineStatus,
     NetworkSpec, TtySize,
 };
 
 use async_trait::async_trait;
-use std::path::Path;
 
 /// Label/annotation key a driver stamps on every machine it creates, carrying the owner
 /// (the platform instance). `list` returns only machines carrying the driver's owner.
@@ -71,12 +72,11 @@ pub trait Driver: Send + Sync + 'static {
     /// Every machine this driver's owner has, running or not, for reconciliation.
     async fn list(&self) -> Result<Vec<MachineInfo>>;
 
-    /// Imports a root filesystem tarball (uncompressed tar of `/`) as image `name`,
-    /// replacing an image of that name.
-    async fn import_image(&self, name: &str, rootfs_tar: &Path) -> Result<ImageInfo>;
-
-    /// Images this driver can start machines from.
-    async fn list_images(&self) -> Result<Vec<ImageInfo>>;
+    /// The images this driver starts machines from. A borrow rather than an `Arc`: the
+    /// store is part of the driver and lives exactly as long as it, so no backend has to
+    /// keep it in an `Arc` of its own; a caller that needs it beyond one borrow (a spawned
+    /// task) keeps the `Arc<dyn Driver>` and asks again.
+    fn images(&self) -> &dyn ImageStore;
 
     /// Current resource use of a machine, for operators; `None` when the backend cannot
     /// tell.

@@ -7,10 +7,12 @@
 use rnr_driver::conformance::Harness;
 use rnr_driver::Driver;
 use rnr_driver_docker::{DockerConfig, DockerDriver};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::OnceCell;
 
 static IMPORTED: OnceCell<()> = OnceCell::const_new();
+static TAR: OnceCell<PathBuf> = OnceCell::const_new();
 
 /// Each test machine's disk: well below the isolation suite's 1 GiB fill, well above the
 /// tiny image's 2 MB.
@@ -23,6 +25,7 @@ pub async fn harness(suite: &str, image: &str) -> Harness {
     Harness {
         driver: Arc::new(driver),
         image: image.into(),
+        rootfs_tar: tiny_tar().await,
     }
 }
 
@@ -43,6 +46,7 @@ pub async fn harness_with_disk_quota(suite: &str, image: &str) -> Harness {
     Harness {
         driver: Arc::new(driver),
         image: image.into(),
+        rootfs_tar: tiny_tar().await,
     }
 }
 
@@ -59,19 +63,34 @@ async fn connect(suite: &str) -> DockerDriver {
     .expect("docker engine reachable at /var/run/docker.sock")
 }
 
+/// The tiny busybox rootfs tarball, built once per test binary into cargo's scratch dir
+/// for tests (one file there, replaced by each build, so that nothing accumulates).
+async fn tiny_tar() -> PathBuf {
+    TAR.get_or_init(|| async {
+        let scratch = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let dir = tempfile::tempdir_in(scratch).expect("tempdir");
+        let built = dir.path().join("tiny.tar");
+        let (d, t) = (dir.path().to_path_buf(), built.clone());
+        tokio::task::spawn_blocking(move || {
+            rnr_images::build_tiny("/bin/busybox".as_ref(), &d, &t, &rnr_images::NoProgress)
+        })
+        .await
+        .expect("join")
+        .expect("tiny image builds");
+        // Atomic: test binaries running side by side each replace it with the same content.
+        let tar = scratch.join("docker-tiny.tar");
+        std::fs::rename(&built, &tar).expect("move the tiny tarball into place");
+        tar
+    })
+    .await
+    .clone()
+}
+
 async fn import(driver: &DockerDriver, image: &str) {
     IMPORTED
         .get_or_init(|| async {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let tar = dir.path().join("tiny.tar");
-            let (d, t) = (dir.path().to_path_buf(), tar.clone());
-            tokio::task::spawn_blocking(move || {
-                rnr_images::build_tiny("/bin/busybox".as_ref(), &d, &t, &rnr_images::NoProgress)
-            })
-            .await
-            .expect("join")
-            .expect("tiny image builds");
-            driver.import_image(image, &tar).await.expect("import");
+            let tar = tiny_tar().await;
+            driver.images().import(image, &tar).await.expect("import");
         })
         .await;
 }

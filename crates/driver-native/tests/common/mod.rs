@@ -109,7 +109,8 @@ static TMPFS: OnceCell<Arc<NativeDriver>> = OnceCell::const_new();
 static RUNTIME: OnceCell<Arc<NativeDriver>> = OnceCell::const_new();
 static TAR: OnceCell<PathBuf> = OnceCell::const_new();
 
-async fn tiny_tar() -> PathBuf {
+/// The busybox rootfs tarball [`IMAGE`] is imported from, built once per test process.
+pub async fn tiny_tar() -> PathBuf {
     TAR.get_or_init(|| async {
         let dir = tempfile::Builder::new()
             .prefix("rnr-native-img-")
@@ -208,7 +209,8 @@ async fn new_driver(f: Flavour) -> Arc<NativeDriver> {
     register_atexit();
     CREATED.lock().unwrap().push((driver.clone(), dir));
     driver
-        .import_image(IMAGE, &tiny_tar().await)
+        .images()
+        .import(IMAGE, &tiny_tar().await)
         .await
         .expect("import tiny image");
     driver
@@ -219,6 +221,7 @@ pub async fn harness() -> rnr_driver::conformance::Harness {
     rnr_driver::conformance::Harness {
         driver: driver(Flavour::Plain).await,
         image: IMAGE.to_string(),
+        rootfs_tar: tiny_tar().await,
     }
 }
 
@@ -227,5 +230,6 @@ pub async fn runtime_harness() -> rnr_driver::conformance::Harness {
     rnr_driver::conformance::Harness {
         driver: driver(Flavour::Runtime).await,
         image: IMAGE.to_string(),
+        rootfs_tar: tiny_tar().await,
     }
 }
