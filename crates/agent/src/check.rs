@@ -690,3 +690,77 @@ fn service(c: &ServiceCheck, timeout: Duration) -> Eval {
         format!("service {name} is not running ({how})"),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rnr_agent_proto::check::{HttpCheck, Method, Mode};
+
+    fn file_mode(path: &str, mode: u32) -> CheckKind {
+        CheckKind::File(FileCheck {
+            path: path.into(),
+            exists: true,
+            file_type: Some(FileType::File),
+            mode: Some(Mode(mode)),
+            owner: None,
+            group: None,
+            contains: None,
+            matches: None,
+            target: None,
+        })
+    }
+
+    #[test]
+    fn each_kind_is_judged_by_its_own_fields() {
+        let path = std::env::temp_dir().join(format!("rnr-agent-check-{}", std::process::id()));
+        std::fs::write(&path, "x").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let p = path.to_str().unwrap();
+        let scripts = BTreeMap::from([(
+            "checks/no.sh".to_string(),
+            "#!/bin/sh\necho 'FAIL: not yet'\nexit 3\n".to_string(),
+        )]);
+        let script = |s: &str| {
+            CheckKind::Script(ScriptCheck {
+                script: s.to_string(),
+            })
+        };
+        let http = CheckKind::Http(HttpCheck {
+            port: 80,
+            path: "/".into(),
+            method: Method::Get,
+            status: 200,
+            body: None,
+            header: None,
+        });
+        let outcomes: Vec<_> = [
+            Check::new("mode", file_mode(p, 0o640)),
+            Check::new("wrong-mode", file_mode(p, 0o600)),
+            Check::new("script", script("checks/no.sh")),
+            Check::new("no-text", script("checks/missing.sh")),
+            Check::new("http", http),
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, c)| run_one(i, c, &scripts))
+        .collect();
+        let _ = std::fs::remove_file(&path);
+        let got: Vec<_> = outcomes
+            .iter()
+            .map(|o| (o.name.as_str(), o.status, o.message.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("mode", Status::Passed, None),
+                ("wrong-mode", Status::Failed, None),
+                ("script", Status::Failed, Some("not yet")),
+                ("no-text", Status::Errored, None),
+                ("http", Status::Errored, None),
+            ],
+            "{outcomes:#?}"
+        );
+        assert!(outcomes[1].detail.ends_with("is 0640, expected 0600"));
+        assert!(outcomes[4].detail.contains("runs on the host"));
+    }
+}
