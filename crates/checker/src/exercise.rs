@@ -478,7 +478,7 @@ message = "m"
             "20:19: check \"slow\": field \"timeout_seconds\": invalid type: string \"long\"",
             "23:1: check #4 has no \"name\"",
             "28:1: check \"kindless\" has no \"kind\" (one of file, user,",
-            "36:10: check \"how\": field \"method\" of kind \"http\": unknown variant `get`, \
+            "36:10: check \"how\": field \"method\" of kind \"http\": unknown value `get`, \
              expected one of `GET`,",
             "40:1: check \"ps\": kind \"process\" needs field \"process\" or \"cmdline\"",
         ];

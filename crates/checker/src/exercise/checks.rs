@@ -79,7 +79,11 @@ fn deserializer(table: &Table, keep: impl Fn(&str) -> bool) -> toml_edit::de::Va
 
 /// Reports a serde error at the field it is about.
 fn report_serde(r: &mut Report<'_>, at: &At<'_>, who: &str, kind: &str, e: &toml_edit::de::Error) {
-    let msg = e.message();
+    // serde's word for a value outside an enum means nothing to an exercise's author.
+    let msg = match e.message().strip_prefix("unknown variant ") {
+        Some(rest) => format!("unknown value {rest}"),
+        None => e.message().to_string(),
+    };
     let about = e.span().and_then(|s| at.field_at(s.start));
     match about {
         Some(f) => r.at(e.span(), format!("{}: {msg}", field(who, f, kind))),
