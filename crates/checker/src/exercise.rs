@@ -203,6 +203,8 @@ impl Exercise {
             }
         };
         let spans = Spans(&doc);
+        // The checks are read table by table (`checks::validate`), so that a wrong one does
+        // not hide the problems of the others.
         let mut root = doc.as_table().clone();
         let check_tables = root.remove("check");
         let header = toml_edit::Value::InlineTable(root.into_inline_table());

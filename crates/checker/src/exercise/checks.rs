@@ -61,9 +61,14 @@ fn who(table: &Table, index: usize) -> String {
     }
 }
 
+/// A field every check takes, whatever its kind.
+fn is_common(field: &str) -> bool {
+    Check::COMMON_FIELDS.contains(&field) || field == Check::TAG
+}
+
 /// `check "x": field "f" of kind "k"`, or without the kind for the common fields.
 fn field(who: &str, field: &str, kind: &str) -> String {
-    if Check::COMMON_FIELDS.contains(&field) || field == Check::TAG {
+    if is_common(field) {
         format!("{who}: field {field:?}")
     } else {
         format!("{who}: field {field:?} of kind {kind:?}")
@@ -133,10 +138,9 @@ fn read(table: &Table, index: usize, r: &mut Report<'_>) -> Option<Check> {
         },
     };
     let own = CheckKind::fields(kind).unwrap_or_default();
-    let common = |k: &str| Check::COMMON_FIELDS.contains(&k) || k == Check::TAG;
     let mut stray = HashSet::new();
     for (k, _) in table.iter() {
-        if common(k) || own.contains(&k) {
+        if is_common(k) || own.contains(&k) {
             continue;
         }
         let elsewhere = CheckKind::NAMES
