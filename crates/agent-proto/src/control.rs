@@ -250,7 +250,7 @@ pub fn parse_reply(tag: u8, payload: &[u8]) -> Result<Reply, FrameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::check::{Check, Status};
+    use crate::check::{Check, CheckKind, ScriptCheck, Status};
 
     fn round_trip_request(req: Request) {
         let bytes = encode_request(&req);
@@ -275,12 +275,13 @@ mod tests {
             stdio: Stdio::Framed,
         }));
         round_trip_request(Request::Check(Suite {
-            checks: vec![Check {
-                name: "x".into(),
-                kind: "file".into(),
-                path: Some("/etc/x".into()),
-                ..Default::default()
-            }],
+            checks: vec![Check::new(
+                "x",
+                CheckKind::Script(ScriptCheck {
+                    script: "checks/x.sh".into(),
+                }),
+            )],
+            scripts: [("checks/x.sh".into(), "exit 0".into())].into(),
         }));
     }
 

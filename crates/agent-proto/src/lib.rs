@@ -23,6 +23,7 @@
 pub mod check;
 pub mod control;
 pub mod fdpass;
+mod fields;
 pub mod frame;
 pub mod session;
 

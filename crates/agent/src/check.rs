@@ -8,8 +8,11 @@
 
 use crate::accounts::{groups, passwd, GroupEntry, PasswdEntry};
 use regex::Regex;
-use rnr_agent_proto::check::{Check, Outcome, Status, Suite};
-use std::collections::BTreeSet;
+use rnr_agent_proto::check::{
+    Check, CheckKind, CommandCheck, FileCheck, FileType, GroupCheck, Outcome, PackageCheck,
+    PortCheck, ProcessCheck, ScriptCheck, ServiceCheck, Status, Suite, UserCheck,
+};
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -18,7 +21,6 @@ use std::process::{Command, ExitCode, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const DEFAULT_TIMEOUT: f64 = 10.0;
 /// Files larger than this are compared by their first 16 MiB only.
 const MAX_READ: u64 = 16 << 20;
 
@@ -37,12 +39,13 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let scripts = &suite.scripts;
     let outcomes: Vec<Outcome> = std::thread::scope(|scope| {
         let handles: Vec<_> = suite
             .checks
             .iter()
             .enumerate()
-            .map(|(i, c)| scope.spawn(move || run_one(i, c)))
+            .map(|(i, c)| scope.spawn(move || run_one(i, c, scripts)))
             .collect();
         handles
             .into_iter()
@@ -72,12 +75,12 @@ pub fn main() -> ExitCode {
 }
 
 /// Evaluates one check, re-evaluating a failure until its retry window closes.
-fn run_one(index: usize, c: &Check) -> Outcome {
+fn run_one(index: usize, c: &Check, scripts: &BTreeMap<String, String>) -> Outcome {
     let started = Instant::now();
-    let window = Duration::from_secs_f64(c.retry_seconds.unwrap_or(0.0).max(0.0));
+    let window = c.retry_window();
     let mut message = None;
     let (status, detail) = loop {
-        let res = evaluate(index, c, &mut message);
+        let res = evaluate(index, c, scripts, &mut message);
         let (status, detail) = match res {
             Ok((true, d)) => (Status::Passed, d),
             Ok((false, d)) => (Status::Failed, d),
@@ -97,24 +100,27 @@ fn run_one(index: usize, c: &Check) -> Outcome {
     }
 }
 
-fn evaluate(index: usize, c: &Check, message: &mut Option<String>) -> Eval {
-    match c.kind.as_str() {
-        "file" => file(c),
-        "user" => user(c),
-        "group" => group(c),
-        "package" => package(c),
-        "process" => process(c),
-        "port" => port(c),
-        "command" => command(c),
-        "script" => script(index, c, message),
-        "service" => service(c),
-        other => Err(format!("kind {other:?} cannot be evaluated in the machine")),
+fn evaluate(
+    index: usize,
+    c: &Check,
+    scripts: &BTreeMap<String, String>,
+    message: &mut Option<String>,
+) -> Eval {
+    match &c.kind {
+        CheckKind::File(f) => file(f),
+        CheckKind::User(u) => user(u),
+        CheckKind::Group(g) => group(g),
+        CheckKind::Package(p) => package(p),
+        CheckKind::Process(p) => process(p),
+        CheckKind::Port(p) => port(p),
+        CheckKind::Command(cmd) => command(cmd, c.timeout()),
+        CheckKind::Script(s) => script(index, c, s, scripts, message),
+        CheckKind::Service(s) => service(s, c.timeout()),
+        CheckKind::Http(_) | CheckKind::Pytest(_) => Err(format!(
+            "a {} check runs on the host, not in the machine",
+            c.kind.name()
+        )),
     }
-}
-
-fn need<'a>(v: &'a Option<String>, field: &str) -> Result<&'a str, String> {
-    v.as_deref()
-        .ok_or_else(|| format!("the check has no `{field}`"))
 }
 
 fn regex(pattern: &str, field: &str) -> Result<Regex, String> {
@@ -167,20 +173,13 @@ fn groups_of(u: &PasswdEntry, all: &[GroupEntry]) -> BTreeSet<String> {
 
 // ---------------------------------------------------------------- file
 
-fn parse_mode(s: &str) -> Result<u32, String> {
-    u32::from_str_radix(s.trim_start_matches("0o"), 8)
-        .ok()
-        .filter(|m| *m <= 0o7777)
-        .ok_or_else(|| format!("mode {s:?} is not an octal mode such as \"0644\""))
-}
-
 fn same_id(want: &str, id: u32, name: &str) -> bool {
     want == name || want.parse::<u32>().ok() == Some(id)
 }
 
-fn file(c: &Check) -> Eval {
-    let path = need(&c.path, "path")?;
-    let want = c.exists.unwrap_or(true);
+fn file(c: &FileCheck) -> Eval {
+    let path = c.path.as_str();
+    let want = c.exists;
     let lmeta = std::fs::symlink_metadata(path);
     let found = lmeta.is_ok();
     if !want || !found {
@@ -188,7 +187,7 @@ fn file(c: &Check) -> Eval {
     }
     let lmeta = lmeta.map_err(|e| e.to_string())?;
     // Everything but the link itself is judged on what a symlink points to, as tools do.
-    let meta = if lmeta.file_type().is_symlink() && c.file_type.as_deref() != Some("symlink") {
+    let meta = if lmeta.file_type().is_symlink() && c.file_type != Some(FileType::Symlink) {
         std::fs::metadata(path).map_err(|_| format!("{path} is a dangling symlink"))
     } else {
         Ok(lmeta.clone())
@@ -197,7 +196,7 @@ fn file(c: &Check) -> Eval {
         Ok(m) => m,
         Err(d) => return Ok((false, d)),
     };
-    if let Some(t) = &c.file_type {
+    if let Some(t) = c.file_type {
         let ft = meta.file_type();
         let actual = if ft.is_symlink() {
             "symlink"
@@ -212,12 +211,11 @@ fn file(c: &Check) -> Eval {
         } else {
             "special file"
         };
-        if actual != t {
-            return Ok((false, format!("{path} is a {actual}, not a {t}")));
+        if actual != t.as_str() {
+            return Ok((false, format!("{path} is a {actual}, not a {}", t.as_str())));
         }
     }
-    if let Some(m) = &c.mode {
-        let want = parse_mode(m)?;
+    if let Some(want) = c.mode.map(|m| m.0) {
         let have = meta.permissions().mode() & 0o7777;
         if have != want {
             return Ok((
@@ -274,17 +272,13 @@ fn file(c: &Check) -> Eval {
 
 // ---------------------------------------------------------------- user, group
 
-fn user(c: &Check) -> Eval {
-    let name = need(&c.user, "user")?;
+fn user(c: &UserCheck) -> Eval {
+    let name = c.user.as_str();
     let all = passwd();
     let Some(u) = all.iter().find(|p| p.name == name) else {
-        return Ok(presence(
-            false,
-            c.exists.unwrap_or(true),
-            &format!("user {name}"),
-        ));
+        return Ok(presence(false, c.exists, &format!("user {name}")));
     };
-    if !c.exists.unwrap_or(true) {
+    if !c.exists {
         return Ok(presence(true, false, &format!("user {name}")));
     }
     if let Some(uid) = c.uid {
@@ -302,26 +296,22 @@ fn user(c: &Check) -> Eval {
             return Ok((false, format!("user {name} has home {}, not {h}", u.home)));
         }
     }
-    if let Some(want) = &c.member_of {
+    if !c.member_of.is_empty() {
         let have = groups_of(u, &groups());
-        if let Some(missing) = want.iter().find(|g| !have.contains(*g)) {
+        if let Some(missing) = c.member_of.iter().find(|g| !have.contains(*g)) {
             return Ok((false, format!("user {name} is not a member of {missing}")));
         }
     }
     Ok((true, format!("user {name} is as expected")))
 }
 
-fn group(c: &Check) -> Eval {
-    let name = need(&c.group, "group")?;
+fn group(c: &GroupCheck) -> Eval {
+    let name = c.group.as_str();
     let all = groups();
     let Some(g) = all.iter().find(|g| g.name == name) else {
-        return Ok(presence(
-            false,
-            c.exists.unwrap_or(true),
-            &format!("group {name}"),
-        ));
+        return Ok(presence(false, c.exists, &format!("group {name}")));
     };
-    if !c.exists.unwrap_or(true) {
+    if !c.exists {
         return Ok(presence(true, false, &format!("group {name}")));
     }
     if let Some(gid) = c.gid {
@@ -329,9 +319,9 @@ fn group(c: &Check) -> Eval {
             return Ok((false, format!("group {name} has gid {}, not {gid}", g.gid)));
         }
     }
-    if let Some(want) = &c.members {
+    if !c.members.is_empty() {
         let users = passwd();
-        for m in want {
+        for m in &c.members {
             let primary = users.iter().any(|u| u.name == *m && u.gid == g.gid);
             if !primary && !g.members.contains(m) {
                 return Ok((false, format!("{m} is not a member of group {name}")));
@@ -343,9 +333,9 @@ fn group(c: &Check) -> Eval {
 
 // ---------------------------------------------------------------- package
 
-fn package(c: &Check) -> Eval {
-    let name = need(&c.package, "package")?;
-    let want = c.installed.unwrap_or(true);
+fn package(c: &PackageCheck) -> Eval {
+    let name = c.package.as_str();
+    let want = c.installed;
     let status = match crate::accounts::read_regular("/var/lib/dpkg/status", MAX_READ * 4) {
         Some(s) => s,
         None if !want => return Ok((true, format!("package {name} is not installed"))),
@@ -423,7 +413,7 @@ fn processes() -> Vec<Proc> {
     .collect()
 }
 
-fn process(c: &Check) -> Eval {
+fn process(c: &ProcessCheck) -> Eval {
     let pattern = c
         .cmdline
         .as_deref()
@@ -440,7 +430,7 @@ fn process(c: &Check) -> Eval {
             .is_none_or(|n| p.comm == *n || p.argv0 == *n)
             && pattern.as_ref().is_none_or(|r| r.is_match(&p.cmdline))
     });
-    let want = c.running.unwrap_or(true);
+    let want = c.running;
     Ok(judged(
         found,
         want,
@@ -469,11 +459,10 @@ fn listening(port: u16, proto: &str) -> bool {
     })
 }
 
-fn port(c: &Check) -> Eval {
-    let port = c.port.ok_or("the check has no `port`")?;
-    let proto = c.protocol.as_deref().unwrap_or("tcp");
+fn port(c: &PortCheck) -> Eval {
+    let (port, proto) = (c.port, c.protocol.as_str());
     let found = listening(port, proto);
-    let want = c.listening.unwrap_or(true);
+    let want = c.listening;
     let what = format!("{proto} port {port}");
     Ok(judged(
         found,
@@ -492,7 +481,7 @@ struct Ran {
 }
 
 /// Runs `cmd` with a deadline; kills its whole process group when time is up.
-fn run(mut cmd: Command, timeout: f64, user: Option<&str>) -> Result<Ran, String> {
+fn run(mut cmd: Command, timeout: Duration, user: Option<&str>) -> Result<Ran, String> {
     if let Some(name) = user {
         let all = passwd();
         let u = all
@@ -537,7 +526,7 @@ fn run(mut cmd: Command, timeout: f64, user: Option<&str>) -> Result<Ran, String
         }));
     }
     drop(tx);
-    let deadline = Instant::now() + Duration::from_secs_f64(timeout.max(0.001));
+    let deadline = Instant::now() + timeout.max(Duration::from_millis(1));
     let mut outs = [Vec::new(), Vec::new()];
     for _ in 0..2 {
         match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
@@ -547,7 +536,7 @@ fn run(mut cmd: Command, timeout: f64, user: Option<&str>) -> Result<Ran, String
                 // no memory-safety preconditions.
                 unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
                 let _ = child.wait();
-                return Err(format!("timed out after {timeout}s"));
+                return Err(format!("timed out after {}s", timeout.as_secs_f64()));
             }
         }
     }
@@ -572,19 +561,15 @@ fn shorten(s: &str) -> String {
     }
 }
 
-fn command(c: &Check) -> Eval {
-    let line = need(&c.command, "command")?;
+fn command(c: &CommandCheck, timeout: Duration) -> Eval {
+    let line = c.command.as_str();
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c").arg(line);
-    let ran = run(
-        cmd,
-        c.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT),
-        c.user.as_deref(),
-    )?;
-    if ran.code == 127 && ran.stderr.contains("not found") && c.exit_code != Some(127) {
+    let ran = run(cmd, timeout, c.user.as_deref())?;
+    if ran.code == 127 && ran.stderr.contains("not found") && c.exit_code != 127 {
         return Ok((false, format!("`{line}`: {}", shorten(&ran.stderr))));
     }
-    let want = c.exit_code.unwrap_or(0);
+    let want = c.exit_code;
     if ran.code != want {
         return Ok((
             false,
@@ -626,9 +611,17 @@ fn fail_line(text: &str) -> Option<String> {
         .next_back()
 }
 
-fn script(index: usize, c: &Check, message: &mut Option<String>) -> Eval {
-    let body = need(&c.script_body, "script_body")?;
-    let name = c.script.as_deref().unwrap_or("script");
+fn script(
+    index: usize,
+    c: &Check,
+    s: &ScriptCheck,
+    scripts: &BTreeMap<String, String>,
+    message: &mut Option<String>,
+) -> Eval {
+    let name = s.script.as_str();
+    let body = scripts
+        .get(name)
+        .ok_or_else(|| format!("the suite carries no text for the script {name}"))?;
     // Written to a private file and started through its interpreter rather than exec'd:
     // exec of a file just written races with other threads' forks (ETXTBSY).
     let path = format!("/tmp/.rnr-check-{}-{index}", std::process::id());
@@ -643,7 +636,7 @@ fn script(index: usize, c: &Check, message: &mut Option<String>) -> Eval {
     }
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..]).arg(&path).env("RNR_CHECK", &c.name);
-    let res = run(cmd, c.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT), None);
+    let res = run(cmd, c.timeout(), None);
     let _ = std::fs::remove_file(&path);
     let ran = res.map_err(|e| format!("{name}: {e}"))?;
     if ran.code == 0 {
@@ -671,10 +664,9 @@ fn script(index: usize, c: &Check, message: &mut Option<String>) -> Eval {
     ))
 }
 
-fn service(c: &Check) -> Eval {
-    let name = need(&c.service, "service")?;
-    let timeout = c.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT);
-    let want = c.running.unwrap_or(true);
+fn service(c: &ServiceCheck, timeout: Duration) -> Eval {
+    let name = c.service.as_str();
+    let want = c.running;
     // systemd only counts when it is the running init; images without it fall back to
     // the SysV init script, which is how services run in containers.
     let (running, how) = if Path::new("/run/systemd/system").is_dir() {
@@ -697,4 +689,78 @@ fn service(c: &Check) -> Eval {
         format!("service {name} is running ({how})"),
         format!("service {name} is not running ({how})"),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rnr_agent_proto::check::{HttpCheck, Method, Mode};
+
+    fn file_mode(path: &str, mode: u32) -> CheckKind {
+        CheckKind::File(FileCheck {
+            path: path.into(),
+            exists: true,
+            file_type: Some(FileType::File),
+            mode: Some(Mode(mode)),
+            owner: None,
+            group: None,
+            contains: None,
+            matches: None,
+            target: None,
+        })
+    }
+
+    #[test]
+    fn each_kind_is_judged_by_its_own_fields() {
+        let path = std::env::temp_dir().join(format!("rnr-agent-check-{}", std::process::id()));
+        std::fs::write(&path, "x").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let p = path.to_str().unwrap();
+        let scripts = BTreeMap::from([(
+            "checks/no.sh".to_string(),
+            "#!/bin/sh\necho 'FAIL: not yet'\nexit 3\n".to_string(),
+        )]);
+        let script = |s: &str| {
+            CheckKind::Script(ScriptCheck {
+                script: s.to_string(),
+            })
+        };
+        let http = CheckKind::Http(HttpCheck {
+            port: 80,
+            path: "/".into(),
+            method: Method::Get,
+            status: 200,
+            body: None,
+            header: None,
+        });
+        let outcomes: Vec<_> = [
+            Check::new("mode", file_mode(p, 0o640)),
+            Check::new("wrong-mode", file_mode(p, 0o600)),
+            Check::new("script", script("checks/no.sh")),
+            Check::new("no-text", script("checks/missing.sh")),
+            Check::new("http", http),
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, c)| run_one(i, c, &scripts))
+        .collect();
+        let _ = std::fs::remove_file(&path);
+        let got: Vec<_> = outcomes
+            .iter()
+            .map(|o| (o.name.as_str(), o.status, o.message.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("mode", Status::Passed, None),
+                ("wrong-mode", Status::Failed, None),
+                ("script", Status::Failed, Some("not yet")),
+                ("no-text", Status::Errored, None),
+                ("http", Status::Errored, None),
+            ],
+            "{outcomes:#?}"
+        );
+        assert!(outcomes[1].detail.ends_with("is 0640, expected 0600"));
+        assert!(outcomes[4].detail.contains("runs on the host"));
+    }
 }

@@ -7,15 +7,14 @@
 //! whose needs did not pass is skipped, whatever it found.
 
 use crate::exercise::Exercise;
-use crate::wire::{Check, Outcome, Status, Suite, AGENT_KINDS};
+use crate::wire::{Check, CheckKind, HttpCheck, Outcome, RunsOn, Status, Suite};
 use crate::{pytest, CheckerError, Result};
 use bytes::Bytes;
 use rnr_core::{ExecCommand, MachineState, Platform};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-const DEFAULT_TIMEOUT: f64 = 10.0;
 const MAX_BODY: usize = 1 << 20;
 
 /// One line of a report: what the learner sees for one check.
@@ -97,7 +96,7 @@ fn result(c: &Check, o: Outcome) -> CheckResult {
         message,
         detail: o.detail,
         duration_ms: o.duration_ms,
-        points: c.points.unwrap_or(1),
+        points: c.points,
     }
 }
 
@@ -112,20 +111,27 @@ fn errored(c: &Check, detail: String) -> Outcome {
 }
 
 /// Runs the agent on `checks` in one exec.
-async fn agent_run(platform: &Platform, machine: &str, checks: &[Check]) -> Vec<Outcome> {
+async fn agent_run(
+    platform: &Platform,
+    machine: &str,
+    checks: &[Check],
+    scripts: &BTreeMap<String, String>,
+) -> Vec<Outcome> {
     if checks.is_empty() {
         return Vec::new();
     }
     let budget = checks
         .iter()
-        .map(|c| c.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT) + c.retry_seconds.unwrap_or(0.0))
-        .fold(0.0, f64::max)
-        + 5.0;
+        .map(|c| c.timeout() + c.retry_window())
+        .max()
+        .unwrap_or_default()
+        + Duration::from_secs(5);
     let suite = Suite {
         checks: checks.to_vec(),
+        scripts: scripts.clone(),
     };
     let fail_all = |why: String| checks.iter().map(|c| errored(c, why.clone())).collect();
-    let budget = Duration::from_secs_f64(budget.min(600.0));
+    let budget = budget.min(Duration::from_secs(600));
     let run = async {
         let channel = platform.agent(machine).await.map_err(|e| e.to_string())?;
         channel.check(&suite).await.map_err(|e| e.to_string())
@@ -141,28 +147,27 @@ async fn agent_run(platform: &Platform, machine: &str, checks: &[Check]) -> Vec<
 }
 
 /// An HTTP request from the host to the machine, re-tried within the retry window.
-async fn http(c: &Check, address: Option<&str>) -> Outcome {
+async fn http(c: &Check, h: &HttpCheck, address: Option<&str>) -> Outcome {
     let started = Instant::now();
     let Some(address) = address else {
         return errored(c, "the machine has no address".into());
     };
-    let port = c.port.unwrap_or(80);
+    let port = h.port;
     let host = if address.contains(':') {
         format!("[{address}]")
     } else {
         address.to_string()
     };
-    let url = format!("http://{host}:{port}{}", c.path.as_deref().unwrap_or("/"));
-    let timeout = Duration::from_secs_f64(c.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT));
-    let window = Duration::from_secs_f64(c.retry_seconds.unwrap_or(0.0));
+    let url = format!("http://{host}:{port}{}", h.path);
+    let window = c.retry_window();
     let client = reqwest::Client::builder()
-        .timeout(timeout)
+        .timeout(c.timeout())
         .redirect(reqwest::redirect::Policy::none())
         .build();
     let (status, detail) = loop {
         let (status, detail) = match &client {
             Err(e) => (Status::Errored, format!("cannot build an HTTP client: {e}")),
-            Ok(client) => http_once(client, c, &url).await,
+            Ok(client) => http_once(client, h, &url).await,
         };
         if status == Status::Passed || started.elapsed() >= window {
             break (status, detail);
@@ -178,15 +183,15 @@ async fn http(c: &Check, address: Option<&str>) -> Outcome {
     }
 }
 
-async fn http_once(client: &reqwest::Client, c: &Check, url: &str) -> (Status, String) {
-    let method = reqwest::Method::from_bytes(c.method.as_deref().unwrap_or("GET").as_bytes())
-        .unwrap_or(reqwest::Method::GET);
+async fn http_once(client: &reqwest::Client, c: &HttpCheck, url: &str) -> (Status, String) {
+    let method =
+        reqwest::Method::from_bytes(c.method.as_str().as_bytes()).unwrap_or(reqwest::Method::GET);
     let resp = match client.request(method, url).send().await {
         Ok(r) => r,
         Err(e) => return (Status::Failed, format!("no answer from {url}: {e}")),
     };
     let code = resp.status().as_u16();
-    let want = c.status.unwrap_or(200);
+    let want = c.status;
     if code != want {
         return (
             Status::Failed,
@@ -194,22 +199,20 @@ async fn http_once(client: &reqwest::Client, c: &Check, url: &str) -> (Status, S
         );
     }
     if let Some(h) = &c.header {
-        let (name, pattern) = h.split_once(':').unwrap_or((h, ""));
         let value = resp
             .headers()
-            .get(name.trim())
+            .get(&h.name)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_string();
-        match regex::Regex::new(pattern.trim()) {
+        match regex::Regex::new(&h.pattern) {
             Ok(r) if r.is_match(&value) => {}
             Ok(_) => {
                 return (
                     Status::Failed,
                     format!(
                         "header {} of {url} is {value:?}, not /{}/",
-                        name.trim(),
-                        pattern.trim()
+                        h.name, h.pattern
                     ),
                 )
             }
@@ -261,12 +264,12 @@ pub async fn run(platform: &Platform, id: &str, exercise: &Exercise) -> Result<R
     let checks = exercise.checks();
     let in_agent: Vec<Check> = checks
         .iter()
-        .filter(|c| AGENT_KINDS.contains(&c.kind.as_str()))
+        .filter(|c| c.kind.runs_on() == RunsOn::Agent)
         .cloned()
         .collect();
     let mut status: HashMap<String, Status> = HashMap::new();
     let mut by_name: HashMap<String, Vec<CheckResult>> = HashMap::new();
-    for o in agent_run(platform, id, &in_agent).await {
+    for o in agent_run(platform, id, &in_agent, &exercise.scripts).await {
         let c = in_agent
             .iter()
             .find(|c| c.name == o.name)
@@ -277,7 +280,7 @@ pub async fn run(platform: &Platform, id: &str, exercise: &Exercise) -> Result<R
     // Host-side checks in an order where needs come first, so they can be skipped unrun.
     let mut pending: Vec<&Check> = checks
         .iter()
-        .filter(|c| !AGENT_KINDS.contains(&c.kind.as_str()))
+        .filter(|c| c.kind.runs_on() == RunsOn::Host)
         .collect();
     while !pending.is_empty() {
         let ready = pending
@@ -289,16 +292,19 @@ pub async fn run(platform: &Platform, id: &str, exercise: &Exercise) -> Result<R
             .needs
             .iter()
             .find(|n| status.get(*n) != Some(&Status::Passed));
-        let results = if let Some(n) = unmet {
-            vec![skipped(c, n)]
-        } else if c.kind == "http" {
-            vec![result(c, http(c, machine.address.as_deref()).await)]
-        } else {
-            pytest::run(platform, id, machine.address.as_deref(), exercise, c)
+        let address = machine.address.as_deref();
+        let results = match (unmet, &c.kind) {
+            (Some(n), _) => vec![skipped(c, n)],
+            (None, CheckKind::Http(h)) => vec![result(c, http(c, h, address).await)],
+            (None, CheckKind::Pytest(p)) => pytest::run(platform, id, address, exercise, c, p)
                 .await
                 .into_iter()
                 .map(|o| result(c, o))
-                .collect()
+                .collect(),
+            (None, other) => {
+                let why = format!("a {} check runs in the machine", other.name());
+                vec![result(c, errored(c, why))]
+            }
         };
         let overall = if results.iter().all(|r| r.status == Status::Passed) {
             Status::Passed
@@ -350,7 +356,7 @@ fn skipped(c: &Check, need: &str) -> CheckResult {
         hint: c.hint.clone(),
         detail: format!("skipped: needs {need:?}, which did not pass"),
         duration_ms: 0,
-        points: c.points.unwrap_or(1),
+        points: c.points,
     }
 }
 

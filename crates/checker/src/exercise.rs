@@ -3,9 +3,12 @@
 //! reference solution. [`Exercise::load`] reads and validates it, reporting every problem
 //! it finds at once, each at `file:line:col`.
 
+mod checks;
+
 use crate::wire::Check;
+use serde::de::IntoDeserializer;
 use serde::Deserialize;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -74,7 +77,9 @@ pub struct Manifest {
     /// Live checking: a task once passed stays passed for that machine.
     #[serde(default)]
     pub sticky: bool,
-    #[serde(default, rename = "check")]
+    /// The `[[check]]` tables. Not read with the rest: [`Exercise::load`] reads each table on
+    /// its own, so that every check's problems are reported, not the first one's.
+    #[serde(skip)]
     pub checks: Vec<Check>,
 }
 
@@ -90,44 +95,9 @@ pub struct Exercise {
     /// Files for the machine: absolute path inside it → content and mode.
     pub files: Vec<(String, Vec<u8>, u32)>,
     pub solution: String,
+    /// The text of each script a `script` check names, by its path in the folder.
+    pub scripts: BTreeMap<String, String>,
 }
-
-const COMMON: &[&str] = &[
-    "name",
-    "kind",
-    "message",
-    "hint",
-    "needs",
-    "timeout_seconds",
-    "retry_seconds",
-    "points",
-];
-
-/// Fields each kind takes besides the common ones; the first is required.
-fn kind_fields(kind: &str) -> Option<&'static [&'static str]> {
-    Some(match kind {
-        "file" => &[
-            "path", "exists", "type", "mode", "owner", "group", "contains", "matches", "target",
-        ],
-        "user" => &["user", "exists", "uid", "shell", "home", "member_of"],
-        "group" => &["group", "exists", "gid", "members"],
-        "package" => &["package", "installed"],
-        // `process` or `cmdline`: checked separately.
-        "process" => &["", "process", "cmdline", "running"],
-        "port" => &["port", "protocol", "listening"],
-        "command" => &["command", "user", "exit_code", "stdout", "stderr"],
-        "script" => &["script"],
-        "service" => &["service", "running"],
-        "http" => &["port", "path", "method", "status", "body", "header"],
-        "pytest" => &["file"],
-        _ => return None,
-    })
-}
-
-pub const KINDS: &[&str] = &[
-    "file", "user", "group", "package", "process", "port", "command", "script", "service", "http",
-    "pytest",
-];
 
 /// Collects diagnostics for one file, turning byte spans into line and column.
 struct Report<'a> {
@@ -161,47 +131,6 @@ impl Spans<'_> {
             .and_then(toml_edit::Item::span)
             .or_else(|| t.key(key).and_then(toml_edit::Key::span))
     }
-
-    fn check(&self, i: usize, key: Option<&str>) -> Option<Range<usize>> {
-        let table = self
-            .0
-            .as_table()
-            .get("check")
-            .and_then(toml_edit::Item::as_array_of_tables)
-            .and_then(|a| a.get(i))?;
-        match key {
-            Some(k) => table
-                .key(k)
-                .and_then(toml_edit::Key::span)
-                .or_else(|| table.get(k).and_then(toml_edit::Item::span))
-                .or_else(|| table.span()),
-            None => table.span(),
-        }
-    }
-
-    fn check_value(&self, i: usize, key: &str) -> Option<Range<usize>> {
-        let table = self
-            .0
-            .as_table()
-            .get("check")
-            .and_then(toml_edit::Item::as_array_of_tables)
-            .and_then(|a| a.get(i))?;
-        table
-            .get(key)
-            .and_then(toml_edit::Item::span)
-            .or_else(|| self.check(i, Some(key)))
-    }
-}
-
-/// The TOML keys a check table sets, from the document itself (serde has already filled
-/// in defaults by the time the struct exists).
-fn keys_of(doc: &toml_edit::ImDocument<&str>, i: usize) -> Vec<String> {
-    doc.as_table()
-        .get("check")
-        .and_then(toml_edit::Item::as_array_of_tables)
-        .and_then(|a| a.get(i))
-        .map(|t| t.iter().map(|(k, _)| k.to_string()).collect())
-        .unwrap_or_default()
 }
 
 /// A path inside the exercise folder, refusing ones that climb out of it.
@@ -219,12 +148,6 @@ fn inside(dir: &Path, rel: &str) -> Result<PathBuf, String> {
 fn read_in(dir: &Path, rel: &str) -> Result<String, String> {
     let path = inside(dir, rel)?;
     std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))
-}
-
-fn check_regex(r: &mut Report<'_>, span: Option<Range<usize>>, field: &str, p: &str) {
-    if let Err(e) = regex::Regex::new(p) {
-        r.at(span, format!("`{field}` is not a valid regex: {e}"));
-    }
 }
 
 fn walk_files(
@@ -280,13 +203,27 @@ impl Exercise {
             }
         };
         let spans = Spans(&doc);
-        let manifest: Manifest = match toml::from_str(&text) {
+        // The checks are read table by table (`checks::validate`), so that a wrong one does
+        // not hide the problems of the others.
+        let mut root = doc.as_table().clone();
+        let check_tables = root.remove("check");
+        let header = toml_edit::Value::InlineTable(root.into_inline_table());
+        let manifest = match Manifest::deserialize(header.into_deserializer()) {
             Ok(m) => m,
             Err(e) => {
                 r.at(e.span(), e.message().to_string());
                 return Err(r.out);
             }
         };
+        let tables: Vec<toml_edit::Table> =
+            match check_tables.map(toml_edit::Item::into_array_of_tables) {
+                None => Vec::new(),
+                Some(Ok(a)) => a.into_iter().collect(),
+                Some(Err(item)) => {
+                    r.at(item.span(), "`check` must be [[check]] tables");
+                    return Err(r.out);
+                }
+            };
         let name = dir
             .canonicalize()
             .ok()
@@ -330,8 +267,11 @@ impl Exercise {
             r.at(spans.key("time_limit_minutes"), "must be greater than 0");
         }
         let mut manifest = manifest;
-        validate_checks(dir, &doc, &spans, &mut manifest.checks, &mut r);
+        let (checks, scripts) = checks::validate(dir, &tables, &mut r);
+        manifest.checks = checks;
         if !r.out.is_empty() {
+            // Found check by check, reported in the order an author reads the file.
+            r.out.sort_by_key(|d| (d.line, d.col));
             return Err(r.out);
         }
         Ok(Self {
@@ -342,242 +282,13 @@ impl Exercise {
             setup,
             files,
             solution: solution.unwrap_or_default(),
+            scripts,
         })
     }
 
     pub fn checks(&self) -> &[Check] {
         &self.manifest.checks
     }
-}
-
-fn validate_checks(
-    dir: &Path,
-    doc: &toml_edit::ImDocument<&str>,
-    spans: &Spans<'_>,
-    checks: &mut [Check],
-    r: &mut Report<'_>,
-) {
-    if checks.is_empty() {
-        r.at(
-            None,
-            "the exercise has no checks: add at least one [[check]] table",
-        );
-    }
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    for (i, c) in checks.iter().enumerate() {
-        if c.name.trim().is_empty() {
-            r.at(spans.check(i, None), "the check has no `name`");
-        } else if seen.insert(c.name.clone(), i).is_some() {
-            r.at(
-                spans.check_value(i, "name"),
-                format!("a check named {:?} is already defined", c.name),
-            );
-        }
-    }
-    for (i, c) in checks.iter_mut().enumerate() {
-        let keys = keys_of(doc, i);
-        let Some(fields) = kind_fields(&c.kind) else {
-            let at = spans.check_value(i, "kind");
-            if c.kind.is_empty() {
-                r.at(
-                    spans.check(i, None),
-                    format!(
-                        "check {:?} has no `kind` (one of {})",
-                        c.name,
-                        KINDS.join(", ")
-                    ),
-                );
-            } else {
-                r.at(
-                    at,
-                    format!("unknown kind {:?}; use one of {}", c.kind, KINDS.join(", ")),
-                );
-            }
-            continue;
-        };
-        for k in &keys {
-            if !COMMON.contains(&k.as_str()) && !fields.contains(&k.as_str()) {
-                r.at(
-                    spans.check(i, Some(k)),
-                    format!("`{k}` does not apply to a {} check", c.kind),
-                );
-            }
-        }
-        let required = fields[0];
-        if required.is_empty() {
-            if c.process.is_none() && c.cmdline.is_none() {
-                r.at(
-                    spans.check(i, None),
-                    format!("process check {:?} needs `process` or `cmdline`", c.name),
-                );
-            }
-        } else if !keys.iter().any(|k| k == required) {
-            r.at(
-                spans.check(i, None),
-                format!("{} check {:?} needs `{required}`", c.kind, c.name),
-            );
-        }
-        if c.kind != "pytest" && c.message.as_deref().is_none_or(|m| m.trim().is_empty()) {
-            r.at(
-                spans.check(i, None),
-                format!(
-                    "check {:?} needs a `message` for the learner when it fails",
-                    c.name
-                ),
-            );
-        }
-        for (field, value) in [
-            ("matches", &c.matches),
-            ("cmdline", &c.cmdline),
-            ("stdout", &c.stdout),
-            ("stderr", &c.stderr),
-            ("body", &c.body),
-        ] {
-            if let Some(p) = value {
-                check_regex(r, spans.check_value(i, field), field, p);
-            }
-        }
-        if let Some(h) = &c.header {
-            match h.split_once(':') {
-                Some((name, p)) if !name.trim().is_empty() => {
-                    check_regex(r, spans.check_value(i, "header"), "header", p.trim())
-                }
-                _ => r.at(
-                    spans.check_value(i, "header"),
-                    "`header` must look like \"Name: regex\"",
-                ),
-            }
-        }
-        if let Some(m) = &c.mode {
-            if u32::from_str_radix(m, 8)
-                .ok()
-                .filter(|v| *v <= 0o7777)
-                .is_none()
-            {
-                r.at(
-                    spans.check_value(i, "mode"),
-                    format!("mode {m:?} is not an octal mode such as \"0644\""),
-                );
-            }
-        }
-        if let Some(t) = &c.file_type {
-            if !["file", "directory", "symlink", "fifo", "socket"].contains(&t.as_str()) {
-                r.at(
-                    spans.check_value(i, "type"),
-                    format!("type {t:?} is not one of file, directory, symlink, fifo, socket"),
-                );
-            }
-        }
-        if let Some(p) = &c.protocol {
-            if p != "tcp" && p != "udp" {
-                r.at(
-                    spans.check_value(i, "protocol"),
-                    format!("protocol {p:?} is not tcp or udp"),
-                );
-            }
-        }
-        if let Some(m) = &c.method {
-            if !["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS"].contains(&m.as_str()) {
-                r.at(
-                    spans.check_value(i, "method"),
-                    format!("method {m:?} is not an HTTP method in capitals"),
-                );
-            }
-        }
-        if let Some(p) = &c.path {
-            if c.kind == "http" && !p.starts_with('/') {
-                r.at(spans.check_value(i, "path"), "an HTTP path starts with /");
-            }
-            if c.kind == "file" && !p.starts_with('/') {
-                r.at(
-                    spans.check_value(i, "path"),
-                    "a file path in the machine must be absolute",
-                );
-            }
-        }
-        for (field, v) in [
-            ("timeout_seconds", c.timeout_seconds),
-            ("retry_seconds", c.retry_seconds),
-        ] {
-            if let Some(v) = v {
-                if !(0.0..=600.0).contains(&v) || (field == "timeout_seconds" && v == 0.0) {
-                    r.at(
-                        spans.check_value(i, field),
-                        format!("`{field}` must be between 0 and 600"),
-                    );
-                }
-            }
-        }
-        for (field, rel) in [("script", &c.script), ("file", &c.file)] {
-            if let Some(rel) = rel {
-                match read_in(dir, rel) {
-                    Ok(body) => {
-                        if field == "script" {
-                            c.script_body = Some(body);
-                        }
-                    }
-                    Err(e) => r.at(spans.check_value(i, field), e),
-                }
-            }
-        }
-        for n in &c.needs {
-            if n == &c.name {
-                r.at(
-                    spans.check_value(i, "needs"),
-                    format!("check {:?} needs itself", c.name),
-                );
-            } else if !seen.contains_key(n) {
-                r.at(
-                    spans.check_value(i, "needs"),
-                    format!("check {:?} needs {n:?}, which is not defined", c.name),
-                );
-            }
-        }
-    }
-    if let Some(cycle) = find_cycle(checks) {
-        let i = seen.get(&cycle[0]).copied().unwrap_or(0);
-        r.at(
-            spans.check_value(i, "needs"),
-            format!("checks need each other in a cycle: {}", cycle.join(" → ")),
-        );
-    }
-}
-
-/// A dependency cycle among checks, as names, if there is one.
-fn find_cycle(checks: &[Check]) -> Option<Vec<String>> {
-    let needs: BTreeMap<&str, &[String]> = checks
-        .iter()
-        .map(|c| (c.name.as_str(), c.needs.as_slice()))
-        .collect();
-    fn visit<'a>(
-        n: &'a str,
-        needs: &BTreeMap<&'a str, &'a [String]>,
-        path: &mut Vec<&'a str>,
-        done: &mut HashSet<&'a str>,
-    ) -> Option<Vec<String>> {
-        if let Some(pos) = path.iter().position(|p| *p == n) {
-            let mut cycle: Vec<String> = path[pos..].iter().map(|s| s.to_string()).collect();
-            cycle.push(n.to_string());
-            return Some(cycle);
-        }
-        if !done.insert(n) {
-            return None;
-        }
-        path.push(n);
-        for m in needs.get(n).copied().unwrap_or_default() {
-            if m != n {
-                if let Some(c) = visit(m, needs, path, done) {
-                    return Some(c);
-                }
-            }
-        }
-        path.pop();
-        None
-    }
-    let mut done = HashSet::new();
-    needs
-        .keys()
-        .find_map(|n| visit(n, &needs, &mut Vec::new(), &mut done))
 }
 
 /// Every exercise folder under `root` (those holding an `exercise.toml`), by name.
@@ -606,6 +317,25 @@ mod tests {
             .iter()
             .map(|d| format!("{}:{}: {}", d.line, d.col, d.message))
             .collect()
+    }
+
+    /// An exercise folder with everything but the manifest.
+    fn folder() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "README.md", "x");
+        write(dir.path(), "solution.sh", "true");
+        dir
+    }
+
+    /// Exactly the problems `expect` begins, in any order.
+    fn assert_reported(got: &[String], expect: &[&str]) {
+        for e in expect {
+            assert!(
+                got.iter().any(|g| g.starts_with(e)),
+                "expected {e:?} among {got:#?}"
+            );
+        }
+        assert_eq!(got.len(), expect.len(), "{got:#?}");
     }
 
     #[test]
@@ -648,21 +378,16 @@ message = "m"
         let got = messages(dir.path());
         let expect = [
             "2:12: cannot read",
-            "8:8: mode \"999\" is not an octal mode",
+            "8:8: check \"a\": field \"mode\" of kind \"file\": \"999\" is not an octal mode",
             "12:8: a check named \"a\" is already defined",
-            "15:1: `shell` does not apply to a port check",
-            "18:1: check \"c\" needs a `message`",
-            "22:10: `stdout` is not a valid regex",
+            "15:1: check \"a\": field \"shell\" does not apply to kind \"port\", which takes \
+             port, protocol, listening",
+            "18:1: check \"c\" has no \"message\"",
+            "22:10: check \"c\": field \"stdout\" of kind \"command\": not a valid regex",
             "23:9: check \"c\" needs \"nope\", which is not defined",
-            "27:8: unknown kind \"teleport\"",
+            "27:8: check \"d\": unknown kind \"teleport\"; the kinds are file, user, group,",
         ];
-        for e in expect {
-            assert!(
-                got.iter().any(|g| g.starts_with(e)),
-                "expected {e:?} among {got:#?}"
-            );
-        }
-        assert_eq!(got.len(), expect.len(), "{got:#?}");
+        assert_reported(&got, &expect);
     }
 
     #[test]
@@ -671,10 +396,17 @@ message = "m"
         write(
             dir.path(),
             MANIFEST,
-            "title = \"t\"\n[[check]]\nname = \"a\"\nport = \"eighty\"\n",
+            "title = \"t\"\n[[check]]\nname = \"a\"\nkind = \"port\"\nport = \"eighty\"\n",
         );
         let got = messages(dir.path());
-        assert!(got[0].starts_with("4:8: invalid type"), "{got:?}");
+        assert!(
+            got.iter().any(|g| {
+                g.starts_with(
+                "5:8: check \"a\": field \"port\" of kind \"port\": invalid type: string \"eighty\""
+            )
+            }),
+            "{got:?}"
+        );
         write(dir.path(), MANIFEST, "title = \"t\"\ntags = [\"a\",\n");
         let got = messages(dir.path());
         assert!(got[0].starts_with("3:1: invalid TOML"), "{got:?}");
@@ -686,11 +418,116 @@ message = "m"
         );
     }
 
+    /// Each problem a check's type finds, named by check, field and kind, where it is.
+    #[test]
+    fn checks_are_held_to_their_kinds_type() {
+        let dir = folder();
+        write(
+            dir.path(),
+            MANIFEST,
+            r#"title = "t"
+
+[[check]]
+name = "web"
+kind = "http"
+port = 80
+mode = "0644"
+message = "m"
+
+[[check]]
+name = "typo"
+kind = "file"
+pth = "/x"
+message = "m"
+
+[[check]]
+name = "slow"
+kind = "user"
+user = "ann"
+timeout_seconds = "long"
+message = "m"
+
+[[check]]
+kind = "port"
+port = 80
+message = "m"
+
+[[check]]
+name = "kindless"
+message = "m"
+
+[[check]]
+name = "how"
+kind = "http"
+port = 80
+method = "get"
+header = "no colon"
+message = "m"
+
+[[check]]
+name = "ps"
+kind = "process"
+message = "m"
+"#,
+        );
+        let got = messages(dir.path());
+        let expect = [
+            "7:1: check \"web\": field \"mode\" does not apply to kind \"http\", which takes \
+             port, path, method, status, body, header",
+            "13:1: check \"typo\": unknown field \"pth\"; kind \"file\" takes path, exists, \
+             type, mode,",
+            "10:1: check \"typo\": kind \"file\" needs field \"path\"",
+            "20:19: check \"slow\": field \"timeout_seconds\": invalid type: string \"long\"",
+            "23:1: check #4 has no \"name\"",
+            "28:1: check \"kindless\" has no \"kind\" (one of file, user,",
+            "36:10: check \"how\": field \"method\" of kind \"http\": unknown value `get`, \
+             expected one of `GET`,",
+            "40:1: check \"ps\": kind \"process\" needs field \"process\" or \"cmdline\"",
+        ];
+        assert_reported(&got, &expect);
+    }
+
+    #[test]
+    fn a_header_and_a_script_are_read_with_their_check() {
+        let dir = folder();
+        write(dir.path(), "checks/ok.sh", "exit 0\n");
+        let manifest = |header: &str| {
+            format!(
+                "title = \"t\"\n[[check]]\nname = \"s\"\nkind = \"script\"\nscript = \"checks/ok.sh\"\n\
+                 message = \"m\"\n[[check]]\nname = \"h\"\nkind = \"http\"\nport = 80\n\
+                 header = {header:?}\nmessage = \"m\"\n"
+            )
+        };
+        write(dir.path(), MANIFEST, &manifest("no colon"));
+        let got = messages(dir.path());
+        assert_eq!(
+            got,
+            ["11:10: check \"h\": field \"header\" of kind \"http\": \"no colon\" does not look \
+              like \"Name: regex\""],
+        );
+        write(dir.path(), MANIFEST, &manifest("X-A: [b"));
+        let got = messages(dir.path());
+        assert!(
+            got[0].starts_with(
+                "11:10: check \"h\": field \"header\" of kind \"http\": not a valid regex"
+            ),
+            "{got:?}"
+        );
+        write(dir.path(), MANIFEST, &manifest("X-A: b+"));
+        let ex = Exercise::load(dir.path()).unwrap();
+        assert_eq!(ex.scripts["checks/ok.sh"], "exit 0\n");
+        assert_eq!(
+            ex.checks()
+                .iter()
+                .map(|c| c.kind.name())
+                .collect::<Vec<_>>(),
+            ["script", "http"]
+        );
+    }
+
     #[test]
     fn cycles_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "README.md", "x");
-        write(dir.path(), "solution.sh", "true");
+        let dir = folder();
         write(
             dir.path(),
             MANIFEST,

@@ -4,14 +4,13 @@
 //! outcome and assertion message for the report.
 
 use crate::exercise::Exercise;
-use crate::wire::{Check, Outcome, Status};
+use crate::wire::{Check, Outcome, PytestCheck, Status};
 use rnr_core::{ExecCommand, Platform};
 use serde::Deserialize;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 const PLUGIN: &str = include_str!("rnr_pytest.py");
-const DEFAULT_TIMEOUT: f64 = 120.0;
 
 /// The Python that has pytest and requests: Debian's, not whatever a version manager put
 /// first on PATH; `RNR_PYTHON` overrides.
@@ -101,11 +100,10 @@ pub async fn run(
     address: Option<&str>,
     exercise: &Exercise,
     c: &Check,
+    p: &PytestCheck,
 ) -> Vec<Outcome> {
     let started = Instant::now();
-    let Some(file) = &c.file else {
-        return errored(c, "the check has no `file`".into(), started);
-    };
+    let file = &p.file;
     let dir = match tempfile::Builder::new().prefix("rnr-pytest-").tempdir() {
         Ok(d) => d,
         Err(e) => return errored(c, format!("cannot make a temporary dir: {e}"), started),
@@ -142,7 +140,7 @@ pub async fn run(
     .env("RNR_MACHINE_IP", address.unwrap_or_default())
     .stdin(std::process::Stdio::null())
     .kill_on_drop(true);
-    let timeout = Duration::from_secs_f64(c.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT));
+    let timeout = c.timeout();
     let out = tokio::time::timeout(timeout, cmd.output()).await;
     server.abort();
     let out = match out {

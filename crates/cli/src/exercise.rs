@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::Subcommand;
 use rnr_checker::engine;
 use rnr_checker::exercise::discover;
+use rnr_checker::wire::CheckKind;
 use rnr_checker::{Checker, CheckerConfig, Exercise, RunReport, Status};
 use rnr_core::{CreateMachine, Platform};
 use std::path::{Path, PathBuf};
@@ -236,10 +237,9 @@ fn print_table(
         let mut notes = Vec::new();
         // A pytest file is one check of several tests: it must fail as a whole, and a
         // test such as the seed's connection test may well pass on a fresh machine.
-        let group = ex
-            .checks()
-            .iter()
-            .find(|c| c.kind == "pytest" && name.starts_with(&format!("{}/", c.name)));
+        let group = ex.checks().iter().find(|c| {
+            matches!(c.kind, CheckKind::Pytest(_)) && name.starts_with(&format!("{}/", c.name))
+        });
         let group_passed = group.is_some_and(|c| {
             fresh
                 .results

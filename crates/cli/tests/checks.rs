@@ -745,7 +745,8 @@ fn validate_reports_errors_at_file_line_col() {
     let file = root.path().join("bad/exercise.toml");
     assert!(
         text.contains(&format!(
-            "{}:7:12: protocol \"sctp\" is not tcp or udp",
+            "{}:7:12: check \"x\": field \"protocol\" of kind \"port\": unknown value `sctp`, \
+             expected `tcp` or `udp`",
             file.display()
         )),
         "{text}"

@@ -11,7 +11,7 @@ use crate::{
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
-use rnr_agent_proto::check::{Check, Status, Suite};
+use rnr_agent_proto::check::{Check, CheckKind, FileCheck, ScriptCheck, Status, Suite};
 use rnr_agent_proto::frame;
 use rnr_agent_proto::session::{FromDaemon, Hello, ToDaemon};
 use std::collections::BTreeMap;
@@ -687,17 +687,31 @@ pub async fn agent_check_suite(h: Harness) {
     let spec = spec(&h, "check");
     let _guard = Cleanup::new(&h, &spec.id);
     h.driver.create(&spec).await.expect("create");
-    let check = |name: &str, path: &str| Check {
-        name: name.into(),
-        kind: "file".into(),
-        path: Some(path.into()),
-        ..Default::default()
+    let file = |path: &str| {
+        CheckKind::File(FileCheck {
+            path: path.into(),
+            exists: true,
+            file_type: None,
+            mode: None,
+            owner: None,
+            group: None,
+            contains: None,
+            matches: None,
+            target: None,
+        })
+    };
+    let script = |script: &str| {
+        CheckKind::Script(ScriptCheck {
+            script: script.into(),
+        })
     };
     let suite = Suite {
         checks: vec![
-            check("passwd", "/etc/passwd"),
-            check("missing", "/no/such/file"),
+            Check::new("passwd", file("/etc/passwd")),
+            Check::new("missing", file("/no/such/file")),
+            Check::new("script", script("checks/ok.sh")),
         ],
+        scripts: [("checks/ok.sh".into(), "#!/bin/sh\nexit 0\n".into())].into(),
     };
     let outcomes = h
         .driver
@@ -713,7 +727,11 @@ pub async fn agent_check_suite(h: Harness) {
         .collect();
     assert_eq!(
         got,
-        [("passwd", Status::Passed), ("missing", Status::Failed)]
+        [
+            ("passwd", Status::Passed),
+            ("missing", Status::Failed),
+            ("script", Status::Passed)
+        ]
     );
 }
 
