@@ -125,7 +125,25 @@ fn listener() -> Option<UnixListener> {
     }
 }
 
-pub fn main() -> ExitCode {
+/// `init [--hostname NAME]`: drivers whose runtime cannot name the machine (a new UTS
+/// namespace made by the driver itself, a VM's kernel) pass its hostname here.
+pub fn main(args: &[String]) -> ExitCode {
+    match args {
+        [] => {}
+        [flag, name] if flag == "--hostname" => {
+            // SAFETY: sethostname reads `name.len()` bytes from a live buffer.
+            if unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) } != 0 {
+                eprintln!(
+                    "rnr-agent init: cannot set the hostname {name:?}: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+        _ => {
+            eprintln!("usage: rnr-agent init [--hostname NAME]");
+            return ExitCode::from(2);
+        }
+    }
     let listener = listener();
     let set = sigchld_set();
     // SAFETY: plain system calls on valid arguments. SIGCHLD is blocked before any thread

@@ -28,7 +28,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some("check") => check::main(),
-        Some("init") => init::main(),
+        Some("init") => init::main(&args[1..]),
         Some("serve") => serve::main(),
         Some("session-daemon") => session::main(&args[1..]),
         _ => usage(),

@@ -749,11 +749,25 @@ pub async fn agent_absent_is_reported(h: Harness) {
 
 /// Instantiates every conformance test for a driver. `$setup` is a path to an
 /// `async fn() -> Harness`; with `no_agent`, for a driver whose machines run without the
-/// agent.
+/// agent; with `no_limits`, for a driver that enforces no resource limits (the fake driver
+/// for tests: never a backend machines of learners run on).
 #[macro_export]
 macro_rules! conformance_tests {
     ($setup:path) => {
         $crate::conformance_tests!(@core $setup);
+        $crate::conformance_tests!(@limits $setup);
+        $crate::conformance_tests!(@agent $setup);
+    };
+    ($setup:path, no_agent) => {
+        $crate::conformance_tests!(@core $setup);
+        $crate::conformance_tests!(@limits $setup);
+        $crate::conformance_tests!(@each $setup; agent_absent_is_reported);
+    };
+    ($setup:path, no_limits) => {
+        $crate::conformance_tests!(@core $setup);
+        $crate::conformance_tests!(@agent $setup);
+    };
+    (@agent $setup:path) => {
         $crate::conformance_tests!(@each $setup;
             agent_exec_stdin_env_user_workdir,
             agent_exec_timeout_kills,
@@ -766,9 +780,11 @@ macro_rules! conformance_tests {
             agent_check_suite
         );
     };
-    ($setup:path, no_agent) => {
-        $crate::conformance_tests!(@core $setup);
-        $crate::conformance_tests!(@each $setup; agent_absent_is_reported);
+    (@limits $setup:path) => {
+        $crate::conformance_tests!(@each $setup;
+            memory_limit_kills_process_not_machine,
+            pids_limit_stops_fork_bomb
+        );
     };
     (@core $setup:path) => {
         $crate::conformance_tests!(@each $setup;
@@ -779,8 +795,6 @@ macro_rules! conformance_tests {
             list_and_inspect,
             unknown_image_is_refused,
             removed_image_keeps_its_machines,
-            memory_limit_kills_process_not_machine,
-            pids_limit_stops_fork_bomb,
             stats_are_plausible
         );
     };
