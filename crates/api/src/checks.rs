@@ -16,6 +16,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use rnr_checker::{Checker, CheckerError, RunReport};
+use rnr_store::checks::{CheckRunState, CheckTrigger, WebhookState};
 use serde::{Deserialize, Serialize};
 use std::convert::Infallible;
 use utoipa::ToSchema;
@@ -81,7 +82,8 @@ pub struct StartChecksRequest {
 pub struct StartChecksOutput {
     /// The run's id, for `GET /api/v1/checks/{id}`.
     pub id: String,
-    pub state: String,
+    #[schema(value_type = String, example = "queued")]
+    pub state: CheckRunState,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -103,7 +105,8 @@ pub struct CheckResultOutput {
 pub struct WebhookOutput {
     pub url: String,
     /// `pending`, `delivered` or `failed` (given up).
-    pub state: Option<String>,
+    #[schema(value_type = Option<String>, example = "delivered")]
+    pub state: Option<WebhookState>,
     pub attempts: i64,
     pub error: Option<String>,
 }
@@ -114,9 +117,11 @@ pub struct CheckRunOutput {
     pub machine_id: String,
     pub exercise: String,
     /// `queued`, `running`, `done` or `errored` (the run itself could not be carried out).
-    pub state: String,
+    #[schema(value_type = String, example = "done")]
+    pub state: CheckRunState,
     /// `api` or `live`.
-    pub trigger: String,
+    #[schema(value_type = String, example = "api")]
+    pub trigger: CheckTrigger,
     /// Points of passed checks over all points (0–1), when done.
     pub score: Option<f64>,
     pub passed: Option<usize>,
@@ -219,7 +224,7 @@ pub async fn start_checks(
         [(header::LOCATION, location)],
         Json(StartChecksOutput {
             id: run,
-            state: "queued".into(),
+            state: CheckRunState::Queued,
         }),
     )
         .into_response())
@@ -263,36 +268,29 @@ pub async fn stream_checks(
 ) -> Result<Response, ApiError> {
     let checker = checker(ext)?;
     state.platform.get(&id).await?;
-    results_sse(&checker, state.platform.store().clone(), &id).await
+    results_sse(&checker, &id).await
 }
 
 /// Server-sent events for machine `id`: its latest run at once, then every run that changed
 /// a check's status (event `results`, data: a check run as JSON). The caller has checked
 /// that the requester may see this machine.
-pub async fn results_sse(
-    checker: &Checker,
-    store: rnr_store::Store,
-    id: &str,
-) -> Result<Response, ApiError> {
+pub async fn results_sse(checker: &Checker, id: &str) -> Result<Response, ApiError> {
     // Subscribed before reading the latest run, so no run can fall between the two.
     let rx = checker.subscribe(id);
-    let first = store
-        .last_check_run(id)
-        .await
-        .map_err(|e| ApiError::from(CheckerError::Store(e)))?;
+    let first = checker.last_run(id).await?;
     let initial = futures::stream::iter(first.map(output));
-    let later = futures::stream::unfold((rx, store), |(mut rx, store)| async move {
+    let checker = checker.clone();
+    let later = futures::stream::unfold((rx, checker), |(mut rx, checker)| async move {
         loop {
             match rx.recv().await {
                 Ok(ev) => {
                     // The run row is written just after the event; build it from the event.
-                    let run = store.get_check_run(&ev.run_id).await.ok().flatten();
-                    if let Some(mut run) = run {
+                    if let Ok(mut run) = checker.get_run(&ev.run_id).await {
                         run.report = serde_json::to_string(&ev.report).ok();
-                        if run.state == "running" || run.state == "queued" {
-                            run.state = "done".into();
+                        if !run.state.finished() {
+                            run.state = CheckRunState::Done;
                         }
-                        return Some((output(run), (rx, store)));
+                        return Some((output(run), (rx, checker)));
                     }
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,

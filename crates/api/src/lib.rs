@@ -55,12 +55,7 @@ pub async fn require_api_key(
         return ApiError::unauthorized("missing API key: send `Authorization: Bearer <api key>`")
             .into_response();
     };
-    match state
-        .platform
-        .store()
-        .api_key_by_hash(&rnr_core::hash_key(key))
-        .await
-    {
+    match state.platform.authenticate(key).await {
         Ok(Some(row)) => {
             req.extensions_mut().insert(Caller {
                 key_id: row.id,
@@ -69,7 +64,7 @@ pub async fn require_api_key(
             next.run(req).await
         }
         Ok(None) => ApiError::unauthorized("invalid or revoked API key").into_response(),
-        Err(e) => ApiError::from(rnr_core::CoreError::from(e)).into_response(),
+        Err(e) => ApiError::from(e).into_response(),
     }
 }
 

@@ -243,7 +243,8 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         let interval = Duration::from_secs(cfg.reap_interval_seconds.max(1));
         tokio::spawn(async move { platform.run_reaper(interval, token).await })
     };
-    let checker = rnr_checker::Checker::new(platform.clone(), checker_config(&cfg));
+    let checker =
+        rnr_checker::Checker::new(platform.clone(), store.check_runs(), checker_config(&cfg));
     let checker_tasks = checker.start(token.clone()).await?;
     tracing::info!(driver = %driver_name, data_dir = %cfg.data_dir.display(), capacity = cfg.capacity, "platform ready");
     // Kept free of fields so scripts can read the address off the end of the line.

@@ -215,15 +215,7 @@ fn now_s() -> i64 {
 impl Gateway {
     /// A gateway whose token secret lives in the store, so tokens survive restarts.
     pub async fn new(platform: Platform, cfg: GatewayConfig) -> Result<Self, GatewayError> {
-        let secret = platform
-            .store()
-            .meta_or_insert("terminal_token_secret", || {
-                let mut b = [0u8; 32];
-                getrandom::getrandom(&mut b).expect("the operating system's random source failed");
-                b.iter().map(|x| format!("{x:02x}")).collect()
-            })
-            .await
-            .map_err(rnr_core::CoreError::from)?;
+        let secret = platform.secret("terminal_token_secret").await?;
         let gw = Self {
             inner: Arc::new(Inner {
                 platform,

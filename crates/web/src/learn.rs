@@ -188,11 +188,11 @@ async fn open_session(web: &Web, learner: &str, ex: &Exercise) -> Result<Session
         .or_default()
         .clone();
     let _one_at_a_time = lock.lock().await;
-    let store = web.inner.platform.store();
-    let existing = store
+    let existing = web
+        .inner
+        .platform
         .learner_machine(learner, &ex.name)
-        .await
-        .map_err(rnr_core::CoreError::from)?;
+        .await?;
     let machine = match existing {
         Some(m) if m.state == MachineState::Running => m,
         _ => {
@@ -206,10 +206,11 @@ async fn open_session(web: &Web, learner: &str, ex: &Exercise) -> Result<Session
         }
     };
     let term = web.page_terminal(&machine.id).await?;
-    let last_run = store
-        .last_check_run(&machine.id)
-        .await
-        .map_err(rnr_core::CoreError::from)?
+    let last_run = web
+        .inner
+        .checker
+        .last_run(&machine.id)
+        .await?
         .map(check_run_output);
     Ok(Session {
         exercise: ex.name.clone(),
@@ -254,10 +255,8 @@ pub async fn reset(
     let name = web
         .inner
         .platform
-        .store()
-        .machine_exercise(&m.id)
-        .await
-        .map_err(rnr_core::CoreError::from)?
+        .exercise_of(&m.id)
+        .await?
         .ok_or_else(|| not_found("exercise of this machine"))?;
     let ex = exercise(&web, &name)?;
     web.inner.platform.delete(&m.id).await?;
@@ -280,25 +279,20 @@ pub async fn extend(
             format!("machine {id} is {}", m.state.as_str()),
         ));
     }
-    let max_ttl_ms =
-        i64::try_from(web.inner.platform.policy().max_ttl.as_millis()).unwrap_or(i64::MAX);
-    let add_ms = i64::try_from(web.inner.cfg.extend.as_millis()).unwrap_or(0);
-    let ceiling = m.created_at.saturating_add(max_ttl_ms);
-    let wanted = m.expires_at.max(rnr_core::now_ms()).saturating_add(add_ms);
-    if m.expires_at >= ceiling {
+    // One press adds the configured time, or what is left of the maximum lifetime.
+    let by = web
+        .inner
+        .cfg
+        .extend
+        .min(web.inner.platform.extension_room(&m));
+    if by.is_zero() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "extend_limit_reached",
             "this machine already has the longest lifetime the platform allows",
         ));
     }
-    web.inner
-        .platform
-        .store()
-        .set_expiry(&id, wanted.min(ceiling))
-        .await
-        .map_err(rnr_core::CoreError::from)?;
-    let m = web.inner.platform.get(&id).await?;
+    let m = web.inner.platform.extend(&id, by).await?;
     Ok(Json(session_machine(&m)))
 }
 
@@ -352,12 +346,7 @@ pub async fn events(
 ) -> Result<Response, ApiError> {
     let learner = learner(&web, &headers, q.learner.as_deref())?;
     let m = owned(&web, &learner, &id).await?;
-    rnr_api::results_sse(
-        &web.inner.checker,
-        web.inner.platform.store().clone(),
-        &m.id,
-    )
-    .await
+    rnr_api::results_sse(&web.inner.checker, &m.id).await
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

@@ -86,10 +86,7 @@ impl Web {
         gateway: Gateway,
         cfg: WebConfig,
     ) -> Result<Self, rnr_core::CoreError> {
-        let secret = platform
-            .store()
-            .meta_or_insert("web_secret", || rnr_core::random_id(40))
-            .await?;
+        let secret = platform.secret("web_secret").await?;
         Ok(Self {
             inner: Arc::new(Inner {
                 platform,
@@ -154,19 +151,12 @@ impl Web {
         &self,
         machine: &str,
     ) -> Result<rnr_gateway::TerminalCreated, ApiError> {
-        let store = self.inner.platform.store();
-        let known = store
-            .machine_terminal(machine)
-            .await
-            .map_err(rnr_core::CoreError::from)?;
-        let id = match known {
+        let platform = &self.inner.platform;
+        let id = match platform.page_terminal(machine).await? {
             Some(t) => t,
             None => {
                 let t = format!("t-{}", rnr_core::random_id(12));
-                store
-                    .set_machine_terminal(machine, &t)
-                    .await
-                    .map_err(rnr_core::CoreError::from)?;
+                platform.set_page_terminal(machine, &t).await?;
                 t
             }
         };

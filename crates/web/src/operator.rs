@@ -23,10 +23,8 @@ async fn operator(web: &Web, headers: &HeaderMap) -> Option<String> {
         .signer
         .verify_operator(token, rnr_core::now_ms() / 1000)?;
     // A revoked key ends its sessions at once.
-    let keys = web.inner.platform.store().list_api_keys().await.ok()?;
-    keys.iter()
-        .any(|k| k.id == key_id && k.revoked_at.is_none())
-        .then_some(key_id)
+    let active = web.inner.platform.api_key_active(&key_id).await.ok()?;
+    active.then_some(key_id)
 }
 
 async fn require(web: &Web, headers: &HeaderMap) -> Result<String, ApiError> {
@@ -48,11 +46,7 @@ pub struct LoginForm {
 }
 
 pub async fn login(State(web): State<Web>, Form(form): Form<LoginForm>) -> Response {
-    let store = web.inner.platform.store();
-    match store
-        .api_key_by_hash(&rnr_core::hash_key(form.api_key.trim()))
-        .await
-    {
+    match web.inner.platform.authenticate(form.api_key.trim()).await {
         Ok(Some(key)) => {
             let exp = rnr_core::now_ms() / 1000 + SESSION_SECONDS;
             let c = format!(
@@ -131,7 +125,7 @@ pub async fn overview(
     let mut rows = Vec::with_capacity(machines.len());
     for m in machines {
         let stats = if m.state == MachineState::Running {
-            p.driver().stats(&m.id).await.ok().flatten()
+            p.stats(&m.id).await.ok().flatten()
         } else {
             None
         };
@@ -143,7 +137,7 @@ pub async fn overview(
             (wall > 0.0)
                 .then(|| (s.cpu_ns.saturating_sub(ns) as f64 / wall * 1000.0).round() / 10.0)
         });
-        let exercise = p.store().machine_exercise(&m.id).await.ok().flatten();
+        let exercise = p.exercise_of(&m.id).await.ok().flatten();
         rows.push(MachineRow {
             age_seconds: (now - m.created_at) / 1000,
             expires_in_seconds: ((m.expires_at - now) / 1000).max(0),
@@ -160,11 +154,7 @@ pub async fn overview(
             error: m.error,
         });
     }
-    let active = p
-        .store()
-        .count_active()
-        .await
-        .map_err(rnr_core::CoreError::from)?;
+    let active = p.active_machines().await?;
     let capacity = p.policy().capacity;
     Ok(Json(Overview {
         capacity,
@@ -193,13 +183,7 @@ pub async fn checks(
 ) -> Result<Json<Vec<CheckRunOutput>>, ApiError> {
     require(&web, &headers).await?;
     web.inner.platform.get(&id).await?;
-    let runs = web
-        .inner
-        .platform
-        .store()
-        .machine_check_runs(&id, 50)
-        .await
-        .map_err(rnr_core::CoreError::from)?;
+    let runs = web.inner.checker.history(&id, 50).await?;
     Ok(Json(runs.into_iter().map(check_run_output).collect()))
 }
 
