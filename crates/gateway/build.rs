@@ -1,22 +1,24 @@
-//! Bundles the browser client (web/: xterm.js from npm, esbuild) into OUT_DIR so the `rnr`
-//! binary embeds it; a clean clone needs only node and npm (scripts/install-deps.sh).
-//! `RNR_WEB_DIST` may point at a prebuilt bundle directory instead.
+//! Bundles the browser's terminal client (terminal-client/: xterm.js from npm, esbuild)
+//! into OUT_DIR so the `rnr` binary embeds it; a clean clone needs only node and npm
+//! (scripts/install-deps.sh). `RNR_TERMINAL_CLIENT_DIST` may point at a prebuilt bundle
+//! directory instead.
 
 use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets it"));
-    let web = manifest.join("../../web");
+    let client = manifest.join("../../terminal-client");
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets it"));
     for p in ["src", "package.json", "package-lock.json", "build.mjs"] {
-        println!("cargo:rerun-if-changed={}", web.join(p).display());
+        println!("cargo:rerun-if-changed={}", client.join(p).display());
     }
-    println!("cargo:rerun-if-env-changed=RNR_WEB_DIST");
-    if let Ok(dist) = std::env::var("RNR_WEB_DIST") {
+    println!("cargo:rerun-if-env-changed=RNR_TERMINAL_CLIENT_DIST");
+    if let Ok(dist) = std::env::var("RNR_TERMINAL_CLIENT_DIST") {
         for f in ["rnr-terminal.js", "rnr-terminal.css"] {
-            std::fs::copy(PathBuf::from(&dist).join(f), out.join(f))
-                .unwrap_or_else(|e| panic!("RNR_WEB_DIST={dist}: cannot copy {f}: {e}"));
+            std::fs::copy(PathBuf::from(&dist).join(f), out.join(f)).unwrap_or_else(|e| {
+                panic!("RNR_TERMINAL_CLIENT_DIST={dist}: cannot copy {f}: {e}")
+            });
         }
         return;
     }
@@ -28,17 +30,17 @@ fn main() {
         out.display()
     );
     let status = Command::new("flock")
-        .arg(web.join(".build.lock"))
+        .arg(client.join(".build.lock"))
         .args(["sh", "-c", &script])
-        .current_dir(&web)
+        .current_dir(&client)
         .status();
     match status {
         Ok(s) if s.success() => {}
         Ok(s) => panic!(
-            "bundling the web client in {} failed ({s}); it needs node and npm \
+            "bundling the terminal client in {} failed ({s}); it needs node and npm \
              (scripts/install-deps.sh installs them)",
-            web.display()
+            client.display()
         ),
-        Err(e) => panic!("cannot run flock/npm to bundle the web client: {e}"),
+        Err(e) => panic!("cannot run flock/npm to bundle the terminal client: {e}"),
     }
 }

@@ -1,5 +1,5 @@
 //! The browser side, served by the gateway: the terminal page and the xterm.js bundle that
-//! the build produced (build.rs runs esbuild over web/) and embedded in the binary.
+//! the build produced (build.rs runs esbuild over terminal-client/) and embedded in the binary.
 
 use crate::Gateway;
 use axum::extract::{Path, State};
