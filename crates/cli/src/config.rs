@@ -88,7 +88,7 @@ pub struct Config {
     /// every machine; default: `rnr-agent` beside the `rnr` binary, if there is one.
     pub agent_path: Option<PathBuf>,
     /// The web terminal gateway.
-    pub terminal: rnr_gateway::TerminalSettings,
+    pub terminal: rnr_terminal::TerminalSettings,
     pub checker: CheckerSection,
 }
 
@@ -208,7 +208,7 @@ impl Default for Config {
             cgroup_root: "/sys/fs/cgroup".into(),
             log_format: LogFormat::Text,
             agent_path: None,
-            terminal: rnr_gateway::TerminalSettings::default(),
+            terminal: rnr_terminal::TerminalSettings::default(),
             checker: CheckerSection::default(),
         }
     }

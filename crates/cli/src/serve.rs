@@ -254,9 +254,9 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     tracing::info!(driver = %driver_name, data_dir = %cfg.data_dir.display(), capacity = cfg.capacity, "platform ready");
     // Kept free of fields so scripts can read the address off the end of the line.
     tracing::info!("rnr listening on http://{addr}");
-    let gateway = rnr_gateway::Gateway::new(
+    let gateway = rnr_terminal::Gateway::new(
         platform.clone(),
-        rnr_gateway::GatewayConfig::new(&cfg.terminal, &cfg.data_dir),
+        rnr_terminal::GatewayConfig::new(&cfg.terminal, &cfg.data_dir),
     )
     .await?;
     {
@@ -269,18 +269,18 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             .terminals_open
             .set_source(move || i64::try_from(gw.open_terminals()).unwrap_or(i64::MAX));
     }
-    let web = rnr_web::Web::new(
+    let web = rnr_ui::Web::new(
         platform.clone(),
         checker.clone(),
         gateway.clone(),
-        rnr_web::WebConfig::default(),
+        rnr_ui::WebConfig::default(),
     )
     .await?;
-    let state = rnr_api::AppState { platform };
+    let state = rnr_http::AppState { platform };
     let app =
-        rnr_api::app_with_parts(state, Some(gateway), vec![web.api_part()]).merge(web.routes());
-    let app = rnr_api::with_checker(app, checker);
-    let res = rnr_api::run(listener, app, shutdown_signal(token.clone())).await;
+        rnr_http::app_with_parts(state, Some(gateway), vec![web.api_part()]).merge(web.routes());
+    let app = rnr_http::with_checker(app, checker);
+    let res = rnr_http::run(listener, app, shutdown_signal(token.clone())).await;
     token.cancel();
     let _ = reaper.await;
     for t in checker_tasks {

@@ -476,7 +476,7 @@ fn openapi_document_describes_the_api() {
     assert!(v["components"]["securitySchemes"]["api_key"].is_object());
 
     // Every reference resolves, whichever crate's part of the document it is in.
-    let all = rnr_api::openapi_references(&v);
+    let all = rnr_http::openapi_references(&v);
     assert!(all.len() > 20, "{all:?}");
     let dangling: Vec<_> = all
         .iter()

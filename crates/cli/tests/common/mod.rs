@@ -375,7 +375,7 @@ pub fn run_browser_script(s: &Server, script: &str, args: &[&str]) -> Value {
     let client = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../terminal-client");
     assert!(
         client.join("node_modules/playwright-core").exists(),
-        "terminal-client/node_modules is missing: the rnr-gateway build runs npm ci there"
+        "terminal-client/node_modules is missing: the rnr-terminal build runs npm ci there"
     );
     let out = Command::new("node")
         .arg(format!("test/{script}"))

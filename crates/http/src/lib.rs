@@ -120,7 +120,7 @@ pub fn app(state: AppState) -> Router {
 
 /// The HTTP application with the terminal gateway's routes (its API routes behind the same
 /// API-key check; its socket and pages authenticated by terminal tokens).
-pub fn app_with_gateway(state: AppState, gateway: Option<rnr_gateway::Gateway>) -> Router {
+pub fn app_with_gateway(state: AppState, gateway: Option<rnr_terminal::Gateway>) -> Router {
     app_with_parts(state, gateway, Vec::new())
 }
 
@@ -128,7 +128,7 @@ pub fn app_with_gateway(state: AppState, gateway: Option<rnr_gateway::Gateway>) 
 /// `/api/v1/openapi.json` is one document describing all of them.
 pub fn app_with_parts(
     state: AppState,
-    gateway: Option<rnr_gateway::Gateway>,
+    gateway: Option<rnr_terminal::Gateway>,
     parts: Vec<ApiPart>,
 ) -> Router {
     let mut docs = Vec::with_capacity(parts.len());

@@ -60,7 +60,7 @@ pub fn document(
 ) -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     if gateway {
-        doc.merge(rnr_gateway::TerminalApiDoc::openapi());
+        doc.merge(rnr_terminal::TerminalApiDoc::openapi());
     }
     for part in parts {
         doc.merge(part);
@@ -122,7 +122,7 @@ mod tests {
     #[test]
     fn a_reference_to_a_missing_schema_is_caught() {
         // The gateway's document alone names the API's error body without defining it.
-        let doc = serde_json::to_value(rnr_gateway::TerminalApiDoc::openapi()).unwrap();
+        let doc = serde_json::to_value(rnr_terminal::TerminalApiDoc::openapi()).unwrap();
         let missing = dangling(&doc);
         assert!(
             missing

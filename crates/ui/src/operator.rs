@@ -7,8 +7,8 @@ use axum::extract::{Form, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Json;
-use rnr_api::{check_run_output, ApiError, CheckRunOutput};
 use rnr_core::MachineState;
+use rnr_http::{check_run_output, ApiError, CheckRunOutput};
 use serde::{Deserialize, Serialize};
 
 const OPERATOR_COOKIE: &str = "rnr_operator";

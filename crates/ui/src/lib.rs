@@ -29,10 +29,10 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use rnr_api::ApiError;
 use rnr_checker::Checker;
 use rnr_core::Platform;
-use rnr_gateway::Gateway;
+use rnr_http::ApiError;
+use rnr_terminal::Gateway;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -122,7 +122,7 @@ impl Web {
             .route("/operator/api/machines/{id}/delete", post(operator::delete))
             .route("/operator/api/machines/{id}/checks", get(operator::checks))
             .route("/operator/api/machines/{id}/watch", post(operator::watch))
-            .route("/assets/rnr-web.css", get(pages::css))
+            .route("/assets/rnr-ui.css", get(pages::css))
             .route("/assets/rnr-exercise.js", get(pages::exercise_js))
             .route("/assets/rnr-operator.js", get(pages::operator_js))
             .with_state(self.clone())
@@ -136,9 +136,9 @@ impl Web {
             .with_state(self.clone())
     }
 
-    /// The integrator routes and their OpenAPI description, for [`rnr_api::app_with_parts`].
-    pub fn api_part(&self) -> rnr_api::ApiPart {
-        rnr_api::ApiPart {
+    /// The integrator routes and their OpenAPI description, for [`rnr_http::app_with_parts`].
+    pub fn api_part(&self) -> rnr_http::ApiPart {
+        rnr_http::ApiPart {
             routes: self.api_routes(),
             openapi: LinksApiDoc::openapi(),
         }
@@ -150,7 +150,7 @@ impl Web {
     pub(crate) async fn page_terminal(
         &self,
         machine: &str,
-    ) -> Result<rnr_gateway::TerminalCreated, ApiError> {
+    ) -> Result<rnr_terminal::TerminalCreated, ApiError> {
         let platform = &self.inner.platform;
         let id = match platform.page_terminal(machine).await? {
             Some(t) => t,
@@ -162,7 +162,7 @@ impl Web {
         };
         self.inner
             .gateway
-            .open(machine, &id, rnr_gateway::CreateTerminal::default(), "")
+            .open(machine, &id, rnr_terminal::CreateTerminal::default(), "")
             .await
             .map_err(gateway_error)
     }
@@ -211,7 +211,7 @@ pub(crate) fn html(status: StatusCode, body: String) -> Response {
         .into_response()
 }
 
-pub(crate) fn gateway_error(e: rnr_gateway::GatewayError) -> ApiError {
+pub(crate) fn gateway_error(e: rnr_terminal::GatewayError) -> ApiError {
     let (status, code) = e.status_code();
     ApiError::new(status, code, e.to_string())
 }

@@ -44,7 +44,7 @@ fn shell(title: &str, body_attrs: &str, body: &str, script: Option<&str>) -> Str
     format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{}</title><link rel=\"stylesheet\" href=\"/assets/rnr-web.css\">{script}</head>\
+         <title>{}</title><link rel=\"stylesheet\" href=\"/assets/rnr-ui.css\">{script}</head>\
          <body {body_attrs}>{body}</body></html>\n",
         esc(title)
     )

@@ -8,9 +8,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use rnr_api::{check_run_output, ApiError, CheckRunOutput};
 use rnr_checker::Exercise;
 use rnr_core::{CreateMachine, Machine, MachineState};
+use rnr_http::{check_run_output, ApiError, CheckRunOutput};
 use serde::{Deserialize, Serialize};
 
 const LEARNER_COOKIE: &str = "rnr_learner";
@@ -346,7 +346,7 @@ pub async fn events(
 ) -> Result<Response, ApiError> {
     let learner = learner(&web, &headers, q.learner.as_deref())?;
     let m = owned(&web, &learner, &id).await?;
-    rnr_api::results_sse(&web.inner.checker, &m.id).await
+    rnr_http::results_sse(&web.inner.checker, &m.id).await
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -389,13 +389,13 @@ pub struct LinkResponse {
     request_body = LinkRequest,
     responses(
         (status = 201, description = "Machine ready; the links to give the learner", body = LinkResponse),
-        (status = 400, description = "`invalid_json`: malformed JSON", body = rnr_api::ErrorBody),
-        (status = 401, description = "Missing or wrong API key", body = rnr_api::ErrorBody),
-        (status = 404, description = "`exercise_not_found`", body = rnr_api::ErrorBody),
-        (status = 415, description = "`unsupported_media_type`: the body is not JSON", body = rnr_api::ErrorBody),
-        (status = 422, description = "`invalid_request`: a missing or invalid field", body = rnr_api::ErrorBody),
-        (status = 500, description = "`setup_failed`: the exercise's setup failed on the new machine", body = rnr_api::ErrorBody),
-        (status = 503, description = "`capacity_exceeded` (with `Retry-After`) or `driver_unavailable`", body = rnr_api::ErrorBody),
+        (status = 400, description = "`invalid_json`: malformed JSON", body = rnr_http::ErrorBody),
+        (status = 401, description = "Missing or wrong API key", body = rnr_http::ErrorBody),
+        (status = 404, description = "`exercise_not_found`", body = rnr_http::ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: the body is not JSON", body = rnr_http::ErrorBody),
+        (status = 422, description = "`invalid_request`: a missing or invalid field", body = rnr_http::ErrorBody),
+        (status = 500, description = "`setup_failed`: the exercise's setup failed on the new machine", body = rnr_http::ErrorBody),
+        (status = 503, description = "`capacity_exceeded` (with `Retry-After`) or `driver_unavailable`", body = rnr_http::ErrorBody),
     ),
     security(("api_key" = []))
 )]

@@ -6,7 +6,7 @@ use crate::{CreateTerminal, TerminalCreated};
 use utoipa::OpenApi;
 
 /// The API's error body `{"error":{"code","message"}}`, named rather than typed: its type
-/// lives in rnr-api, which depends on this crate, and the served document defines it.
+/// lives in rnr-http, which depends on this crate, and the served document defines it.
 pub(crate) const ERROR_BODY: &str = "#/components/schemas/ErrorBody";
 
 #[derive(OpenApi)]
