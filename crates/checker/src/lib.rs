@@ -19,10 +19,11 @@ pub mod wire;
 pub use engine::{CheckResult, RunReport};
 pub use exercise::{Diagnostic, Exercise};
 pub use live::LiveEvent;
+pub use rnr_store::checks::{CheckRunRow, CheckRunState, CheckTrigger, WebhookState};
 pub use wire::Status;
 
 use rnr_core::{CoreError, CreateMachine, LimitsRequest, Machine, Platform};
-use rnr_store::checks::{CheckRunRow, CheckRuns, CheckTrigger, Finished, NewCheckRun};
+use rnr_store::checks::{CheckRuns, Finished, NewCheckRun};
 use rnr_store::StoreError;
 use std::collections::HashMap;
 use std::path::PathBuf;

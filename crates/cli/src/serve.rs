@@ -1,5 +1,5 @@
-//! `rnr serve`: opens the store, connects the driver, reconciles, then serves the API and
-//! reaps expired machines until SIGINT/SIGTERM.
+//! `rnr serve`: opens the store, connects the driver, reconciles, then serves the HTTP
+//! layer (API, terminals, pages) and reaps expired machines until SIGINT/SIGTERM.
 
 use crate::config::{Config, DriverChoice, LogFormat};
 use anyhow::Context;
@@ -254,7 +254,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     tracing::info!(driver = %driver_name, data_dir = %cfg.data_dir.display(), capacity = cfg.capacity, "platform ready");
     // Kept free of fields so scripts can read the address off the end of the line.
     tracing::info!("rnr listening on http://{addr}");
-    let gateway = rnr_terminal::Gateway::new(
+    let terminals = rnr_terminal::Gateway::new(
         platform.clone(),
         rnr_terminal::GatewayConfig::new(&cfg.terminal, &cfg.data_dir),
     )
@@ -262,24 +262,26 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     {
         // Typing in a terminal triggers live checking of that machine.
         let live = checker.clone();
-        gateway.on_activity(move |machine| live.notify_activity(machine));
-        let gw = gateway.clone();
+        terminals.on_activity(move |machine| live.notify_activity(machine));
+        let gw = terminals.clone();
         platform
             .metrics()
             .terminals_open
             .set_source(move || i64::try_from(gw.open_terminals()).unwrap_or(i64::MAX));
     }
-    let web = rnr_ui::Web::new(
+    let ui = rnr_ui::Ui::new(
         platform.clone(),
         checker.clone(),
-        gateway.clone(),
-        rnr_ui::WebConfig::default(),
+        terminals.clone(),
+        rnr_ui::UiConfig::default(),
     )
     .await?;
-    let state = rnr_http::AppState { platform };
-    let app =
-        rnr_http::app_with_parts(state, Some(gateway), vec![web.api_part()]).merge(web.routes());
-    let app = rnr_http::with_checker(app, checker);
+    let app = rnr_http::app(rnr_http::AppState {
+        platform,
+        checker,
+        terminals,
+        ui,
+    });
     let res = rnr_http::run(listener, app, shutdown_signal(token.clone())).await;
     token.cancel();
     let _ = reaper.await;

@@ -1,72 +1,31 @@
 //! Check runs: `POST /api/v1/machines/{id}/checks` queues one (202), `GET
 //! /api/v1/checks/{id}` reports it, `GET /api/v1/machines/{id}/checks/stream` pushes live
-//! results (SSE), `POST /api/v1/machines/{id}/activity` feeds live checking.
-//!
-//! The checker is handed to the router as an extension ([`crate::with_checker`]), so the
-//! API runs without one (checks then answer 503 `checker_unavailable`).
+//! results (SSE), `POST /api/v1/machines/{id}/activity` feeds live checking. Also the wire
+//! form of a check run, which the learner and operator pages get too.
 
-use crate::error::ApiError;
-use crate::machines::{rfc3339, ApiPath};
+use crate::error::{ErrorBody, HttpError};
+use crate::extract::ApiPath;
+use crate::machines::rfc3339;
 use crate::AppState;
-use axum::extract::Extension;
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use rnr_checker::{Checker, CheckerError, RunReport};
-use rnr_store::checks::{CheckRunState, CheckTrigger, WebhookState};
+use rnr_checker::{CheckRunRow, CheckRunState, CheckTrigger, Checker, RunReport, WebhookState};
 use serde::{Deserialize, Serialize};
 use std::convert::Infallible;
 use utoipa::ToSchema;
 
+/// Routes that take an API key.
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/v1/machines/{id}/checks", post(start_checks))
         .route("/api/v1/machines/{id}/checks/stream", get(stream_checks))
         .route("/api/v1/machines/{id}/activity", post(activity))
         .route("/api/v1/checks/{id}", get(get_checks))
-}
-
-impl From<CheckerError> for ApiError {
-    fn from(e: CheckerError) -> Self {
-        let message = e.to_string();
-        match e {
-            CheckerError::Core { source, .. } => source.into(),
-            CheckerError::ExerciseNotFound { .. } => {
-                Self::new(StatusCode::NOT_FOUND, "exercise_not_found", message)
-            }
-            CheckerError::RunNotFound(_) => {
-                Self::new(StatusCode::NOT_FOUND, "check_run_not_found", message)
-            }
-            CheckerError::Invalid { .. } => Self::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_exercise",
-                message,
-            ),
-            CheckerError::NoExercisesDir(_)
-            | CheckerError::NoExercise { .. }
-            | CheckerError::InvalidRequest { .. } => Self::invalid(message),
-            CheckerError::Setup { .. } => {
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "setup_failed", message)
-            }
-            CheckerError::Store(_) => {
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
-            }
-        }
-    }
-}
-
-/// The checker, or 503 when this server runs without one.
-pub(crate) fn checker(ext: Option<Extension<Checker>>) -> Result<Checker, ApiError> {
-    ext.map(|Extension(c)| c).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "checker_unavailable",
-            "this server runs without the checker",
-        )
-    })
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -155,7 +114,7 @@ fn results(report: &RunReport) -> Vec<CheckResultOutput> {
 }
 
 /// The wire form of a check run (also what the learner pages show).
-pub fn output(run: rnr_store::checks::CheckRunRow) -> CheckRunOutput {
+pub fn output(run: CheckRunRow) -> CheckRunOutput {
     let report: Option<RunReport> = run
         .report
         .as_deref()
@@ -193,29 +152,29 @@ pub fn output(run: rnr_store::checks::CheckRunRow) -> CheckRunOutput {
     request_body(content = StartChecksRequest, description = "Optional; an empty body runs the machine's own exercise"),
     responses(
         (status = 202, description = "Queued", body = StartChecksOutput),
-        (status = 404, description = "No such machine or exercise", body = crate::error::ErrorBody),
-        (status = 422, description = "No exercise to run, or a bad webhook URL", body = crate::error::ErrorBody),
+        (status = 404, description = "No such machine or exercise", body = ErrorBody),
+        (status = 422, description = "No exercise to run, or a bad webhook URL", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
 pub async fn start_checks(
-    ext: Option<Extension<Checker>>,
+    State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
     body: Bytes,
-) -> Result<Response, ApiError> {
-    let checker = checker(ext)?;
+) -> Result<Response, HttpError> {
     let req: StartChecksRequest = if body.iter().all(u8::is_ascii_whitespace) {
         StartChecksRequest::default()
     } else {
         serde_json::from_slice(&body).map_err(|e| {
             if e.is_syntax() || e.is_eof() {
-                ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string())
+                HttpError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string())
             } else {
-                ApiError::invalid(e.to_string())
+                HttpError::invalid(e.to_string())
             }
         })?
     };
-    let run = checker
+    let run = state
+        .checker
         .enqueue(&id, req.exercise.as_deref(), req.webhook_url.as_deref())
         .await?;
     let location = format!("/api/v1/checks/{run}");
@@ -236,16 +195,15 @@ pub async fn start_checks(
     params(("id" = String, Path, description = "Check run id")),
     responses(
         (status = 200, description = "The run", body = CheckRunOutput),
-        (status = 404, description = "No such run", body = crate::error::ErrorBody),
+        (status = 404, description = "No such run", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
 pub async fn get_checks(
-    ext: Option<Extension<Checker>>,
+    State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
-) -> Result<Json<CheckRunOutput>, ApiError> {
-    let checker = checker(ext)?;
-    Ok(Json(output(checker.get_run(&id).await?)))
+) -> Result<Json<CheckRunOutput>, HttpError> {
+    Ok(Json(output(state.checker.get_run(&id).await?)))
 }
 
 /// Live results of a machine's checks (Server-Sent Events)
@@ -257,24 +215,22 @@ pub async fn get_checks(
     params(("id" = String, Path, description = "Machine id")),
     responses(
         (status = 200, description = "text/event-stream of `results` events"),
-        (status = 404, description = "No such machine", body = crate::error::ErrorBody),
+        (status = 404, description = "No such machine", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
 pub async fn stream_checks(
-    ext: Option<Extension<Checker>>,
-    axum::extract::State(state): axum::extract::State<AppState>,
+    State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
-) -> Result<Response, ApiError> {
-    let checker = checker(ext)?;
+) -> Result<Response, HttpError> {
     state.platform.get(&id).await?;
-    results_sse(&checker, &id).await
+    results_sse(&state.checker, &id).await
 }
 
 /// Server-sent events for machine `id`: its latest run at once, then every run that changed
 /// a check's status (event `results`, data: a check run as JSON). The caller has checked
 /// that the requester may see this machine.
-pub async fn results_sse(checker: &Checker, id: &str) -> Result<Response, ApiError> {
+pub(crate) async fn results_sse(checker: &Checker, id: &str) -> Result<Response, HttpError> {
     // Subscribed before reading the latest run, so no run can fall between the two.
     let rx = checker.subscribe(id);
     let first = checker.last_run(id).await?;
@@ -318,17 +274,15 @@ pub async fn results_sse(checker: &Checker, id: &str) -> Result<Response, ApiErr
     params(("id" = String, Path, description = "Machine id")),
     responses(
         (status = 204, description = "Noted"),
-        (status = 404, description = "No such machine", body = crate::error::ErrorBody),
+        (status = 404, description = "No such machine", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
 pub async fn activity(
-    ext: Option<Extension<Checker>>,
-    axum::extract::State(state): axum::extract::State<AppState>,
+    State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
-) -> Result<StatusCode, ApiError> {
-    let checker = checker(ext)?;
+) -> Result<StatusCode, HttpError> {
     state.platform.get(&id).await?;
-    checker.notify_activity(&id);
+    state.checker.notify_activity(&id);
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,10 +1,16 @@
-//! API errors: one JSON shape, a stable machine-readable code, the right status.
+//! The one error of the HTTP layer: every route answers failures as
+//! `{"error":{"code":"…","message":"…"}}` with a stable code and the right status, whichever
+//! library the failure came from (the platform core, the checker, the terminal gateway, the
+//! UI) or whether the request itself was malformed.
 
-use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use rnr_checker::CheckerError;
 use rnr_core::CoreError;
 use rnr_driver::DriverError;
+use rnr_terminal::GatewayError;
+use rnr_ui::UiError;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -22,15 +28,17 @@ pub struct ErrorDetail {
     pub message: String,
 }
 
+/// A failed request: status, stable code and message, rendered as [`ErrorBody`].
 #[derive(Debug)]
-pub struct ApiError {
+pub struct HttpError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds after which the request may succeed (`Retry-After`).
     retry_after: Option<u64>,
 }
 
-impl ApiError {
+impl HttpError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
@@ -47,13 +55,24 @@ impl ApiError {
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
     }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    fn internal(message: String) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
+    }
 }
 
-impl IntoResponse for ApiError {
+impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         if self.status.is_server_error() {
             tracing::error!(code = self.code, message = %self.message, "request failed");
         }
+        // Only a missing or wrong credential asks for one; a bad terminal token does not.
+        let challenge = self.code == "unauthorized";
+        let retry_after = self.retry_after;
         let body = ErrorBody {
             error: ErrorDetail {
                 code: self.code.to_string(),
@@ -61,11 +80,11 @@ impl IntoResponse for ApiError {
             },
         };
         let mut resp = (self.status, axum::Json(body)).into_response();
-        if self.status == StatusCode::UNAUTHORIZED {
+        if challenge {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if let Some(secs) = self.retry_after {
+        if let Some(secs) = retry_after {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
@@ -73,7 +92,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<CoreError> for ApiError {
+impl From<CoreError> for HttpError {
     fn from(e: CoreError) -> Self {
         let message = e.to_string();
         match e {
@@ -106,14 +125,84 @@ impl From<CoreError> for ApiError {
             CoreError::Driver { .. } => {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "driver_error", message)
             }
-            CoreError::Store(_) => {
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
-            }
+            CoreError::Store(_) => Self::internal(message),
         }
     }
 }
 
-impl From<JsonRejection> for ApiError {
+impl From<CheckerError> for HttpError {
+    fn from(e: CheckerError) -> Self {
+        let message = e.to_string();
+        match e {
+            CheckerError::Core { source, .. } => source.into(),
+            CheckerError::ExerciseNotFound { .. } => {
+                Self::new(StatusCode::NOT_FOUND, "exercise_not_found", message)
+            }
+            CheckerError::RunNotFound(_) => {
+                Self::new(StatusCode::NOT_FOUND, "check_run_not_found", message)
+            }
+            CheckerError::Invalid { .. } => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_exercise",
+                message,
+            ),
+            CheckerError::NoExercisesDir(_)
+            | CheckerError::NoExercise { .. }
+            | CheckerError::InvalidRequest { .. } => Self::invalid(message),
+            CheckerError::Setup { .. } => {
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "setup_failed", message)
+            }
+            CheckerError::Store(_) => Self::internal(message),
+        }
+    }
+}
+
+/// Refusals before a terminal's socket exists; after it, the same errors are close codes
+/// ([`GatewayError::close`], docs/terminal-protocol.md).
+impl From<GatewayError> for HttpError {
+    fn from(e: GatewayError) -> Self {
+        let message = e.to_string();
+        let (status, code) = match e {
+            GatewayError::Core(core) => return core.into(),
+            GatewayError::MachineNotFound(_) => (StatusCode::NOT_FOUND, "machine_not_found"),
+            GatewayError::MachineNotRunning { .. } => (StatusCode::CONFLICT, "machine_not_running"),
+            GatewayError::LimitReached { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "terminal_limit_reached")
+            }
+            GatewayError::TokenInvalid(_) => (StatusCode::UNAUTHORIZED, "invalid_token"),
+            GatewayError::TokenExpired(_) => (StatusCode::UNAUTHORIZED, "token_expired"),
+            GatewayError::Agent { .. } => (StatusCode::SERVICE_UNAVAILABLE, "agent_unavailable"),
+            GatewayError::TerminalNotFound(_) => (StatusCode::NOT_FOUND, "terminal_not_found"),
+            GatewayError::OriginRejected(_) => (StatusCode::FORBIDDEN, "origin_rejected"),
+            GatewayError::Recording { .. } => (StatusCode::NOT_FOUND, "recording_not_found"),
+            // Found on an open socket only; never an HTTP answer in practice.
+            GatewayError::Protocol(_)
+            | GatewayError::MessageTooBig(_)
+            | GatewayError::BadCompression(_) => {
+                (StatusCode::BAD_REQUEST, "websocket_protocol_error")
+            }
+        };
+        Self::new(status, code, message)
+    }
+}
+
+impl From<UiError> for HttpError {
+    fn from(e: UiError) -> Self {
+        let message = e.to_string();
+        match e {
+            UiError::NotFound(_) => Self::not_found(message),
+            UiError::ExtendLimit(_) => {
+                Self::new(StatusCode::CONFLICT, "extend_limit_reached", message)
+            }
+            UiError::Invalid { .. } => Self::invalid(message),
+            UiError::Core(e) => e.into(),
+            UiError::Checker(e) => e.into(),
+            UiError::Terminal(e) => e.into(),
+        }
+    }
+}
+
+impl From<JsonRejection> for HttpError {
     fn from(r: JsonRejection) -> Self {
         let message = r.body_text();
         match r {
@@ -139,8 +228,14 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
-impl From<PathRejection> for ApiError {
+impl From<PathRejection> for HttpError {
     fn from(r: PathRejection) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", r.body_text())
+    }
+}
+
+impl From<QueryRejection> for HttpError {
+    fn from(r: QueryRejection) -> Self {
+        Self::invalid(r.body_text())
     }
 }

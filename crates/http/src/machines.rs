@@ -1,8 +1,10 @@
 //! `/api/v1/machines`: create, list, get, delete, exec.
 
-use crate::error::{ApiError, ErrorBody};
-use crate::{AppState, Caller};
-use axum::extract::{FromRequest, FromRequestParts, Query, State};
+use crate::auth::Caller;
+use crate::error::{ErrorBody, HttpError};
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::AppState;
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -13,16 +15,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use utoipa::{IntoParams, ToSchema};
 
-/// JSON body whose rejections become API errors.
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
-pub struct ApiJson<T>(pub T);
-
-/// Path parameters whose rejections become API errors.
-#[derive(FromRequestParts)]
-#[from_request(via(axum::extract::Path), rejection(ApiError))]
-pub struct ApiPath<T>(pub T);
-
+/// Routes that take an API key.
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/v1/machines", post(create_machine).get(list_machines))
@@ -89,6 +82,7 @@ pub struct MachineOutput {
     pub deleted_at: Option<String>,
 }
 
+/// A Unix-milliseconds time as RFC 3339.
 pub(crate) fn rfc3339(ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
@@ -174,9 +168,8 @@ pub struct ExecOutput {
 pub async fn create_machine(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    checker: Option<Extension<rnr_checker::Checker>>,
     ApiJson(req): ApiJson<CreateMachineRequest>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, HttpError> {
     let limits = req.limits.unwrap_or_default();
     let create = CreateMachine {
         image: req.image,
@@ -191,11 +184,7 @@ pub async fn create_machine(
         api_key_id: Some(caller.key_id),
     };
     let machine = match req.exercise {
-        Some(exercise) => {
-            crate::checks::checker(checker)?
-                .create_machine(create, &exercise)
-                .await?
-        }
+        Some(exercise) => state.checker.create_machine(create, &exercise).await?,
         None => state.platform.create(create).await?,
     };
     Ok((StatusCode::CREATED, Json(MachineOutput::from(machine))).into_response())
@@ -209,9 +198,8 @@ pub async fn create_machine(
     ), security(("api_key" = [])), tag = "machines")]
 pub async fn list_machines(
     State(state): State<AppState>,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<MachineList>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<Json<MachineList>, HttpError> {
     let states = match query.state.as_deref() {
         None => vec![
             MachineState::Creating,
@@ -223,7 +211,7 @@ pub async fn list_machines(
             .map(|s| {
                 s.trim()
                     .parse::<MachineState>()
-                    .map_err(|e| ApiError::invalid(format!("state: {e}")))
+                    .map_err(|e| HttpError::invalid(format!("state: {e}")))
             })
             .collect::<Result<_, _>>()?,
     };
@@ -242,7 +230,7 @@ pub async fn list_machines(
 pub async fn get_machine(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
-) -> Result<Json<MachineOutput>, ApiError> {
+) -> Result<Json<MachineOutput>, HttpError> {
     Ok(Json(state.platform.get(&id).await?.into()))
 }
 
@@ -255,7 +243,7 @@ pub async fn get_machine(
 pub async fn delete_machine(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<StatusCode, HttpError> {
     state.platform.delete(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -275,7 +263,7 @@ pub async fn exec_machine(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<ExecInput>,
-) -> Result<Json<ExecOutput>, ApiError> {
+) -> Result<Json<ExecOutput>, HttpError> {
     let started = Instant::now();
     let outcome = state
         .platform

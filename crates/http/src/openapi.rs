@@ -1,13 +1,16 @@
-//! The OpenAPI document, generated from the handlers' annotations and the wire types.
+//! The OpenAPI document, generated from the handlers' annotations and the wire types:
+//! one document for every route that is part of the API, terminals and links included.
 
 use crate::checks::{
     CheckResultOutput, CheckRunOutput, StartChecksOutput, StartChecksRequest, WebhookOutput,
 };
 use crate::error::{ErrorBody, ErrorDetail};
+use crate::learner::{LinkRequest, LinkResponse};
 use crate::machines::{
     CreateMachineRequest, ExecInput, ExecOutput, LimitsInput, LimitsOutput, MachineList,
     MachineOutput,
 };
+use rnr_terminal::{CreateTerminal, TerminalCreated};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -41,32 +44,25 @@ impl Modify for BearerAuth {
         crate::checks::get_checks,
         crate::checks::stream_checks,
         crate::checks::activity,
+        crate::terminals::create_terminal,
+        crate::terminals::delete_terminal,
+        crate::terminals::recording_by_key,
+        crate::terminals::recording_by_token,
+        crate::learner::create_link,
     ),
     components(schemas(
         CreateMachineRequest, LimitsInput, LimitsOutput, MachineOutput, MachineList,
         ExecInput, ExecOutput, ErrorBody, ErrorDetail,
-        StartChecksRequest, StartChecksOutput, CheckRunOutput, CheckResultOutput, WebhookOutput
+        StartChecksRequest, StartChecksOutput, CheckRunOutput, CheckResultOutput, WebhookOutput,
+        CreateTerminal, TerminalCreated, LinkRequest, LinkResponse
     )),
+    tags(
+        (name = "terminals", description = "Root shells in the browser (docs/terminal-protocol.md)"),
+        (name = "links", description = "Signed learner links for an LMS (docs/embedding.md)"),
+    ),
     modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;
-
-/// The served document: the API's own paths, the gateway's when it is mounted, and those of
-/// other parts (`parts`, e.g. the web UI's links), merged into one. The parts refer to the
-/// API's `ErrorBody` schema and `api_key` scheme, which this document defines.
-pub fn document(
-    gateway: bool,
-    parts: impl IntoIterator<Item = utoipa::openapi::OpenApi>,
-) -> utoipa::openapi::OpenApi {
-    let mut doc = ApiDoc::openapi();
-    if gateway {
-        doc.merge(rnr_terminal::TerminalApiDoc::openapi());
-    }
-    for part in parts {
-        doc.merge(part);
-    }
-    doc
-}
 
 /// `(where, target)` of every `$ref` in an OpenAPI document as JSON, so that tests (and
 /// anyone assembling a document from several crates' parts) can check each one resolves.
@@ -109,20 +105,27 @@ mod tests {
     }
 
     #[test]
-    fn the_gateway_paths_are_merged_and_every_reference_resolves() {
-        let doc = serde_json::to_value(document(true, [])).unwrap();
-        assert!(doc["paths"]["/api/v1/machines"]["post"].is_object());
-        assert!(doc["paths"]["/api/v1/machines/{id}/terminals"]["post"].is_object());
-        assert!(doc["paths"]["/api/v1/terminals/{id}/recording"]["get"].is_object());
+    fn every_route_is_documented_and_every_reference_resolves() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        for (path, method) in [
+            ("/api/v1/machines", "post"),
+            ("/api/v1/machines/{id}/terminals", "post"),
+            ("/api/v1/terminals/{id}/recording", "get"),
+            ("/terminals/{id}/recording", "get"),
+            ("/api/v1/links", "post"),
+        ] {
+            assert!(doc["paths"][path][method].is_object(), "{method} {path}");
+        }
         assert_eq!(dangling(&doc), Vec::new());
-        let without = serde_json::to_value(document(false, [])).unwrap();
-        assert!(without["paths"]["/api/v1/machines/{id}/terminals"].is_null());
     }
 
     #[test]
     fn a_reference_to_a_missing_schema_is_caught() {
-        // The gateway's document alone names the API's error body without defining it.
-        let doc = serde_json::to_value(rnr_terminal::TerminalApiDoc::openapi()).unwrap();
+        let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        doc["components"]["schemas"]
+            .as_object_mut()
+            .unwrap()
+            .remove("ErrorBody");
         let missing = dangling(&doc);
         assert!(
             missing

@@ -9,9 +9,9 @@
 //! stay below [`COMPRESS_MIN`] and go out as they are.
 
 use crate::GatewayError;
-use axum::http::HeaderMap;
 use bytes::Bytes;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
+use http::HeaderMap;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Mutex, OnceLock};
@@ -32,7 +32,7 @@ const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 /// Whether the request offers permessage-deflate with parameters we can honour.
 pub fn negotiate(headers: &HeaderMap) -> bool {
     headers
-        .get_all(axum::http::header::SEC_WEBSOCKET_EXTENSIONS)
+        .get_all(http::header::SEC_WEBSOCKET_EXTENSIONS)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
@@ -494,10 +494,7 @@ mod tests {
 
     fn offer(v: &str) -> bool {
         let mut h = HeaderMap::new();
-        h.insert(
-            axum::http::header::SEC_WEBSOCKET_EXTENSIONS,
-            v.parse().unwrap(),
-        );
+        h.insert(http::header::SEC_WEBSOCKET_EXTENSIONS, v.parse().unwrap());
         negotiate(&h)
     }
 

@@ -1,8 +1,6 @@
-//! The gateway's errors; each names the machine or terminal it concerns, and maps to an
-//! HTTP status + code before a WebSocket exists, or to a close code + reason after.
-
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+//! The gateway's errors; each names the machine or terminal it concerns. Before a
+//! WebSocket exists the HTTP layer answers them with a status and code; after, they end
+//! the socket with a close code and reason ([`GatewayError::close`]).
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -26,8 +24,6 @@ pub enum GatewayError {
     },
     #[error("terminal {0} not found")]
     TerminalNotFound(String),
-    #[error("invalid {field}: {message}")]
-    Invalid { field: String, message: String },
     #[error("origin {0:?} is not allowed to open terminals")]
     OriginRejected(String),
     #[error("terminal {terminal}: recording: {source}")]
@@ -36,8 +32,6 @@ pub enum GatewayError {
         #[source]
         source: std::io::Error,
     },
-    #[error("not a WebSocket handshake: {0}")]
-    Handshake(String),
     /// A frame the WebSocket protocol (with the negotiated extensions) does not allow.
     #[error("WebSocket protocol error: {0}")]
     Protocol(String),
@@ -50,31 +44,6 @@ pub enum GatewayError {
 }
 
 impl GatewayError {
-    /// HTTP status and stable code for the API's error shape.
-    pub fn status_code(&self) -> (StatusCode, &'static str) {
-        match self {
-            Self::MachineNotFound(_) => (StatusCode::NOT_FOUND, "machine_not_found"),
-            Self::MachineNotRunning { .. } => (StatusCode::CONFLICT, "machine_not_running"),
-            Self::LimitReached { .. } => (StatusCode::TOO_MANY_REQUESTS, "terminal_limit_reached"),
-            Self::TokenInvalid(_) => (StatusCode::UNAUTHORIZED, "invalid_token"),
-            Self::TokenExpired(_) => (StatusCode::UNAUTHORIZED, "token_expired"),
-            Self::Agent { .. } => (StatusCode::SERVICE_UNAVAILABLE, "agent_unavailable"),
-            Self::TerminalNotFound(_) => (StatusCode::NOT_FOUND, "terminal_not_found"),
-            Self::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
-            Self::OriginRejected(_) => (StatusCode::FORBIDDEN, "origin_rejected"),
-            Self::Recording { .. } => (StatusCode::NOT_FOUND, "recording_not_found"),
-            Self::Handshake(_) => (StatusCode::BAD_REQUEST, "not_a_websocket_handshake"),
-            // Found on an open socket only (see `close`); never an HTTP answer.
-            Self::Protocol(_) | Self::MessageTooBig(_) | Self::BadCompression(_) => {
-                (StatusCode::BAD_REQUEST, "websocket_protocol_error")
-            }
-            Self::Core(rnr_core::CoreError::NotFound(_)) => {
-                (StatusCode::NOT_FOUND, "machine_not_found")
-            }
-            Self::Core(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-        }
-    }
-
     /// WebSocket close code and reason, for errors found after the upgrade.
     pub fn close(&self) -> (u16, String) {
         let code = match self {
@@ -90,16 +59,5 @@ impl GatewayError {
             _ => crate::close::INTERNAL,
         };
         (code, crate::close::reason(&self.to_string()))
-    }
-}
-
-impl IntoResponse for GatewayError {
-    fn into_response(self) -> Response {
-        let (status, code) = self.status_code();
-        if status.is_server_error() {
-            tracing::error!(code, message = %self, "terminal request failed");
-        }
-        let body = serde_json::json!({"error": {"code": code, "message": self.to_string()}});
-        (status, axum::Json(body)).into_response()
     }
 }

@@ -1,5 +1,6 @@
 //! The terminal gateway (Kaylee): a root shell in the browser that survives page reloads,
-//! dropped networks and gateway restarts.
+//! dropped networks and gateway restarts. A library: the HTTP layer (rnr-http) routes
+//! requests here and hands over each browser's upgraded WebSocket connection.
 //!
 //! The shell lives in an agent session inside the machine (`rnr-agent session attach`),
 //! which owns the pty and a screen model; the gateway only relays. A browser proves what
@@ -7,26 +8,20 @@
 //! read-only viewer); the token alone is enough to find the terminal again after a restart.
 //! The wire protocol is in docs/terminal-protocol.md.
 
+pub mod client;
 mod deflate;
 mod error;
-mod openapi;
 mod pty;
 mod record;
 mod terminal;
 pub mod token;
-mod web;
 mod ws;
 
+pub use deflate::{negotiate as negotiate_deflate, RESPONSE as DEFLATE_RESPONSE};
 pub use error::GatewayError;
-pub use openapi::TerminalApiDoc;
 pub use token::{Claims, Role, Signer};
+pub use ws::Opened;
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
-use axum::{Json, Router};
 use rnr_core::{MachineState, Platform};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -473,17 +468,15 @@ impl Gateway {
         self.inner.terminals.lock().expect("terminals lock").len()
     }
 
-    /// Whether a browser page at `origin` may open a socket on this gateway at `host`.
-    fn origin_allowed(&self, headers: &HeaderMap) -> Result<(), GatewayError> {
-        let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+    /// Whether a page at `origin` (the request's `Origin`, absent for non-browsers) may
+    /// open a socket on this gateway, reached as `host`: its own origin, or one listed in
+    /// `[terminal] allowed_origins`.
+    pub fn origin_allowed(&self, origin: Option<&str>, host: &str) -> Result<(), GatewayError> {
+        let Some(origin) = origin else {
             // Not a browser: the token is the whole authorisation.
             return Ok(());
         };
         let origin = origin.trim_end_matches('/');
-        let host = headers
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
         let own = origin
             .split_once("://")
             .is_some_and(|(_, h)| !host.is_empty() && h.eq_ignore_ascii_case(host));
@@ -500,177 +493,16 @@ impl Gateway {
         }
     }
 
-    /// Routes that need an API key (the caller adds that middleware).
-    pub fn api_routes(&self) -> Router {
-        Router::new()
-            .route("/api/v1/machines/{id}/terminals", post(create_terminal))
-            .route("/api/v1/terminals/{id}", delete(delete_terminal))
-            .route("/api/v1/terminals/{id}/recording", get(recording_by_key))
-            .with_state(self.clone())
+    /// The asciicast v2 recording of terminal `id` (one opened with `record: true`).
+    pub async fn recording(&self, id: &str) -> Result<Vec<u8>, GatewayError> {
+        if !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(GatewayError::TerminalNotFound(id.into()));
+        }
+        tokio::fs::read(record::path(&self.inner.cfg.recordings_dir, id))
+            .await
+            .map_err(|source| GatewayError::Recording {
+                terminal: id.into(),
+                source,
+            })
     }
-
-    /// Routes authenticated by a terminal token alone: the socket, the pages, the assets.
-    pub fn public_routes(&self) -> Router {
-        Router::new()
-            .route("/ws/terminals/{id}", get(ws::handler))
-            .route("/terminals/{id}", get(web::page))
-            .route("/terminals/{id}/replay", get(web::replay_page))
-            .route("/terminals/{id}/recording", get(recording_by_token))
-            .route("/assets/rnr-terminal.js", get(web::script))
-            .route("/assets/rnr-terminal.css", get(web::style))
-            .with_state(self.clone())
-    }
-}
-
-fn base_url(headers: &HeaderMap) -> String {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("localhost");
-    let proto = headers
-        .get("x-forwarded-proto")
-        .and_then(|v| v.to_str().ok())
-        .filter(|p| *p == "https")
-        .unwrap_or("http");
-    format!("{proto}://{host}")
-}
-
-/// Open a terminal: a root shell on the machine, for a browser
-///
-/// Returns an owner and a read-only viewer token, both bound to this terminal and machine
-/// and valid until `expires_at`. A browser either opens `page_url` (the gateway's own
-/// terminal page; the token in the URL is all it needs) or connects its own client to
-/// `ws_url`: `GET /ws/terminals/{id}?token=…[&rows=R&cols=C]` upgraded to a WebSocket.
-/// The token rides in the query string because browsers cannot set headers on a
-/// WebSocket; no API key ever reaches the browser. The `viewer_*` URLs carry the viewer
-/// token: the same screen live, input and resizes dropped.
-///
-/// On the socket, binary frames are terminal bytes both ways; text frames are JSON control
-/// messages (`{"t":"resize","rows","cols"}`, `{"t":"pause"}`, `{"t":"resume"}` from the
-/// client; `{"t":"hello",…,"token","expires_at"}` from the server, repeated with a fresh
-/// token before the old one expires, to reconnect with). A page whose `Origin` is neither
-/// the gateway's nor in `[terminal] allowed_origins` is refused with 403 before the upgrade;
-/// every other refusal is a close frame: 1001 going away, 1011 internal error (reconnect);
-/// 4000 bad control message, 4001 invalid token, 4002 token expired, 4004 machine gone,
-/// 4008 idle timeout, 4010 shell exited or terminal closed, 4029 terminal limit reached
-/// (do not reconnect); 4011 agent unavailable (reconnect later); 4012 session connection
-/// lost, 4408 no answer to pings (reconnect). The shell survives reconnects, page reloads
-/// and gateway restarts. Protocol: docs/terminal-protocol.md.
-#[utoipa::path(
-    post, path = "/api/v1/machines/{id}/terminals", tag = "terminals",
-    params(("id" = String, Path, description = "Machine id")),
-    request_body(content = CreateTerminal, description = "Optional; without a body: 24×80, not recorded"),
-    responses(
-        (status = 201, description = "Terminal attached; tokens and URLs to reach it", body = TerminalCreated),
-        (status = 401, description = "Missing or wrong API key", body = ref(openapi::ERROR_BODY)),
-        (status = 404, description = "`machine_not_found`", body = ref(openapi::ERROR_BODY)),
-        (status = 409, description = "`machine_not_running`", body = ref(openapi::ERROR_BODY)),
-        (status = 422, description = "`invalid_request`: the body is not valid JSON of this shape", body = ref(openapi::ERROR_BODY)),
-        (status = 429, description = "`terminal_limit_reached`: the machine has `[terminal] max_per_machine` open terminals", body = ref(openapi::ERROR_BODY)),
-        (status = 503, description = "`agent_unavailable`: the agent in the machine cannot hold the session", body = ref(openapi::ERROR_BODY)),
-    ),
-    security(("api_key" = []))
-)]
-async fn create_terminal(
-    State(gw): State<Gateway>,
-    Path(machine): Path<String>,
-    headers: HeaderMap,
-    body: Result<Option<Json<CreateTerminal>>, JsonRejection>,
-) -> Result<Response, GatewayError> {
-    // axum's own rejection is plain text; the API promises its error shape.
-    let req = body
-        .map_err(|e| GatewayError::Invalid {
-            field: "body".into(),
-            message: e.body_text(),
-        })?
-        .map(|Json(b)| b)
-        .unwrap_or_default();
-    let created = gw.create(&machine, req, &base_url(&headers)).await?;
-    Ok((StatusCode::CREATED, Json(created)).into_response())
-}
-
-/// Close a terminal: hang up its shell and end the session
-///
-/// Connected clients are closed with 4010.
-#[utoipa::path(
-    delete, path = "/api/v1/terminals/{id}", tag = "terminals",
-    params(("id" = String, Path, description = "Terminal id")),
-    responses(
-        (status = 204, description = "Closed"),
-        (status = 401, description = "Missing or wrong API key", body = ref(openapi::ERROR_BODY)),
-        (status = 404, description = "`terminal_not_found`: no open terminal with this id", body = ref(openapi::ERROR_BODY)),
-    ),
-    security(("api_key" = []))
-)]
-async fn delete_terminal(
-    State(gw): State<Gateway>,
-    Path(id): Path<String>,
-) -> Result<StatusCode, GatewayError> {
-    gw.kill(&id).await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-async fn recording(gw: &Gateway, id: &str) -> Result<Response, GatewayError> {
-    if !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-        return Err(GatewayError::TerminalNotFound(id.into()));
-    }
-    let body = tokio::fs::read(record::path(&gw.inner.cfg.recordings_dir, id))
-        .await
-        .map_err(|source| GatewayError::Recording {
-            terminal: id.into(),
-            source,
-        })?;
-    Ok(([(header::CONTENT_TYPE, "application/x-asciicast")], body).into_response())
-}
-
-/// The recording of a terminal opened with `record: true`, as an asciicast v2 file
-///
-/// Also readable with a terminal token at `/terminals/{id}/recording?token=…`, and
-/// replayed in the browser at `/terminals/{id}/replay?token=…`.
-#[utoipa::path(
-    get, path = "/api/v1/terminals/{id}/recording", tag = "terminals",
-    params(("id" = String, Path, description = "Terminal id")),
-    responses(
-        (status = 200, description = "asciicast v2: a JSON header line, then one `[time, \"o\" or \"r\", data]` line per output or resize", content_type = "application/x-asciicast", body = String),
-        (status = 401, description = "Missing or wrong API key", body = ref(openapi::ERROR_BODY)),
-        (status = 404, description = "`recording_not_found` or `terminal_not_found`", body = ref(openapi::ERROR_BODY)),
-    ),
-    security(("api_key" = []))
-)]
-async fn recording_by_key(
-    State(gw): State<Gateway>,
-    Path(id): Path<String>,
-) -> Result<Response, GatewayError> {
-    recording(&gw, &id).await
-}
-
-#[derive(Deserialize)]
-struct TokenQuery {
-    #[serde(default)]
-    token: String,
-}
-
-/// The recording of a terminal, for a browser holding one of its tokens
-///
-/// The same file as `GET /api/v1/terminals/{id}/recording`, authorised by an owner or
-/// viewer token of the terminal instead of an API key (what the replay page uses).
-#[utoipa::path(
-    get, path = "/terminals/{id}/recording", tag = "terminals",
-    params(
-        ("id" = String, Path, description = "Terminal id"),
-        ("token" = String, Query, description = "An owner or viewer token of this terminal"),
-    ),
-    responses(
-        (status = 200, description = "asciicast v2", content_type = "application/x-asciicast", body = String),
-        (status = 401, description = "`invalid_token` or `token_expired`", body = ref(openapi::ERROR_BODY)),
-        (status = 404, description = "`recording_not_found`", body = ref(openapi::ERROR_BODY)),
-    )
-)]
-async fn recording_by_token(
-    State(gw): State<Gateway>,
-    Path(id): Path<String>,
-    Query(q): Query<TokenQuery>,
-) -> Result<Response, GatewayError> {
-    gw.verify(&q.token, &id)?;
-    recording(&gw, &id).await
 }

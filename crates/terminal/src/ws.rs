@@ -3,16 +3,13 @@
 //! browser → shell (input, resize, flow control, pongs) and shell → browser (output, pings,
 //! closing). Output waits in the terminal's bounded per-client queue, nowhere else.
 //!
-//! The upgrade is done here rather than by axum, which (like tungstenite under it) knows
-//! no permessage-deflate: see `deflate` for the extension.
+//! The HTTP layer checks the opening handshake and upgrades the connection (axum, like
+//! tungstenite under it, knows no permessage-deflate: see `deflate` for the extension);
+//! the WebSocket over that connection is made and spoken here.
 
 use crate::deflate::{self, Inflating};
 use crate::terminal::{Subscription, Terminal, MAX_INPUT};
-use crate::{close, Gateway, GatewayError, Role};
-use axum::body::Body;
-use axum::extract::{Path, Query, Request, State};
-use axum::http::{header, HeaderValue, Method, StatusCode, Version};
-use axum::response::{IntoResponse, Response};
+use crate::{close, Claims, Gateway, GatewayError, Role};
 use bytes::{Bytes, BytesMut};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
@@ -21,7 +18,6 @@ use serde::Deserialize;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use tokio::sync::watch;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role as WsRole, WebSocketConfig};
@@ -37,14 +33,18 @@ const MAX_OUT_MESSAGE: usize = 64 * 1024;
 /// Largest message or frame taken from a browser, compressed or inflated.
 const MAX_IN_MESSAGE: usize = MAX_INPUT + 1024;
 
-#[derive(Deserialize)]
-pub struct WsQuery {
-    #[serde(default)]
-    token: String,
-    #[serde(default)]
-    rows: Option<u16>,
-    #[serde(default)]
-    cols: Option<u16>,
+/// What the HTTP layer learnt from the opening handshake of terminal `terminal`'s socket.
+#[derive(Debug)]
+pub struct Opened {
+    pub terminal: String,
+    /// The token's claims, or why it was refused: told to the browser as a close code and
+    /// reason once the socket is open, so that it can read why.
+    pub access: Result<Claims, GatewayError>,
+    /// The size the client asked for in the URL (`rows`, `cols`).
+    pub rows: Option<u16>,
+    pub cols: Option<u16>,
+    /// Whether permessage-deflate was negotiated ([`crate::negotiate_deflate`]).
+    pub deflate: bool,
 }
 
 #[derive(Deserialize)]
@@ -55,30 +55,10 @@ enum Control {
     Resume,
 }
 
-pub async fn handler(
-    State(gw): State<Gateway>,
-    Path(id): Path<String>,
-    Query(q): Query<WsQuery>,
-    mut req: Request,
-) -> Response {
-    // Before the upgrade: a page on another site gets no socket at all.
-    if let Err(e) = gw.origin_allowed(req.headers()) {
-        return e.into_response();
-    }
-    let accept = match handshake(&req) {
-        Ok(a) => a,
-        Err(e) => return e.into_response(),
-    };
-    let compress = deflate::negotiate(req.headers());
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    tokio::spawn(async move {
-        let upgraded = match on_upgrade.await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::info!(terminal = %id, error = %e, "WebSocket upgrade failed");
-                return;
-            }
-        };
+impl Gateway {
+    /// Speaks the terminal protocol over a connection the HTTP layer upgraded, until the
+    /// browser leaves or the terminal ends.
+    pub async fn serve_socket(self, upgraded: hyper::upgrade::Upgraded, opened: Opened) {
         // Small socket buffers: an idle terminal should cost kilobytes (tungstenite's
         // default is 128 KiB each way); output is already coalesced into large messages.
         // Unmasked frames are the adapter's inflated ones: it refuses them from the client.
@@ -88,65 +68,10 @@ pub async fn handler(
             .max_message_size(Some(MAX_IN_MESSAGE))
             .max_frame_size(Some(MAX_IN_MESSAGE))
             .accept_unmasked_frames(true);
-        let io = Inflating::new(TokioIo::new(upgraded), compress, MAX_IN_MESSAGE);
+        let io = Inflating::new(TokioIo::new(upgraded), opened.deflate, MAX_IN_MESSAGE);
         let socket = WebSocketStream::from_raw_socket(io, WsRole::Server, Some(config)).await;
-        session(gw, id, q, socket, compress).await
-    });
-    let mut resp = Response::new(Body::empty());
-    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = resp.headers_mut();
-    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
-    if compress {
-        h.insert(
-            header::SEC_WEBSOCKET_EXTENSIONS,
-            HeaderValue::from_static(deflate::RESPONSE),
-        );
+        session(self, opened, socket).await
     }
-    resp
-}
-
-/// Checks an RFC 6455 opening handshake; returns the `Sec-WebSocket-Accept` value.
-fn handshake(req: &Request) -> Result<HeaderValue, GatewayError> {
-    let bad = |m: &str| Err(GatewayError::Handshake(m.into()));
-    let headers = req.headers();
-    let has = |name: header::HeaderName, token: &str| {
-        headers.get_all(name).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-        })
-    };
-    if req.method() != Method::GET {
-        return bad("the method must be GET");
-    }
-    if req.version() > Version::HTTP_11 {
-        return bad("WebSockets are served over HTTP/1.1 only");
-    }
-    if !has(header::UPGRADE, "websocket") {
-        return bad("Upgrade: websocket is missing");
-    }
-    if !has(header::CONNECTION, "upgrade") {
-        return bad("Connection: upgrade is missing");
-    }
-    if headers
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .is_none_or(|v| v.as_bytes() != b"13")
-    {
-        return bad("Sec-WebSocket-Version must be 13");
-    }
-    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
-        return bad("Sec-WebSocket-Key is missing");
-    };
-    if req
-        .extensions()
-        .get::<hyper::upgrade::OnUpgrade>()
-        .is_none()
-    {
-        return bad("this connection cannot be upgraded");
-    }
-    Ok(HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
-        .expect("base64 is a valid header value"))
 }
 
 async fn close_with(mut socket: WebSocket, code: u16, reason: String) {
@@ -160,16 +85,22 @@ fn close_message(code: u16, reason: String) -> Message {
     }))
 }
 
-async fn session(gw: Gateway, id: String, q: WsQuery, socket: WebSocket, compress: bool) {
-    // After the upgrade, so the browser can read why (close code and reason).
-    let claims = match gw.verify(&q.token, &id) {
+async fn session(gw: Gateway, opened: Opened, socket: WebSocket) {
+    let Opened {
+        terminal: id,
+        access,
+        rows,
+        cols,
+        deflate: compress,
+    } = opened;
+    let claims = match access {
         Ok(c) => c,
         Err(e) => {
             let (code, reason) = e.close();
             return close_with(socket, code, reason).await;
         }
     };
-    let size = (q.rows.unwrap_or(24), q.cols.unwrap_or(80));
+    let size = (rows.unwrap_or(24), cols.unwrap_or(80));
     let term = match gw.attach(&id, &claims.machine, size, false).await {
         Ok(t) => t,
         Err(e) => {
@@ -179,7 +110,7 @@ async fn session(gw: Gateway, id: String, q: WsQuery, socket: WebSocket, compres
         }
     };
     if claims.role == Role::Owner {
-        if let (Some(r), Some(c)) = (q.rows, q.cols) {
+        if let (Some(r), Some(c)) = (rows, cols) {
             term.resize(r, c).await;
         }
     }

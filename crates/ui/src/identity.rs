@@ -40,6 +40,11 @@ pub fn valid_learner(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"_@.:-".contains(&b))
 }
 
+/// A new anonymous learner's id, for a browser that has no session yet.
+pub fn anonymous_learner() -> String {
+    format!("anon-{}", rnr_core::random_id(16))
+}
+
 impl Signer {
     pub fn new(key: &[u8]) -> Self {
         Self { key: key.to_vec() }

@@ -1,6 +1,9 @@
-//! The web UI: the learner's exercise page (instructions beside the terminal, Check button,
-//! live results, time left, extend, reset), the exercise index, signed links and the
-//! `/embed/…` variant for an LMS iframe, and the operator's view.
+//! The web UI as a library: the learner's exercise page (instructions beside the terminal,
+//! Check button, live results, time left, extend, reset), the exercise index, signed links
+//! and the `/embed/…` variant for an LMS iframe, and the operator's view. It renders the
+//! pages, signs and verifies the tokens, and does what the pages ask; the HTTP layer
+//! (rnr-http) routes requests here, authenticates them with [`Signer`] and writes the
+//! answers.
 //!
 //! Learners never hold an API key: a learner is a signed id — an anonymous browser session
 //! (cookie) or a learner id the integrating LMS named in a signed, expiring link. Every
@@ -11,36 +14,42 @@
 mod identity;
 mod learn;
 mod operator;
-mod pages;
+pub mod pages;
 
-pub use identity::{valid_learner, LinkClaims, Signer};
+pub use identity::{anonymous_learner, valid_learner, LinkClaims, Signer};
+pub use learn::{Link, LinkRefused, Session};
+pub use operator::{MachineUse, Overview};
 
-/// OpenAPI description of the integrator routes (`POST /api/v1/links`); it names the API's
-/// `api_key` scheme, which the served document defines.
-#[derive(utoipa::OpenApi)]
-#[openapi(
-    paths(learn::create_link),
-    components(schemas(learn::LinkRequest, learn::LinkResponse)),
-    tags((name = "links", description = "Signed learner links for an LMS (docs/embedding.md)")),
-)]
-pub struct LinksApiDoc;
-
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::{get, post};
-use axum::Router;
-use rnr_checker::Checker;
-use rnr_core::Platform;
-use rnr_http::ApiError;
-use rnr_terminal::Gateway;
+use rnr_checker::{Checker, CheckerError};
+use rnr_core::{CoreError, Platform};
+use rnr_terminal::{Gateway, GatewayError};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use utoipa::OpenApi;
+
+/// What the UI refuses, and why; each names what it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum UiError {
+    /// Absent, or not this learner's: the two look the same from outside.
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("machine {0} already has the longest lifetime the platform allows")]
+    ExtendLimit(String),
+    #[error("invalid {field}: {message}")]
+    Invalid { field: String, message: String },
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    #[error(transparent)]
+    Checker(#[from] CheckerError),
+    #[error(transparent)]
+    Terminal(#[from] GatewayError),
+}
+
+pub type Result<T, E = UiError> = std::result::Result<T, E>;
 
 /// Settings of the web UI.
 #[derive(Debug, Clone)]
-pub struct WebConfig {
+pub struct UiConfig {
     /// How much time one press of "extend" adds to a learner's machine.
     pub extend: Duration,
     /// Lifetime of signed learner links when the request names none.
@@ -49,7 +58,7 @@ pub struct WebConfig {
     pub public_url: Option<String>,
 }
 
-impl Default for WebConfig {
+impl Default for UiConfig {
     fn default() -> Self {
         Self {
             extend: Duration::from_secs(15 * 60),
@@ -59,39 +68,47 @@ impl Default for WebConfig {
     }
 }
 
-pub(crate) struct Inner {
-    pub platform: Platform,
-    pub checker: Checker,
-    pub gateway: Gateway,
-    pub signer: Signer,
-    pub cfg: WebConfig,
+struct Inner {
+    platform: Platform,
+    checker: Checker,
+    terminals: Gateway,
+    signer: Signer,
+    cfg: UiConfig,
     /// One creation at a time per learner, so two tabs opening an exercise at once share
     /// one machine.
-    pub creating: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    creating: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Last CPU sample per machine, to show CPU use as a rate.
-    pub cpu_samples: Mutex<HashMap<String, (u64, std::time::Instant)>>,
+    cpu_samples: Mutex<HashMap<String, (u64, std::time::Instant)>>,
 }
 
-/// Shared state of the web handlers; cheap to clone.
+/// The web UI; cheap to clone.
 #[derive(Clone)]
-pub struct Web {
-    pub(crate) inner: Arc<Inner>,
+pub struct Ui {
+    inner: Arc<Inner>,
 }
 
-impl Web {
-    /// The web UI; its signing secret is kept in the store so sessions survive restarts.
+impl std::fmt::Debug for Ui {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ui")
+            .field("config", &self.inner.cfg)
+            .finish()
+    }
+}
+
+impl Ui {
+    /// The web UI; its signing secret is kept by the platform so sessions survive restarts.
     pub async fn new(
         platform: Platform,
         checker: Checker,
-        gateway: Gateway,
-        cfg: WebConfig,
-    ) -> Result<Self, rnr_core::CoreError> {
+        terminals: Gateway,
+        cfg: UiConfig,
+    ) -> Result<Self> {
         let secret = platform.secret("web_secret").await?;
         Ok(Self {
             inner: Arc::new(Inner {
                 platform,
                 checker,
-                gateway,
+                terminals,
                 signer: Signer::new(secret.as_bytes()),
                 cfg,
                 creating: Mutex::default(),
@@ -100,57 +117,27 @@ impl Web {
         })
     }
 
-    /// Routes: pages and the learner and operator APIs (their own authentication), and
-    /// `api_routes` that the caller puts behind the API-key check.
-    pub fn routes(&self) -> Router {
-        Router::new()
-            .route("/", get(|| async { Redirect::to("/exercises") }))
-            .route("/exercises", get(learn::index))
-            .route("/exercises/{name}", get(learn::exercise_page))
-            .route("/learn/{token}", get(learn::link_page))
-            .route("/embed/{token}", get(learn::embed_page))
-            .route("/learn/api/exercises/{name}/session", post(learn::session))
-            .route("/learn/api/machines/{id}/reset", post(learn::reset))
-            .route("/learn/api/machines/{id}/extend", post(learn::extend))
-            .route("/learn/api/machines/{id}/checks", post(learn::start_checks))
-            .route("/learn/api/machines/{id}/events", get(learn::events))
-            .route("/learn/api/checks/{id}", get(learn::get_checks))
-            .route("/operator", get(operator::page))
-            .route("/operator/login", post(operator::login))
-            .route("/operator/logout", post(operator::logout))
-            .route("/operator/api/overview", get(operator::overview))
-            .route("/operator/api/machines/{id}/delete", post(operator::delete))
-            .route("/operator/api/machines/{id}/checks", get(operator::checks))
-            .route("/operator/api/machines/{id}/watch", post(operator::watch))
-            .route("/assets/rnr-ui.css", get(pages::css))
-            .route("/assets/rnr-exercise.js", get(pages::exercise_js))
-            .route("/assets/rnr-operator.js", get(pages::operator_js))
-            .with_state(self.clone())
+    /// Signs and verifies learner sessions, links and operator sessions.
+    pub fn signer(&self) -> &Signer {
+        &self.inner.signer
     }
 
-    /// Routes for integrators, to be put behind the API-key check; [`Web::api_part`] has
-    /// them with their OpenAPI description.
-    pub fn api_routes(&self) -> Router {
-        Router::new()
-            .route("/api/v1/links", post(learn::create_link))
-            .with_state(self.clone())
+    pub fn config(&self) -> &UiConfig {
+        &self.inner.cfg
     }
 
-    /// The integrator routes and their OpenAPI description, for [`rnr_http::app_with_parts`].
-    pub fn api_part(&self) -> rnr_http::ApiPart {
-        rnr_http::ApiPart {
-            routes: self.api_routes(),
-            openapi: LinksApiDoc::openapi(),
+    /// The base of absolute links: the configured public URL, else `http://<host>`.
+    pub fn base_url(&self, host: Option<&str>) -> String {
+        match &self.inner.cfg.public_url {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None => format!("http://{}", host.unwrap_or("localhost")),
         }
     }
 
     /// The terminal the pages show for `machine` (the same one across reloads, restarts and
     /// for the operator's read-only view), attached and with fresh tokens; URLs relative,
     /// as the pages and the terminal share an origin.
-    pub(crate) async fn page_terminal(
-        &self,
-        machine: &str,
-    ) -> Result<rnr_terminal::TerminalCreated, ApiError> {
+    async fn page_terminal(&self, machine: &str) -> Result<rnr_terminal::TerminalCreated> {
         let platform = &self.inner.platform;
         let id = match platform.page_terminal(machine).await? {
             Some(t) => t,
@@ -160,58 +147,10 @@ impl Web {
                 t
             }
         };
-        self.inner
-            .gateway
+        Ok(self
+            .inner
+            .terminals
             .open(machine, &id, rnr_terminal::CreateTerminal::default(), "")
-            .await
-            .map_err(gateway_error)
+            .await?)
     }
-
-    pub(crate) fn base_url(&self, headers: &HeaderMap) -> String {
-        if let Some(u) = &self.inner.cfg.public_url {
-            return u.trim_end_matches('/').to_string();
-        }
-        let host = headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("localhost");
-        format!("http://{host}")
-    }
-}
-
-/// A cookie's value from the request.
-pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
-}
-
-pub(crate) fn not_found(what: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        format!("{what} not found"),
-    )
-}
-
-pub(crate) fn html(status: StatusCode, body: String) -> Response {
-    (
-        status,
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        body,
-    )
-        .into_response()
-}
-
-pub(crate) fn gateway_error(e: rnr_terminal::GatewayError) -> ApiError {
-    let (status, code) = e.status_code();
-    ApiError::new(status, code, e.to_string())
 }

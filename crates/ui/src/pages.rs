@@ -2,8 +2,6 @@
 //! are small server-rendered shells; the scripts in assets/ do the rest against the
 //! learner and operator APIs.
 
-use axum::http::header;
-use axum::response::IntoResponse;
 use pulldown_cmark::{Event, Options, Parser};
 use rnr_checker::Exercise;
 
@@ -164,33 +162,12 @@ pub fn operator() -> String {
     shell("rootnroll operator", "", body, Some("rnr-operator.js"))
 }
 
-fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
-    (
-        [
-            (header::CONTENT_TYPE, content_type),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        body,
-    )
-}
-
-pub async fn css() -> impl IntoResponse {
-    asset("text/css; charset=utf-8", include_str!("../assets/web.css"))
-}
-
-pub async fn exercise_js() -> impl IntoResponse {
-    asset(
-        "text/javascript; charset=utf-8",
-        include_str!("../assets/exercise.js"),
-    )
-}
-
-pub async fn operator_js() -> impl IntoResponse {
-    asset(
-        "text/javascript; charset=utf-8",
-        include_str!("../assets/operator.js"),
-    )
-}
+/// The pages' stylesheet (`/assets/rnr-web.css`).
+pub const CSS: &str = include_str!("../assets/web.css");
+/// The exercise page's script (`/assets/rnr-exercise.js`).
+pub const EXERCISE_JS: &str = include_str!("../assets/exercise.js");
+/// The operator view's script (`/assets/rnr-operator.js`).
+pub const OPERATOR_JS: &str = include_str!("../assets/operator.js");
 
 #[cfg(test)]
 mod tests {
