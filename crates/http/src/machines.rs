@@ -1,4 +1,4 @@
-//! `/api/v1/machines`: create, list, get, delete, exec.
+//! `/api/v1/machines`: create, list, get, delete, exec, extend.
 
 use crate::auth::Caller;
 use crate::error::{ErrorBody, HttpError};
@@ -24,6 +24,7 @@ pub fn routes() -> Router<AppState> {
             get(get_machine).delete(delete_machine),
         )
         .route("/api/v1/machines/{id}/exec", post(exec_machine))
+        .route("/api/v1/machines/{id}/extend", post(extend_machine))
 }
 
 /// Resource caps; omitted fields take the platform's defaults.
@@ -287,4 +288,41 @@ pub async fn exec_machine(
         truncated: outcome.truncated,
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
     }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExtendInput {
+    /// How much longer the machine may live, added to its current expiry. Its whole
+    /// lifetime, from creation, stays within the platform's `max_ttl_seconds`.
+    #[schema(minimum = 1)]
+    pub ttl_seconds: u64,
+}
+
+/// Extend a running machine's lifetime
+///
+/// Adds `ttl_seconds` to the machine's expiry. Refused with 422 `invalid_request` when the
+/// machine would then live longer, from its creation, than the platform allows
+/// (`max_ttl_seconds`); the message says how much is left.
+#[utoipa::path(post, path = "/api/v1/machines/{id}/extend", params(("id" = String, Path)),
+    request_body = ExtendInput,
+    responses(
+        (status = 200, description = "The machine with its new `expires_at`", body = MachineOutput),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 404, description = "`machine_not_found`", body = ErrorBody),
+        (status = 409, description = "`machine_not_running`: deleted, failed or still creating", body = ErrorBody),
+        (status = 415, body = ErrorBody),
+        (status = 422, description = "`invalid_request`: `ttl_seconds` is 0 or beyond the maximum lifetime", body = ErrorBody),
+    ), security(("api_key" = [])), tag = "machines")]
+pub async fn extend_machine(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<ExtendInput>,
+) -> Result<Json<MachineOutput>, HttpError> {
+    let m = state
+        .platform
+        .extend(&id, Duration::from_secs(req.ttl_seconds))
+        .await?;
+    Ok(Json(m.into()))
 }

@@ -7,8 +7,8 @@ use crate::checks::{
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::learner::{LinkRequest, LinkResponse};
 use crate::machines::{
-    CreateMachineRequest, ExecInput, ExecOutput, LimitsInput, LimitsOutput, MachineList,
-    MachineOutput,
+    CreateMachineRequest, ExecInput, ExecOutput, ExtendInput, LimitsInput, LimitsOutput,
+    MachineList, MachineOutput,
 };
 use rnr_terminal::{CreateTerminal, TerminalCreated};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -40,6 +40,7 @@ impl Modify for BearerAuth {
         crate::machines::get_machine,
         crate::machines::delete_machine,
         crate::machines::exec_machine,
+        crate::machines::extend_machine,
         crate::checks::start_checks,
         crate::checks::get_checks,
         crate::checks::stream_checks,
@@ -52,7 +53,7 @@ impl Modify for BearerAuth {
     ),
     components(schemas(
         CreateMachineRequest, LimitsInput, LimitsOutput, MachineOutput, MachineList,
-        ExecInput, ExecOutput, ErrorBody, ErrorDetail,
+        ExecInput, ExecOutput, ExtendInput, ErrorBody, ErrorDetail,
         StartChecksRequest, StartChecksOutput, CheckRunOutput, CheckResultOutput, WebhookOutput,
         CreateTerminal, TerminalCreated, LinkRequest, LinkResponse
     )),
@@ -109,6 +110,7 @@ mod tests {
         let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
         for (path, method) in [
             ("/api/v1/machines", "post"),
+            ("/api/v1/machines/{id}/extend", "post"),
             ("/api/v1/machines/{id}/terminals", "post"),
             ("/api/v1/terminals/{id}/recording", "get"),
             ("/terminals/{id}/recording", "get"),
