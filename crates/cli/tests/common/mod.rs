@@ -16,6 +16,13 @@ use std::time::Duration;
 pub const IMAGE: &str = "tiny";
 pub const NETWORK: &str = "rnr-test-api";
 
+/// Writes `text` to `dir/name`, making the folders on the way (exercise folders).
+pub fn write(dir: &Path, name: &str, text: &str) {
+    let p = dir.join(name);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, text).unwrap();
+}
+
 pub fn rnr() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_rnr"));
     // Every other RNR_* variable is configuration to `rnr`, which refuses unknown keys.
