@@ -31,8 +31,11 @@ pub fn routes() -> Router<AppState> {
         .route("/learn/api/machines/{id}/checks", post(start_checks))
         .route("/learn/api/machines/{id}/events", get(events))
         .route("/learn/api/checks/{id}", get(get_checks))
-        .route("/assets/rnr-web.css", get(css))
-        .route("/assets/rnr-exercise.js", get(exercise_js))
+        .route(pages::CSS.path, get(|| async { asset(&pages::CSS) }))
+        .route(
+            pages::EXERCISE_JS.path,
+            get(|| async { asset(&pages::EXERCISE_JS) }),
+        )
 }
 
 /// Routes that take an API key.
@@ -228,23 +231,15 @@ async fn events(
 }
 
 /// The pages' assets change with the binary only; browsers revalidate them.
-pub(crate) fn asset(content_type: &'static str, body: &'static str) -> Response {
+pub(crate) fn asset(a: &pages::Asset) -> Response {
     (
         [
-            (header::CONTENT_TYPE, content_type),
+            (header::CONTENT_TYPE, a.content_type),
             (header::CACHE_CONTROL, "no-cache"),
         ],
-        body,
+        a.body,
     )
         .into_response()
-}
-
-async fn css() -> Response {
-    asset("text/css; charset=utf-8", pages::CSS)
-}
-
-async fn exercise_js() -> Response {
-    asset("text/javascript; charset=utf-8", pages::EXERCISE_JS)
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

@@ -29,7 +29,10 @@ pub fn routes() -> Router<AppState> {
         .route("/operator/api/machines/{id}/delete", post(delete))
         .route("/operator/api/machines/{id}/checks", get(checks))
         .route("/operator/api/machines/{id}/watch", post(watch))
-        .route("/assets/rnr-operator.js", get(script))
+        .route(
+            pages::OPERATOR_JS.path,
+            get(|| async { asset(&pages::OPERATOR_JS) }),
+        )
 }
 
 async fn page(State(state): State<AppState>, headers: HeaderMap) -> Response {
@@ -182,8 +185,4 @@ async fn watch(
         terminal_id: t.id,
         viewer_page_url: t.viewer_page_url,
     }))
-}
-
-async fn script() -> Response {
-    asset("text/javascript; charset=utf-8", pages::OPERATOR_JS)
 }

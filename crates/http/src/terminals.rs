@@ -35,8 +35,8 @@ pub fn public_routes() -> Router<AppState> {
         .route("/terminals/{id}", get(live_page))
         .route("/terminals/{id}/replay", get(replay_page))
         .route("/terminals/{id}/recording", get(recording_by_token))
-        .route("/assets/rnr-terminal.js", get(script))
-        .route("/assets/rnr-terminal.css", get(style))
+        .route(client::SCRIPT_PATH, get(script))
+        .route(client::STYLE_PATH, get(style))
 }
 
 /// The gateway's external `http(s)://host[:port]`, as the request reached it.

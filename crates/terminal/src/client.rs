@@ -2,10 +2,13 @@
 //! (build.rs runs esbuild over terminal-client/) and embedded in the binary. The HTTP
 //! layer serves them.
 
-/// The bundled terminal client script.
+/// The bundled terminal client script, and where the page links it (the HTTP layer
+/// serves it there).
 pub const SCRIPT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/rnr-terminal.js"));
+pub const SCRIPT_PATH: &str = "/assets/rnr-terminal.js";
 /// Its stylesheet.
 pub const STYLE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/rnr-terminal.css"));
+pub const STYLE_PATH: &str = "/assets/rnr-terminal.css";
 
 /// What the terminal page shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,11 +41,11 @@ pub fn page(id: &str, mode: PageMode) -> String {
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>rootnroll terminal {id}</title>
-<link rel="stylesheet" href="/assets/rnr-terminal.css">
+<link rel="stylesheet" href="{STYLE_PATH}">
 </head><body data-terminal="{id}" data-mode="{mode}">
 <div id="bar"><span id="state" data-state="connecting">connecting</span><span id="role"></span><span id="info"></span></div>
 <div id="term"></div>
-<script src="/assets/rnr-terminal.js"></script>
+<script src="{SCRIPT_PATH}"></script>
 </body></html>"#
     )
 }

@@ -35,16 +35,17 @@ pub fn markdown(md: &str) -> String {
     out
 }
 
-fn shell(title: &str, body_attrs: &str, body: &str, script: Option<&str>) -> String {
+fn shell(title: &str, body_attrs: &str, body: &str, script: Option<&Asset>) -> String {
     let script = script
-        .map(|s| format!("<script src=\"/assets/{s}\" defer></script>"))
+        .map(|s| format!("<script src=\"{}\" defer></script>", s.path))
         .unwrap_or_default();
     format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{}</title><link rel=\"stylesheet\" href=\"/assets/rnr-ui.css\">{script}</head>\
+         <title>{}</title><link rel=\"stylesheet\" href=\"{}\">{script}</head>\
          <body {body_attrs}>{body}</body></html>\n",
-        esc(title)
+        esc(title),
+        CSS.path
     )
 }
 
@@ -123,7 +124,7 @@ pub fn exercise(ex: &Exercise, learner_token: &str, mode: Mode) -> String {
         &format!("{title} — rootnroll"),
         &attrs,
         &body,
-        Some("rnr-exercise.js"),
+        Some(&EXERCISE_JS),
     )
 }
 
@@ -159,15 +160,36 @@ pub fn operator() -> String {
         <th>Exercise</th><th>State</th><th>Age</th><th>Left</th><th>CPU</th><th>Memory</th><th></th></tr></thead>\
         <tbody></tbody></table><section id=\"detail\" class=\"detail\" hidden><h2 id=\"detail-title\"></h2>\
         <iframe id=\"watch\" title=\"Read-only terminal\"></iframe><h3>Check history</h3><ol id=\"history\"></ol></section></main>";
-    shell("rootnroll operator", "", body, Some("rnr-operator.js"))
+    shell("rootnroll operator", "", body, Some(&OPERATOR_JS))
 }
 
-/// The pages' stylesheet (`/assets/rnr-web.css`).
-pub const CSS: &str = include_str!("../assets/web.css");
-/// The exercise page's script (`/assets/rnr-exercise.js`).
-pub const EXERCISE_JS: &str = include_str!("../assets/exercise.js");
-/// The operator view's script (`/assets/rnr-operator.js`).
-pub const OPERATOR_JS: &str = include_str!("../assets/operator.js");
+/// A static file the pages link to; served at `path`, so the link and the route are one
+/// string.
+#[derive(Debug)]
+pub struct Asset {
+    pub path: &'static str,
+    pub content_type: &'static str,
+    pub body: &'static str,
+}
+
+/// The pages' stylesheet.
+pub const CSS: Asset = Asset {
+    path: "/assets/rnr-web.css",
+    content_type: "text/css; charset=utf-8",
+    body: include_str!("../assets/web.css"),
+};
+/// The exercise page's script.
+pub const EXERCISE_JS: Asset = Asset {
+    path: "/assets/rnr-exercise.js",
+    content_type: "text/javascript; charset=utf-8",
+    body: include_str!("../assets/exercise.js"),
+};
+/// The operator view's script.
+pub const OPERATOR_JS: Asset = Asset {
+    path: "/assets/rnr-operator.js",
+    content_type: "text/javascript; charset=utf-8",
+    body: include_str!("../assets/operator.js"),
+};
 
 #[cfg(test)]
 mod tests {
