@@ -37,6 +37,14 @@ if ! command -v cargo >/dev/null 2>&1; then
   curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
   export PATH="$HOME/.cargo/bin:$PATH"
 fi
+# The test command checks formatting and lints; a minimal toolchain lacks both tools.
+for tool in rustfmt clippy; do
+  sub=${tool/rustfmt/fmt}
+  if ! cargo "$sub" --version >/dev/null 2>&1 && command -v rustup >/dev/null 2>&1; then
+    log "adding the Rust component $tool"
+    rustup component add "$tool"
+  fi
+done
 
 # dockerd: use a running engine as it is (an operator's own), else start Debian's on a btrfs
 # data-root with the btrfs storage driver: each container's filesystem is then a subvolume

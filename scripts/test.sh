@@ -6,6 +6,11 @@ cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 
+# The habits a reviewer checks first: formatting and lints, before anything slow.
+echo "==> cargo fmt --check; cargo clippy -D warnings" >&2
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
 echo "==> building the in-machine agent" >&2
 RNR_AGENT_PATH=$(./scripts/build-agent.sh release)
 export RNR_AGENT_PATH

@@ -6,11 +6,12 @@
 //! a tool-driven checker needs. Checks run in parallel threads: a check waiting out its
 //! retry window does not hold up the others.
 
-use crate::check_wire::{Check, Outcome, Status, Suite};
+use crate::accounts::{groups, passwd, GroupEntry, PasswdEntry};
 use regex::Regex;
+use rnr_agent_proto::check::{Check, Outcome, Status, Suite};
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
@@ -142,54 +143,6 @@ fn presence(found: bool, want: bool, what: &str) -> (bool, String) {
 
 // ---------------------------------------------------------------- /etc/passwd, /etc/group
 
-struct PasswdEntry {
-    name: String,
-    uid: u32,
-    gid: u32,
-    home: String,
-    shell: String,
-}
-
-struct GroupEntry {
-    name: String,
-    gid: u32,
-    members: Vec<String>,
-}
-
-fn passwd() -> Vec<PasswdEntry> {
-    let text = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    text.lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            (f.len() >= 7).then(|| PasswdEntry {
-                name: f[0].into(),
-                uid: f[2].parse().unwrap_or(u32::MAX),
-                gid: f[3].parse().unwrap_or(u32::MAX),
-                home: f[5].into(),
-                shell: f[6].into(),
-            })
-        })
-        .collect()
-}
-
-fn groups() -> Vec<GroupEntry> {
-    let text = std::fs::read_to_string("/etc/group").unwrap_or_default();
-    text.lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            (f.len() >= 4).then(|| GroupEntry {
-                name: f[0].into(),
-                gid: f[2].parse().unwrap_or(u32::MAX),
-                members: f[3]
-                    .split(',')
-                    .filter(|m| !m.is_empty())
-                    .map(String::from)
-                    .collect(),
-            })
-        })
-        .collect()
-}
-
 fn user_name(uid: u32) -> String {
     passwd()
         .into_iter()
@@ -294,7 +247,11 @@ fn file(c: &Check) -> Eval {
     }
     if c.contains.is_some() || c.matches.is_some() {
         let mut text = Vec::new();
-        let read = std::fs::File::open(path)
+        // Without blocking: a FIFO nobody writes must fail the check, not hang it.
+        let read = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path)
             .and_then(|f| f.take(MAX_READ).read_to_end(&mut text))
             .map_err(|e| format!("cannot read {path}: {e}"));
         if let Err(d) = read {
@@ -389,10 +346,10 @@ fn group(c: &Check) -> Eval {
 fn package(c: &Check) -> Eval {
     let name = need(&c.package, "package")?;
     let want = c.installed.unwrap_or(true);
-    let status = match std::fs::read_to_string("/var/lib/dpkg/status") {
-        Ok(s) => s,
-        Err(_) if !want => return Ok((true, format!("package {name} is not installed"))),
-        Err(_) => return Ok((false, "this machine has no dpkg database".into())),
+    let status = match crate::accounts::read_regular("/var/lib/dpkg/status", MAX_READ * 4) {
+        Some(s) => s,
+        None if !want => return Ok((true, format!("package {name} is not installed"))),
+        None => return Ok((false, "this machine has no dpkg database".into())),
     };
     let installed = status.split("\n\n").any(|para| {
         let mut pkg = false;

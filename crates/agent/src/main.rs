@@ -1,21 +1,22 @@
 //! `rnr-agent`: runs inside every machine, mounted read-only at `/.rnr/rnr-agent`.
 //!
 //! Built statically (`scripts/build-agent.sh`) so it runs on any image, even one without a
-//! libc. Each subcommand lives in its own module: `version` here, more as the checker and
-//! the terminal gateway need them.
+//! libc. PID 1 of every machine is `rnr-agent init`; the other subcommands are what it
+//! (or a driver) starts. The protocol is `rnr_agent_proto`'s.
 
+mod accounts;
 mod check;
-mod check_wire;
-mod exec_wire;
 mod init;
+mod relay;
 mod screen;
+mod serve;
 mod session;
-mod session_wire;
+mod spawn;
 
 use std::process::ExitCode;
 
 fn usage() -> ExitCode {
-    eprintln!("usage: rnr-agent <version|init|check|session> [args…]");
+    eprintln!("usage: rnr-agent <version|init|serve|check|session-daemon> [args…]");
     ExitCode::from(2)
 }
 
@@ -28,7 +29,8 @@ fn main() -> ExitCode {
         }
         Some("check") => check::main(),
         Some("init") => init::main(),
-        Some("session") => session::main(&args[1..]),
+        Some("serve") => serve::main(),
+        Some("session-daemon") => session::main(&args[1..]),
         _ => usage(),
     }
 }

@@ -1,152 +1,69 @@
-//! `rnr-agent session attach ID [ROWS COLS]`: terminal sessions that outlive the gateway.
+//! `rnr-agent session-daemon`: terminal sessions that outlive the gateway.
 //!
-//! The first attach for an id starts a daemon (double fork, own session) that owns a pty
-//! running the machine's shell and a screen model (vt100, fed lazily: crate::screen) of
-//! what the pty printed. Every attach connects to that daemon over an abstract unix socket and relays its stdin/stdout
-//! to it, so the gateway talks to the daemon through a plain, tty-less driver exec. When
-//! the gateway dies, only the relay dies; the shell, its jobs and its screen stay.
+//! A session's daemon owns a pty running the machine's shell and a screen model (vt100,
+//! fed lazily: crate::screen) of what the pty printed. `rnr-agent init` starts it as its
+//! own child on the first attach and hands the host connections to it (see crate::init);
+//! when the gateway dies, only its connection ends; the shell, its jobs and its screen stay.
 //!
-//! Frames both ways: 1 byte type, 4 bytes big-endian length, payload (see
-//! docs/terminal-protocol.md). The daemon serves one connection at a time: a new one
-//! (the gateway restarted or re-attached) replaces the old. Output is read from the pty
-//! only while the connection can take it, so a stalled gateway stalls the shell instead of
-//! filling memory; input keeps being accepted, so Ctrl-C still gets through.
+//! Frames both ways are `rnr_agent_proto::session`'s (docs/terminal-protocol.md). The
+//! daemon serves one connection at a time: a new one (the gateway restarted or
+//! re-attached) replaces the old. Output is read from the pty only while the connection
+//! can take it, so a stalled gateway stalls the shell instead of filling memory; input
+//! keeps being accepted, so Ctrl-C still gets through.
+//!
+//! The daemon is not dumpable: root in the machine (without CAP_SYS_PTRACE) can neither
+//! ptrace it nor open its descriptors through /proc, so the pty master it hands the
+//! gateway is shared with nobody the learner controls.
 
+use rnr_agent_proto::control::valid_session_id;
+use rnr_agent_proto::frame;
+use rnr_agent_proto::session::{FromDaemon, Hello, ToDaemon, MAX_DIM, MAX_TO_DAEMON, T_INPUT};
 use std::ffi::CString;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
-
-pub use crate::session_wire::*;
+use std::time::Duration;
 
 /// Largest input frame accepted; anything larger ends the connection.
-const MAX_IN_FRAME: usize = 64 * 1024;
+const MAX_IN_FRAME: usize = MAX_TO_DAEMON;
 /// Output gathered into one frame at most.
 const OUT_CHUNK: usize = 32 * 1024;
-const MAX_DIM: u16 = 1000;
 /// Quiet time after which pending output is emulated into the screen model.
 const SETTLE_MS: libc::c_int = 20;
 
 fn usage() -> ExitCode {
-    eprintln!("usage: rnr-agent session attach ID [ROWS COLS]");
+    eprintln!(
+        "usage: rnr-agent session-daemon ID ROWS COLS SOCKET-NAME (started by rnr-agent init)"
+    );
     ExitCode::from(2)
 }
 
+/// `rnr-agent session-daemon ID ROWS COLS NAME`: the daemon of session `ID`, listening on
+/// the abstract socket `NAME`. Only `rnr-agent init` starts it (see `crate::init`), as its
+/// own child, and checks that whatever answers on `NAME` is that child.
 pub fn main(args: &[String]) -> ExitCode {
-    match args.first().map(String::as_str) {
-        Some("attach") => {
-            let Some(id) = args.get(1).filter(|id| valid_id(id)) else {
-                return usage();
-            };
-            let dim = |i: usize, d: u16| {
-                args.get(i)
-                    .and_then(|s| s.parse::<u16>().ok())
-                    .map(|v| v.clamp(1, MAX_DIM))
-                    .unwrap_or(d)
-            };
-            match attach(id, dim(2, 24), dim(3, 80)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("rnr-agent session {id}: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        _ => usage(),
+    let [id, rows, cols, name] = args else {
+        return usage();
+    };
+    if !valid_session_id(id) || name.is_empty() {
+        return usage();
     }
-}
-
-pub fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    let dim = |s: &str, d: u16| s.parse::<u16>().map(|v| v.clamp(1, MAX_DIM)).unwrap_or(d);
+    match daemon(name, dim(rows, 24), dim(cols, 80)) {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("rnr-agent session {id}: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Abstract socket address: no file to create, nothing the image has to provide, and it
 /// vanishes with the daemon.
-fn socket_addr(id: &str) -> std::io::Result<std::os::unix::net::SocketAddr> {
+pub fn socket_addr(name: &str) -> std::io::Result<std::os::unix::net::SocketAddr> {
     use std::os::linux::net::SocketAddrExt;
-    std::os::unix::net::SocketAddr::from_abstract_name(format!("rnr-session-{id}").as_bytes())
-}
-
-pub fn connect(id: &str) -> std::io::Result<UnixStream> {
-    UnixStream::connect_addr(&socket_addr(id)?)
-}
-
-fn attach(id: &str, rows: u16, cols: u16) -> std::io::Result<()> {
-    let stream = match connect(id) {
-        Ok(s) => s,
-        Err(_) => {
-            spawn_daemon(id, rows, cols)?;
-            let deadline = Instant::now() + Duration::from_secs(5);
-            loop {
-                match connect(id) {
-                    Ok(s) => break s,
-                    Err(e) if Instant::now() > deadline => return Err(e),
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        }
-    };
-    // Plain relay; the daemon speaks the protocol. A read/write loop, not io::copy: its
-    // splice fast path can sit on a unix socket until a whole pipe's worth has arrived.
-    let mut up = stream.try_clone()?;
-    let mut down = stream;
-    std::thread::spawn(move || {
-        relay(&mut down, &mut std::io::stdout().lock());
-        // The daemon closed (session over or replaced by a newer attach).
-        std::process::exit(0);
-    });
-    relay(&mut std::io::stdin().lock(), &mut up);
-    // The gateway went away: leave the session running.
-    std::process::exit(0);
-}
-
-fn relay(from: &mut impl Read, to: &mut impl Write) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match from.read(&mut buf) {
-            Ok(0) => return,
-            Ok(n) => {
-                if to.write_all(&buf[..n]).and_then(|()| to.flush()).is_err() {
-                    return;
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return,
-        }
-    }
-}
-
-/// Forks the daemon off into its own session so that neither the exec ending nor a driver
-/// killing the exec's process tree reaches it.
-fn spawn_daemon(id: &str, rows: u16, cols: u16) -> std::io::Result<()> {
-    // SAFETY: the agent is single-threaded here (threads start only after connecting), so
-    // fork is safe; the child only calls async-signal-safe functions before daemon().
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    if pid > 0 {
-        let mut status = 0;
-        // SAFETY: waiting for our own child with a valid out-pointer.
-        unsafe { libc::waitpid(pid, &mut status, 0) };
-        return Ok(());
-    }
-    // SAFETY: setsid/fork/_exit in the freshly forked child; no locks are held.
-    unsafe {
-        libc::setsid();
-        if libc::fork() != 0 {
-            libc::_exit(0);
-        }
-    }
-    let code = daemon(id, rows, cols).unwrap_or(1);
-    // SAFETY: leaving the daemon process without running the parent's atexit handlers.
-    unsafe { libc::_exit(code) }
+    std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
 }
 
 fn detach_stdio() {
@@ -236,12 +153,6 @@ fn set_nonblocking(fd: RawFd) {
     }
 }
 
-fn frame(buf: &mut Vec<u8>, ty: u8, payload: &[u8]) {
-    buf.push(ty);
-    buf.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    buf.extend_from_slice(payload);
-}
-
 /// Escape sequences that repaint `screen` on a terminal in any state. Built from the
 /// model, not from past output, so no old terminal query is ever replayed.
 fn snapshot(screen: &vt100::Screen) -> Vec<u8> {
@@ -270,10 +181,10 @@ struct Conn {
 }
 
 impl Conn {
-    fn new(stream: UnixStream, hello: &[u8]) -> std::io::Result<Self> {
+    fn new(stream: UnixStream, hello: Hello) -> std::io::Result<Self> {
         stream.set_nonblocking(true)?;
         let mut wbuf = Vec::new();
-        frame(&mut wbuf, T_HELLO, hello);
+        FromDaemon::Hello(hello).push(&mut wbuf);
         Ok(Self {
             stream,
             rbuf: Vec::new(),
@@ -314,13 +225,14 @@ struct Session {
 }
 
 impl Session {
-    fn hello(&self) -> Vec<u8> {
+    fn hello(&self) -> Hello {
         let (rows, cols) = self.model.size();
-        let mut h = (self.pid as u32).to_be_bytes().to_vec();
-        h.extend_from_slice(&rows.get().to_be_bytes());
-        h.extend_from_slice(&cols.get().to_be_bytes());
-        h.push(HELLO_DIRECT);
-        h
+        Hello {
+            shell_pid: self.pid as u32,
+            rows: rows.get(),
+            cols: cols.get(),
+            direct: true,
+        }
     }
 
     fn resize(&mut self, rows: u16, cols: u16) {
@@ -352,51 +264,43 @@ fn handle_frames(sess: &mut Session, conn: &mut Conn) -> Result<bool, ()> {
     let mut off = 0;
     loop {
         let avail = &conn.rbuf[off..];
-        if avail.len() < 5 {
+        let Some((ty, len)) = frame::peek(avail, MAX_IN_FRAME).map_err(|_| ())? else {
             break;
-        }
-        let ty = avail[0];
-        let len = u32::from_be_bytes([avail[1], avail[2], avail[3], avail[4]]) as usize;
-        if len > MAX_IN_FRAME {
-            return Err(());
-        }
-        if avail.len() < 5 + len {
-            break;
-        }
+        };
         // Input waiting for the pty: stop here so memory stays bounded.
         if ty == T_INPUT && sess.input.len() + len > MAX_IN_FRAME {
             break;
         }
-        let p = &avail[5..5 + len];
-        match ty {
-            T_INPUT => sess.input.extend_from_slice(p),
-            T_RESIZE if len == 4 => sess.resize(
-                u16::from_be_bytes([p[0], p[1]]),
-                u16::from_be_bytes([p[2], p[3]]),
-            ),
-            T_SNAPSHOT_REQ if len == 4 => {
-                let mut body = p.to_vec();
-                body.extend_from_slice(&snapshot(sess.model.screen()));
-                frame(&mut conn.wbuf, T_SNAPSHOT, &body);
+        let p = &avail[frame::HEADER..frame::HEADER + len];
+        match ToDaemon::parse(ty, p).map_err(|_| ())? {
+            ToDaemon::Input(d) => sess.input.extend_from_slice(d),
+            ToDaemon::Resize { rows, cols } => sess.resize(rows, cols),
+            ToDaemon::SnapshotReq { tag } => {
+                let screen = snapshot(sess.model.screen());
+                FromDaemon::Snapshot {
+                    tag,
+                    screen: &screen,
+                }
+                .push(&mut conn.wbuf);
             }
-            T_KILL => {
+            ToDaemon::Kill => {
                 sess.hang_up();
                 return Ok(false);
             }
-            T_DIRECT_REQ if len == 0 => conn.direct_asked = true,
-            T_COPY => sess.model.feed(p),
-            _ => return Err(()),
+            ToDaemon::DirectReq => conn.direct_asked = true,
+            ToDaemon::Copy(d) => sess.model.feed(d),
         }
-        off += 5 + len;
+        off += frame::HEADER + len;
     }
     conn.rbuf.drain(..off);
     Ok(true)
 }
 
-fn daemon(id: &str, rows: u16, cols: u16) -> std::io::Result<i32> {
+fn daemon(name: &str, rows: u16, cols: u16) -> std::io::Result<i32> {
     detach_stdio();
-    // Bind first: if another attach won the race, its daemon serves this id.
-    let listener = UnixListener::bind_addr(&socket_addr(id)?)?;
+    // SAFETY: prctl with integer arguments. Not dumpable: see the module's header.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    let listener = UnixListener::bind_addr(&socket_addr(name)?)?;
     listener.set_nonblocking(true)?;
     let (master, pid) = spawn_shell(rows, cols)?;
     set_nonblocking(master.as_raw_fd());
@@ -461,7 +365,7 @@ fn daemon(id: &str, rows: u16, cols: u16) -> std::io::Result<i32> {
         if fds[0].revents & libc::POLLIN != 0 {
             if let Ok((s, _)) = listener.accept() {
                 // A newer attach replaces the old one (the old gateway is gone or stale).
-                conn = Conn::new(s, &sess.hello()).ok();
+                conn = Conn::new(s, sess.hello()).ok();
             }
         }
         // Client first, so Ctrl-C is taken before more output is read.
@@ -493,9 +397,9 @@ fn daemon(id: &str, rows: u16, cols: u16) -> std::io::Result<i32> {
                 alive = c.flush();
             }
             if alive && c.direct_asked && !c.pending() {
-                let mut f = Vec::with_capacity(5);
-                frame(&mut f, T_DIRECT, &[]);
-                match crate::init::send_with_fds(c.stream.as_raw_fd(), &f, &[master_fd]) {
+                let f = FromDaemon::Direct.encode();
+                match rnr_agent_proto::fdpass::send_with_fds(c.stream.as_raw_fd(), &f, &[master_fd])
+                {
                     Ok(()) => {
                         c.direct_asked = false;
                         c.direct = true;
@@ -544,7 +448,7 @@ fn daemon(id: &str, rows: u16, cols: u16) -> std::io::Result<i32> {
                 // Forward first: the screen model is for repaints later, and parsing before
                 // the bytes leave would add its time to every echo.
                 if let Some(c) = conn.as_mut() {
-                    frame(&mut c.wbuf, T_OUTPUT, &buf[..got]);
+                    FromDaemon::Output(&buf[..got]).push(&mut c.wbuf);
                     if !c.flush() {
                         conn = None;
                     }
@@ -566,7 +470,7 @@ fn daemon(id: &str, rows: u16, cols: u16) -> std::io::Result<i32> {
                     }
                 };
                 if let Some(mut c) = conn.take() {
-                    frame(&mut c.wbuf, T_EXIT, &code.to_be_bytes());
+                    FromDaemon::Exit { status: code }.push(&mut c.wbuf);
                     let _ = c.stream.set_nonblocking(false);
                     let _ = c.stream.set_write_timeout(Some(Duration::from_secs(2)));
                     let _ = c.stream.write_all(&c.wbuf[c.wpos..]);

@@ -1,7 +1,7 @@
 //! Runs an exercise's checks against one machine and says what is wrong.
 //!
-//! Declarative checks and scripts go to the in-machine agent in ONE exec (`rnr-agent
-//! check`, the suite as JSON on stdin); HTTP checks are requests from the host to the
+//! Declarative checks and scripts go to the in-machine agent in ONE request on its channel
+//! (the agent evaluates the suite in `rnr-agent check`); HTTP checks are requests from the host to the
 //! machine's address, as a learner's browser would make them; pytest files run on the host
 //! with the `s` fixture of the original checker. Dependencies are applied last: a check
 //! whose needs did not pass is skipped, whatever it found.
@@ -124,29 +124,18 @@ async fn agent_run(platform: &Platform, machine: &str, checks: &[Check]) -> Vec<
     let suite = Suite {
         checks: checks.to_vec(),
     };
-    let input = serde_json::to_vec(&suite).unwrap_or_default();
-    let cmd = ExecCommand {
-        argv: vec![rnr_driver::AGENT_PATH.into(), "check".into()],
-        stdin: Some(Bytes::from(input)),
-        env: Vec::new(),
-        user: None,
-        workdir: None,
-        timeout: Duration::from_secs_f64(budget.min(600.0)),
-    };
     let fail_all = |why: String| checks.iter().map(|c| errored(c, why.clone())).collect();
-    let out = match platform.exec(machine, cmd).await {
-        Ok(o) => o,
-        Err(e) => return fail_all(format!("cannot run the agent: {e}")),
+    let budget = Duration::from_secs_f64(budget.min(600.0));
+    let run = async {
+        let channel = platform.agent(machine).await.map_err(|e| e.to_string())?;
+        channel.check(&suite).await.map_err(|e| e.to_string())
     };
-    if out.timed_out {
-        return fail_all(format!("the agent did not finish within {budget:.0}s"));
-    }
-    match serde_json::from_slice::<Vec<Outcome>>(&out.stdout) {
-        Ok(v) if v.len() == checks.len() => v,
-        _ => fail_all(format!(
-            "the agent failed (exit {:?}; is agent_path configured?): {}",
-            out.exit_code,
-            String::from_utf8_lossy(&out.stderr).trim()
+    match tokio::time::timeout(budget, run).await {
+        Ok(Ok(outcomes)) => outcomes,
+        Ok(Err(e)) => fail_all(format!("cannot run the checks in the machine: {e}")),
+        Err(_) => fail_all(format!(
+            "the agent did not finish within {:.0}s",
+            budget.as_secs_f64()
         )),
     }
 }

@@ -13,8 +13,7 @@ mod pytest;
 pub mod webhook;
 
 /// The check wire format, shared with the agent (one definition for both sides).
-#[path = "../../agent/src/check_wire.rs"]
-pub mod wire;
+pub use rnr_agent_proto::check as wire;
 
 pub use engine::{CheckResult, RunReport};
 pub use exercise::{Diagnostic, Exercise};

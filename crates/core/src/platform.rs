@@ -187,8 +187,10 @@ impl Platform {
     }
 
     // Removed when terminals attach through Platform::agent
-    /// The driver itself, for the terminal gateway's session attach only
-    /// (`rnr-terminal`'s terminal.rs); everything else goes through the methods here.
+    // (they attach through it now; what is left is terminal.rs's `machine_gone`, which
+    // asks `driver().inspect` and can ask `Platform::inspect` instead).
+    /// The driver itself, for the terminal gateway (`rnr-terminal`'s terminal.rs) only;
+    /// everything else goes through the methods here.
     #[doc(hidden)]
     pub fn driver(&self) -> &Arc<dyn Driver> {
         &self.driver
@@ -452,6 +454,16 @@ impl Platform {
             });
         }
         Ok(m)
+    }
+
+    /// A new connection to the agent in running machine `id`: terminal sessions and check
+    /// suites go through it.
+    pub async fn agent(&self, id: &str) -> Result<rnr_driver::AgentChannel> {
+        self.running(id).await?;
+        self.driver.agent(id).await.map_err(|e| {
+            self.count_driver_error(&e);
+            CoreError::driver(id, e)
+        })
     }
 
     /// Deletes every machine whose time is up; returns how many.

@@ -24,8 +24,9 @@ use bollard::network::{CreateNetworkOptions, ListNetworksOptions};
 use bollard::Docker;
 use futures::{StreamExt, TryStreamExt};
 use rnr_driver::{
-    Driver, DriverError, ExecHandle, ExecProcess, ExecSpec, ImageInfo, MachineInfo, MachineSpec,
-    MachineStats, MachineStatus, OutputChunk, Result, TtySize, MACHINE_LABEL, OWNER_LABEL,
+    AgentChannel, Driver, DriverError, ExecHandle, ExecProcess, ExecSpec, ImageInfo, MachineInfo,
+    MachineSpec, MachineStats, MachineStatus, OutputChunk, Result, TtySize, MACHINE_LABEL,
+    OWNER_LABEL,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -349,6 +350,19 @@ fn parse_rfc3339(s: &str) -> Option<u64> {
     u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).ok()
 }
 
+/// Ends an exec when dropped: the engine keeps an exec running after its client is gone.
+struct EndExecOnDrop(Option<Arc<dyn ExecProcess>>);
+
+impl Drop for EndExecOnDrop {
+    fn drop(&mut self) {
+        if let (Some(p), Ok(rt)) = (self.0.take(), tokio::runtime::Handle::try_current()) {
+            rt.spawn(async move {
+                let _ = p.kill().await;
+            });
+        }
+    }
+}
+
 struct DockerExec {
     docker: Docker,
     exec_id: String,
@@ -441,13 +455,17 @@ impl Driver for DockerDriver {
             image: Some(image_ref(&spec.image)),
             hostname: Some(spec.hostname.clone()),
             labels: Some(labels),
-            // PID 1 that ignores signals it has no handler for (so `kill -9 -1` inside keeps
-            // the machine up) and reaps orphans via `wait`.
-            cmd: Some(vec![
-                "/bin/sh".to_string(),
-                "-c".to_string(),
-                "trap 'exit 0' TERM; while :; do sleep 3600 & wait; done".to_string(),
-            ]),
+            // PID 1 ignores signals it has no handler for (so `kill -9 -1` inside keeps the
+            // machine up) and reaps orphans: the agent's init, which also serves the agent
+            // channel (`agent()`), else a shell loop.
+            cmd: Some(match &self.cfg.agent {
+                Some(_) => vec![rnr_driver::AGENT_PATH.to_string(), "init".to_string()],
+                None => vec![
+                    "/bin/sh".to_string(),
+                    "-c".to_string(),
+                    "trap 'exit 0' TERM; while :; do sleep 3600 & wait; done".to_string(),
+                ],
+            }),
             env: Some(vec![
                 "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
                 "TERM=xterm-256color".to_string(),
@@ -532,8 +550,43 @@ impl Driver for DockerDriver {
             stdin: input,
             output,
             process,
-            passed_fds: None,
         })
+    }
+
+    async fn agent(&self, id: &str) -> Result<AgentChannel> {
+        if self.cfg.agent.is_none() {
+            return Err(DriverError::NoAgent(id.to_string()));
+        }
+        // `rnr-agent serve` relays its stdio to the machine's init (checking that it is
+        // PID 1); the exec's streams are the channel. It prints on stderr only why it could
+        // not start, which becomes the channel's error.
+        let handle = self
+            .exec(id, ExecSpec::new([rnr_driver::AGENT_PATH, "serve"]))
+            .await?;
+        let machine = id.to_string();
+        let read = handle
+            .output
+            .filter_map(move |chunk| {
+                let item = match chunk {
+                    Ok(OutputChunk::Stdout(b)) => Some(Ok(b)),
+                    Ok(OutputChunk::Stderr(b)) => {
+                        let text = String::from_utf8_lossy(&b[..b.len().min(512)])
+                            .trim()
+                            .to_string();
+                        tracing::debug!(machine = %machine, stderr = %text, "rnr-agent serve");
+                        Some(Err(std::io::Error::other(text)))
+                    }
+                    Err(e) => Some(Err(std::io::Error::other(e.to_string()))),
+                };
+                futures::future::ready(item)
+            })
+            .boxed();
+        Ok(AgentChannel::bytes(
+            id,
+            read,
+            handle.stdin,
+            Some(Box::new(EndExecOnDrop(Some(handle.process)))),
+        ))
     }
 
     async fn inspect(&self, id: &str) -> Result<MachineInfo> {

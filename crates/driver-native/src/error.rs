@@ -29,6 +29,9 @@ pub enum NativeError {
     },
     #[error("machine {id}: {message}")]
     Other { id: String, message: String },
+    /// What a shared piece of the driver layer (the agent channel) reported.
+    #[error(transparent)]
+    Driver(#[from] DriverError),
 }
 
 impl NativeError {
@@ -68,6 +71,7 @@ impl From<NativeError> for DriverError {
                 DriverError::backend(id, e)
             }
             NativeError::Other { id, message } => DriverError::Backend { id, message },
+            NativeError::Driver(e) => e,
         }
     }
 }

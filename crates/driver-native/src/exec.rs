@@ -1,147 +1,12 @@
-//! Processes started in a machine with `crun exec` (or by its agent, see `agent`): their streams (pipes, or a pty whose
-//! master crun hands over on a console socket so the platform holds it), exit code and
-//! kill.
+//! Processes started in a machine with `crun exec`, for machines without an agent: their
+//! streams (pipes, or a pty whose master crun hands over on a console socket so the
+//! platform holds it), exit code and kill.
 
-use crate::sys;
 use async_trait::async_trait;
-use futures::StreamExt;
-use rnr_driver::{DriverError, ExecProcess, OutputChunk, OutputStream, Result, TtySize};
-use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use rnr_driver::stdio::{self, Pty};
+use rnr_driver::{DriverError, ExecProcess, Result, TtySize};
 use std::path::PathBuf;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{ready, Context, Poll};
-use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Mutex, OnceCell};
-use tokio_util::io::ReaderStream;
-
-/// The master side of a pty, non-blocking, registered with the runtime.
-pub struct Pty(Arc<AsyncFd<OwnedFd>>);
-
-impl Pty {
-    /// Wraps a master fd received from crun.
-    pub fn new(fd: OwnedFd) -> io::Result<Self> {
-        sys::set_nonblocking(&fd)?;
-        // SAFETY: `OwnedFd` owns a valid descriptor that is neither replaced nor closed while
-        // the `AsyncFd` owns it.
-        let fd = unsafe { AsyncFd::register(fd)? };
-        Ok(Self(Arc::new(fd)))
-    }
-
-    /// Another handle to the same master (reader, writer, resizer).
-    pub fn handle(&self) -> Self {
-        Self(self.0.clone())
-    }
-
-    /// Sets the terminal size.
-    pub fn resize(&self, size: TtySize) -> io::Result<()> {
-        sys::set_winsize(self.0.get_ref(), size.rows, size.cols)
-    }
-}
-
-impl AsyncRead for Pty {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        loop {
-            let mut guard = ready!(self.0.poll_read_ready(cx))?;
-            let unfilled = buf.initialize_unfilled();
-            let res = guard.try_io(|fd| {
-                // SAFETY: reading into a valid, initialized buffer of the given length.
-                let n = unsafe {
-                    libc::read(
-                        fd.get_ref().as_raw_fd(),
-                        unfilled.as_mut_ptr().cast(),
-                        unfilled.len(),
-                    )
-                };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
-            });
-            match res {
-                Ok(Ok(n)) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                // EIO: every slave fd is closed, i.e. end of output.
-                Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => return Poll::Ready(Ok(())),
-                Ok(Err(e)) => return Poll::Ready(Err(e)),
-                Err(_would_block) => continue,
-            }
-        }
-    }
-}
-
-impl AsyncWrite for Pty {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        loop {
-            let mut guard = ready!(self.0.poll_write_ready(cx))?;
-            let res = guard.try_io(|fd| {
-                // SAFETY: writing from a valid buffer of the given length.
-                let n = unsafe {
-                    libc::write(fd.get_ref().as_raw_fd(), data.as_ptr().cast(), data.len())
-                };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
-            });
-            match res {
-                Ok(r) => return Poll::Ready(r),
-                Err(_would_block) => continue,
-            }
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // The master stays open for output; a terminal has no half-close.
-        Poll::Ready(Ok(()))
-    }
-}
-
-/// Output of a pty as one stdout stream.
-pub fn pty_output(machine: String, pty: Pty) -> OutputStream {
-    ReaderStream::with_capacity(pty, 32 * 1024)
-        .map(move |r| {
-            r.map(OutputChunk::Stdout)
-                .map_err(|e| DriverError::io(format!("pty of an exec in machine {machine}"), e))
-        })
-        .boxed()
-}
-
-/// Stdout and stderr pipes as one stream, chunks in arrival order.
-pub fn pipe_output(
-    machine: String,
-    stdout: impl AsyncRead + Send + 'static,
-    stderr: impl AsyncRead + Send + 'static,
-) -> OutputStream {
-    let m2 = machine.clone();
-    let out = ReaderStream::with_capacity(stdout, 32 * 1024).map(move |r| {
-        r.map(OutputChunk::Stdout)
-            .map_err(|e| DriverError::io(format!("stdout of an exec in machine {machine}"), e))
-    });
-    let err = ReaderStream::with_capacity(stderr, 32 * 1024).map(move |r| {
-        r.map(OutputChunk::Stderr)
-            .map_err(|e| DriverError::io(format!("stderr of an exec in machine {m2}"), e))
-    });
-    futures::stream::select(out, err).boxed()
-}
 
 /// A process started by `crun exec` (which waits for it and reports its exit code).
 pub struct NativeExec {
@@ -168,19 +33,6 @@ impl NativeExec {
     }
 }
 
-/// Resizes the pty of a process in `machine`; an error for one started without a tty.
-pub fn resize(machine: &str, pty: Option<&Pty>, size: TtySize) -> Result<()> {
-    match pty {
-        Some(p) => p
-            .resize(size)
-            .map_err(|e| DriverError::io(format!("resizing a pty in machine {machine}"), e)),
-        None => Err(DriverError::Invalid {
-            id: machine.to_string(),
-            message: "resize of a process started without a tty".into(),
-        }),
-    }
-}
-
 /// Exit code of a finished `crun exec` (128+signal when crun itself was killed).
 pub fn exit_code(status: std::process::ExitStatus) -> i64 {
     use std::os::unix::process::ExitStatusExt;
@@ -194,7 +46,7 @@ pub fn exit_code(status: std::process::ExitStatus) -> i64 {
 #[async_trait]
 impl ExecProcess for NativeExec {
     async fn resize(&self, size: TtySize) -> Result<()> {
-        resize(&self.machine, self.pty.as_ref(), size)
+        stdio::resize(&self.machine, self.pty.as_ref(), size)
     }
 
     async fn wait(&self) -> Result<i64> {

@@ -44,8 +44,6 @@ mod agent;
 mod disk;
 mod error;
 mod exec;
-#[path = "../../agent/src/exec_wire.rs"]
-mod exec_wire;
 mod net;
 mod netlink;
 mod oci;
@@ -1000,6 +998,12 @@ impl NativeDriver {
         if self.status_of(&meta) != MachineStatus::Running {
             return Err(NativeError::NotRunning { id: id.to_string() });
         }
+        // Through the agent when the machine has one (a millisecond), else `crun exec`.
+        match agent::connect(&self.machine_dir(id).join(AGENT_SOCKET), id).await {
+            Ok(channel) => return channel.exec(spec).await.map_err(NativeError::from),
+            Err(rnr_driver::DriverError::NoAgent(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
         let pid = meta.init_pid.unwrap_or(0);
         let (uid, gid, home) = self.resolve_user(id, pid, spec.user.as_deref())?;
         let mut env = vec![
@@ -1008,33 +1012,6 @@ impl NativeDriver {
             format!("HOME={home}"),
         ];
         env.extend(spec.env.iter().map(|(k, v)| format!("{k}={v}")));
-        // Through the agent when the machine has one (a millisecond), else `crun exec`.
-        let socket = self.machine_dir(id).join(AGENT_SOCKET);
-        let req = exec_wire::Request {
-            argv: spec.argv.clone(),
-            env: env.clone(),
-            uid,
-            gid,
-            cwd: spec.workdir.clone(),
-            tty: spec.tty.map(|t| [t.rows, t.cols]),
-            // The agent's own `session attach ID …`: take the daemon's connection instead
-            // of a relay process in between (one hop less per keystroke, per direction).
-            session: match spec.argv.as_slice() {
-                [agent, s, a, id, ..]
-                    if agent == rnr_driver::AGENT_PATH
-                        && s == "session"
-                        && a == "attach"
-                        && spec.tty.is_none()
-                        && spec.user.is_none() =>
-                {
-                    Some(id.clone())
-                }
-                _ => None,
-            },
-        };
-        if let Some(handle) = agent::exec(&socket, id, &req).await? {
-            return Ok(handle);
-        }
         let cfg = &self.inner.cfg;
         let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
         let tag = format!("{}-{n}", std::process::id());
@@ -1143,11 +1120,11 @@ impl NativeDriver {
                         Err(e) => return Err(io_err("receiving the pty from", &socket_path, e)),
                     }
                 };
-                let pty = exec::Pty::new(master)
+                let pty = rnr_driver::stdio::Pty::new(master)
                     .map_err(|e| NativeError::io(format!("machine {id}: pty"), e))?;
                 pty.resize(size)
                     .map_err(|e| NativeError::io(format!("machine {id}: resizing pty"), e))?;
-                let output = exec::pty_output(machine.clone(), pty.handle());
+                let output = rnr_driver::stdio::pty_output(machine.clone(), pty.handle());
                 let stdin = Box::pin(pty.handle());
                 let process = Arc::new(exec::NativeExec {
                     machine,
@@ -1162,7 +1139,6 @@ impl NativeDriver {
                     stdin,
                     output,
                     process,
-                    passed_fds: None,
                 })
             }
             _ => {
@@ -1170,7 +1146,7 @@ impl NativeDriver {
                 let stdin = child.stdin.take().ok_or_else(missing)?;
                 let stdout = child.stdout.take().ok_or_else(missing)?;
                 let stderr = child.stderr.take().ok_or_else(missing)?;
-                let output = exec::pipe_output(machine.clone(), stdout, stderr);
+                let output = rnr_driver::stdio::pipe_output(machine.clone(), stdout, stderr);
                 let process = Arc::new(exec::NativeExec {
                     machine,
                     child: tokio::sync::Mutex::new(child),
@@ -1184,7 +1160,6 @@ impl NativeDriver {
                     stdin: Box::pin(stdin),
                     output,
                     process,
-                    passed_fds: None,
                 })
             }
         }
@@ -1366,6 +1341,14 @@ impl Driver for NativeDriver {
 
     async fn exec(&self, id: &str, spec: ExecSpec) -> Result<ExecHandle> {
         Ok(self.exec_inner(id, spec).await?)
+    }
+
+    async fn agent(&self, id: &str) -> Result<rnr_driver::AgentChannel> {
+        let meta = self.own_meta(id)?;
+        if self.status_of(&meta) != MachineStatus::Running {
+            return Err(NativeError::NotRunning { id: id.to_string() }.into());
+        }
+        agent::connect(&self.machine_dir(id).join(AGENT_SOCKET), id).await
     }
 
     async fn inspect(&self, id: &str) -> Result<MachineInfo> {

@@ -91,12 +91,12 @@ impl MountPlan {
     /// Runs in the child after fork and before exec: raw system calls only, no allocation.
     pub fn apply(&self) -> io::Result<()> {
         if let Some(fd) = self.pass_fd {
-            if fd == crate::exec_wire::LISTEN_FD {
+            if fd == rnr_agent_proto::control::LISTEN_FD {
                 // SAFETY: fcntl on a descriptor the parent keeps open: clear close-on-exec.
                 check(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) })?;
             } else {
                 // SAFETY: dup2(2) onto fd 3 of this child; the copy has no close-on-exec.
-                check(unsafe { libc::dup2(fd, crate::exec_wire::LISTEN_FD) })?;
+                check(unsafe { libc::dup2(fd, rnr_agent_proto::control::LISTEN_FD) })?;
             }
         }
         if let Some(fd) = self.netns_fd {
@@ -288,81 +288,13 @@ pub fn make_userns(base: u32) -> io::Result<OwnedFd> {
 /// Receives one file descriptor sent with SCM_RIGHTS on `sock` (crun's console socket).
 pub fn recv_fd(sock: RawFd) -> io::Result<OwnedFd> {
     let mut data = [0u8; 4096];
-    let (_, fds) = recv_with_fds(sock, &mut data)?;
+    let (_, fds) = rnr_agent_proto::fdpass::recv_with_fds(sock, &mut data)?;
     fds.into_iter().next().ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidData,
             "console socket message carried no file descriptor",
         )
     })
-}
-
-/// One `recvmsg` on `sock`: bytes into `data`, and the descriptors that rode along.
-pub fn recv_with_fds(sock: RawFd, data: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
-    let mut iov = libc::iovec {
-        iov_base: data.as_mut_ptr().cast(),
-        iov_len: data.len(),
-    };
-    // Room for a cmsg carrying up to 16 fds, 8-byte aligned.
-    let mut cbuf = [0u64; 16];
-    // SAFETY: msghdr is plain old data; zeroed is a valid initial value.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&cbuf);
-    // SAFETY: msg points at buffers that live across the call.
-    let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut fds = Vec::new();
-    // SAFETY: walking the control buffer the kernel filled, with the libc CMSG macros;
-    // every descriptor in an SCM_RIGHTS message is new in this process and ours to own.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let len = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
-                let base = libc::CMSG_DATA(c).cast::<libc::c_int>();
-                for i in 0..len / std::mem::size_of::<libc::c_int>() {
-                    let fd = std::ptr::read_unaligned(base.add(i));
-                    fds.push(OwnedFd::from_raw_fd(fd));
-                }
-            }
-            c = libc::CMSG_NXTHDR(&msg, c);
-        }
-    }
-    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "too many file descriptors in one message",
-        ));
-    }
-    Ok((n as usize, fds))
-}
-
-/// Sets the window size of a pty.
-pub fn set_winsize(fd: &impl AsRawFd, rows: u16, cols: u16) -> io::Result<()> {
-    let ws = libc::winsize {
-        ws_row: rows,
-        ws_col: cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCSWINSZ reads a winsize struct that lives across the call.
-    check(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) })
-}
-
-/// Puts a fd into non-blocking mode.
-pub fn set_nonblocking(fd: &impl AsRawFd) -> io::Result<()> {
-    // SAFETY: fcntl on a valid fd with integer arguments.
-    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
-    if flags < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: as above.
-    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) })
 }
 
 /// Start time (clock ticks since boot, field 22 of /proc/<pid>/stat) and whether the

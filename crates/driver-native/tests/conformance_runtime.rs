@@ -4,4 +4,4 @@
 
 mod common;
 
-rnr_driver::conformance_tests!(common::runtime_harness);
+rnr_driver::conformance_tests!(common::runtime_harness, no_agent);

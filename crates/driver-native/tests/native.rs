@@ -173,54 +173,60 @@ async fn execs_go_through_the_agent_out_of_the_learners_reach() {
     }
 }
 
-/// A terminal's `session attach` through the agent is a direct connection to the session
-/// daemon: no relay process stays in the machine, and a second attach (the gateway
-/// reconnecting) finds the same shell.
+/// A terminal's session attach through the agent channel is a direct connection to the
+/// session daemon, which init started as its own child: no relay process stays in the
+/// machine, and a second attach (the gateway reconnecting) finds the same shell.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_attach_connects_to_the_daemon_without_a_relay() {
     use futures::StreamExt;
-    use rnr_driver::OutputChunk;
+    use rnr_agent_proto::session::FromDaemon;
     let d = driver(Flavour::Userns).await;
     let s = spec("session");
     d.create(&s).await.expect("create");
-    let attach = || {
-        ExecSpec::new([
-            rnr_driver::AGENT_PATH,
-            "session",
-            "attach",
-            "t-1",
-            "24",
-            "80",
-        ])
-    };
-    // The daemon's first frame: T_HELLO (0x80), length 9, shell pid u32, rows, cols, flags
-    // (HELLO_DIRECT: this connection can be handed the pty).
-    async fn hello(h: &mut rnr_driver::ExecHandle) -> u32 {
+    async fn hello(link: &mut rnr_driver::agent::SessionLink) -> (u32, bool) {
         let mut got = Vec::new();
-        while got.len() < 14 {
-            match tokio::time::timeout(Duration::from_secs(10), h.output.next()).await {
-                Ok(Some(Ok(OutputChunk::Stdout(b)))) => got.extend_from_slice(&b),
+        loop {
+            if let Some((tag, p, _)) = rnr_agent_proto::frame::split(&got, 1 << 20).unwrap() {
+                match FromDaemon::parse(tag, p).unwrap() {
+                    FromDaemon::Hello(h) => return (h.shell_pid, h.direct),
+                    other => panic!("first frame {other:?}"),
+                }
+            }
+            match tokio::time::timeout(Duration::from_secs(10), link.output.next()).await {
+                Ok(Some(Ok(b))) => got.extend_from_slice(&b),
                 other => panic!("no hello frame: {other:?}"),
             }
         }
-        assert_eq!(&got[..5], &[0x80, 0, 0, 0, 9], "{got:?}");
-        assert_eq!(got[13], 1, "hello flags: {got:?}");
-        u32::from_be_bytes([got[5], got[6], got[7], got[8]])
     }
-    let mut first = d.exec(&s.id, attach()).await.expect("attach");
-    let pid = hello(&mut first).await;
-    // The daemon forks from the attach without exec, so it carries the same command line:
-    // one such process is the daemon, a second would be a relay.
+    let attach = || async {
+        d.agent(&s.id)
+            .await
+            .expect("agent channel")
+            .session("t-1", 24, 80)
+            .await
+            .expect("attach")
+    };
+    let mut first = attach().await;
+    assert!(first.fds.is_some(), "the native channel passes descriptors");
+    let (pid, direct) = hello(&mut first).await;
+    assert!(
+        direct,
+        "the daemon offers its pty on a channel that passes descriptors"
+    );
     let (_, out, _) = sh(
         &d,
         &s.id,
-        "ps -o pid,args | grep 'session attach' | grep -v grep || true",
+        "ps -o pid,ppid,args | grep 'rnr-agent' | grep -v grep",
     )
     .await;
-    assert_eq!(out.trim().lines().count(), 1, "only the daemon: {out}");
+    let lines: Vec<&str> = out.trim().lines().collect();
+    assert_eq!(lines.len(), 2, "init and the daemon only: {out}");
+    let daemon: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(daemon[1], "1", "the daemon is init's child: {out}");
+    assert!(lines[1].contains("session-daemon t-1"), "{out}");
     drop(first);
-    let mut second = d.exec(&s.id, attach()).await.expect("attach again");
-    assert_eq!(hello(&mut second).await, pid, "the same shell");
+    let mut second = attach().await;
+    assert_eq!(hello(&mut second).await.0, pid, "the same shell");
     d.delete(&s.id).await.expect("delete");
 }
 

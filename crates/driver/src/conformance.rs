@@ -4,11 +4,18 @@
 //! `async fn() -> Harness` building a fresh driver for that backend.
 
 use crate::{
-    collect, Driver, DriverError, ExecRequest, ExecSpec, Limits, MachineSpec, MachineStatus,
-    NetworkSpec, OutputChunk, TtySize,
+    collect, AgentChannel, Driver, DriverError, ExecHandle, ExecRequest, ExecSpec, ImageInfo,
+    Limits, MachineInfo, MachineSpec, MachineStats, MachineStatus, NetworkSpec, OutputChunk,
+    Result, TtySize,
 };
+use async_trait::async_trait;
+use bytes::Bytes;
 use futures::StreamExt;
+use rnr_agent_proto::check::{Check, Status, Suite};
+use rnr_agent_proto::frame;
+use rnr_agent_proto::session::{FromDaemon, Hello, ToDaemon};
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -349,11 +356,344 @@ pub async fn stats_are_plausible(h: Harness) {
     }
 }
 
+/// The static agent: `RNR_AGENT_PATH`, else built with scripts/build-agent.sh (for driver
+/// test harnesses that start machines with the agent).
+pub fn agent_path() -> PathBuf {
+    static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        if let Some(p) = std::env::var_os("RNR_AGENT_PATH").filter(|p| !p.is_empty()) {
+            return PathBuf::from(p);
+        }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let out = std::process::Command::new(root.join("scripts/build-agent.sh"))
+            .current_dir(&root)
+            .output()
+            .expect("run scripts/build-agent.sh");
+        assert!(
+            out.status.success(),
+            "scripts/build-agent.sh: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    })
+    .clone()
+}
+
+/// The driver under test with `exec` going through its agent channel instead of its own
+/// exec: the exec tests then hold the agent's execs to the same behaviour. `framed` frames
+/// stdio on the channel even where descriptors could pass (as on channels that cannot).
+pub struct ViaAgent {
+    pub inner: Arc<dyn Driver>,
+    pub framed: bool,
+}
+
+impl ViaAgent {
+    pub fn harness(h: Harness, framed: bool) -> Harness {
+        Harness {
+            driver: Arc::new(Self {
+                inner: h.driver,
+                framed,
+            }),
+            image: h.image,
+        }
+    }
+}
+
+#[async_trait]
+impl Driver for ViaAgent {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    async fn create(&self, spec: &MachineSpec) -> Result<MachineInfo> {
+        self.inner.create(spec).await
+    }
+    async fn exec(&self, id: &str, spec: ExecSpec) -> Result<ExecHandle> {
+        let ch = self.inner.agent(id).await?;
+        let ch = if self.framed { ch.framed() } else { ch };
+        ch.exec(spec).await
+    }
+    async fn agent(&self, id: &str) -> Result<AgentChannel> {
+        self.inner.agent(id).await
+    }
+    async fn inspect(&self, id: &str) -> Result<MachineInfo> {
+        self.inner.inspect(id).await
+    }
+    async fn delete(&self, id: &str) -> Result<()> {
+        self.inner.delete(id).await
+    }
+    async fn list(&self) -> Result<Vec<MachineInfo>> {
+        self.inner.list().await
+    }
+    async fn import_image(&self, name: &str, rootfs_tar: &Path) -> Result<ImageInfo> {
+        self.inner.import_image(name, rootfs_tar).await
+    }
+    async fn list_images(&self) -> Result<Vec<ImageInfo>> {
+        self.inner.list_images().await
+    }
+    async fn stats(&self, id: &str) -> Result<Option<MachineStats>> {
+        self.inner.stats(id).await
+    }
+}
+
+pub async fn agent_exec_stdin_env_user_workdir(h: Harness) {
+    exec_stdin_env_user_workdir(ViaAgent::harness(h, false)).await
+}
+pub async fn agent_exec_timeout_kills(h: Harness) {
+    exec_timeout_kills(ViaAgent::harness(h, false)).await
+}
+pub async fn agent_exec_tty_and_resize(h: Harness) {
+    exec_tty_and_resize(ViaAgent::harness(h, false)).await
+}
+pub async fn framed_exec_stdin_env_user_workdir(h: Harness) {
+    exec_stdin_env_user_workdir(ViaAgent::harness(h, true)).await
+}
+pub async fn framed_exec_timeout_kills(h: Harness) {
+    exec_timeout_kills(ViaAgent::harness(h, true)).await
+}
+pub async fn framed_exec_tty_and_resize(h: Harness) {
+    exec_tty_and_resize(ViaAgent::harness(h, true)).await
+}
+
+/// Users are resolved inside the machine (its own /etc/passwd), and what cannot start says
+/// why and exits 127, through either kind of channel.
+pub async fn agent_exec_users_and_failures(h: Harness) {
+    let spec = spec(&h, "agentuser");
+    let _guard = Cleanup::new(&h, &spec.id);
+    h.driver.create(&spec).await.expect("create");
+    sh(
+        &h,
+        &spec.id,
+        "echo 'learner:x:1234:1234::/home/learner:/bin/sh' >> /etc/passwd; \
+         echo 'staff:x:4321:' >> /etc/group; mkdir -p /home/learner",
+    )
+    .await;
+    for framed in [false, true] {
+        let via = ViaAgent::harness(
+            Harness {
+                driver: h.driver.clone(),
+                image: h.image.clone(),
+            },
+            framed,
+        );
+        let run = |user: &str, argv: &[&str]| {
+            let mut es = ExecSpec::new(argv.iter().copied());
+            es.user = Some(user.to_string());
+            collect(
+                via.driver.as_ref(),
+                &spec.id,
+                ExecRequest::new(es, Duration::from_secs(10)),
+            )
+        };
+        let out = run("learner", &["/bin/sh", "-c", "id -u; id -g; echo $HOME"])
+            .await
+            .expect("exec as learner");
+        assert_eq!(
+            text(&out.stdout),
+            "1234
+1234
+/home/learner
+",
+            "framed {framed}"
+        );
+        let out = run("learner:staff", &["id", "-g"]).await.expect("exec");
+        assert_eq!(
+            text(&out.stdout),
+            "4321
+"
+        );
+        let out = run("nosuchuser", &["true"]).await.expect("exec");
+        assert_eq!(out.exit_code, Some(127));
+        assert!(
+            text(&out.stderr).contains("unknown user \"nosuchuser\""),
+            "{:?}",
+            text(&out.stderr)
+        );
+        let out = run("root", &["/no/such/program"]).await.expect("exec");
+        assert_eq!(out.exit_code, Some(127));
+        assert!(text(&out.stderr).contains("/no/such/program"), "{out:?}");
+    }
+}
+
+/// Session frames read from a link until `want` says a frame is the one.
+async fn session_frame(
+    output: &mut crate::agent::ChunkStream,
+    buf: &mut Vec<u8>,
+    mut want: impl FnMut(FromDaemon<'_>) -> bool,
+) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            while let Some((tag, payload, rest)) =
+                frame::split(buf, 4 << 20).expect("a well-formed frame")
+            {
+                let done = want(FromDaemon::parse(tag, payload).expect("a session frame"));
+                let consumed = buf.len() - rest.len();
+                buf.drain(..consumed);
+                if done {
+                    return;
+                }
+            }
+            match output.next().await {
+                Some(Ok(b)) => buf.extend_from_slice(&b),
+                other => panic!("session link ended: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the session answered within 10 s")
+}
+
+async fn attach(
+    h: &Harness,
+    id: &str,
+    session: &str,
+    framed: bool,
+) -> (crate::agent::SessionLink, Vec<u8>, Hello) {
+    let ch = h.driver.agent(id).await.expect("agent channel");
+    let ch = if framed { ch.framed() } else { ch };
+    let mut link = ch.session(session, 24, 80).await.expect("attach");
+    let mut buf = Vec::new();
+    let mut hello = None;
+    session_frame(&mut link.output, &mut buf, |f| match f {
+        FromDaemon::Hello(h) => {
+            hello = Some(h);
+            true
+        }
+        _ => false,
+    })
+    .await;
+    (link, buf, hello.expect("hello"))
+}
+
+/// A terminal session outlives the link it was started on: re-attaching (as a gateway
+/// does after a restart) finds the same shell and its screen; killing it ends it.
+pub async fn agent_session_outlives_its_link(h: Harness) {
+    let spec = spec(&h, "session");
+    let _guard = Cleanup::new(&h, &spec.id);
+    h.driver.create(&spec).await.expect("create");
+    for framed in [false, true] {
+        let name = if framed { "t-framed" } else { "t-passed" };
+        let (mut link, mut buf, hello) = attach(&h, &spec.id, name, framed).await;
+        assert_eq!((hello.rows, hello.cols), (24, 80));
+        link.input
+            .write_all(&ToDaemon::Input(b"echo conf-$((6*7))\r").encode())
+            .await
+            .unwrap();
+        let mut seen = String::new();
+        session_frame(&mut link.output, &mut buf, |f| {
+            if let FromDaemon::Output(d) = f {
+                seen.push_str(&text(d));
+            }
+            seen.contains("conf-42")
+        })
+        .await;
+        drop(link);
+        let (mut link, mut buf, again) = attach(&h, &spec.id, name, framed).await;
+        assert_eq!(again.shell_pid, hello.shell_pid, "the same shell");
+        link.input
+            .write_all(&ToDaemon::SnapshotReq { tag: 9 }.encode())
+            .await
+            .unwrap();
+        let mut screen = Bytes::new();
+        session_frame(&mut link.output, &mut buf, |f| match f {
+            FromDaemon::Snapshot { tag: 9, screen: s } => {
+                screen = Bytes::copy_from_slice(s);
+                true
+            }
+            _ => false,
+        })
+        .await;
+        assert!(
+            text(&screen).contains("conf-42"),
+            "the screen survives: {screen:?}"
+        );
+        link.input
+            .write_all(&ToDaemon::Kill.encode())
+            .await
+            .unwrap();
+        session_frame(&mut link.output, &mut buf, |f| {
+            matches!(f, FromDaemon::Exit { .. })
+        })
+        .await;
+        drop(link);
+        let (_link, _, fresh) = attach(&h, &spec.id, name, framed).await;
+        assert_ne!(
+            fresh.shell_pid, hello.shell_pid,
+            "a killed session starts anew"
+        );
+    }
+}
+
+/// A check suite is evaluated inside the machine in one request.
+pub async fn agent_check_suite(h: Harness) {
+    let spec = spec(&h, "check");
+    let _guard = Cleanup::new(&h, &spec.id);
+    h.driver.create(&spec).await.expect("create");
+    let check = |name: &str, path: &str| Check {
+        name: name.into(),
+        kind: "file".into(),
+        path: Some(path.into()),
+        ..Default::default()
+    };
+    let suite = Suite {
+        checks: vec![
+            check("passwd", "/etc/passwd"),
+            check("missing", "/no/such/file"),
+        ],
+    };
+    let outcomes = h
+        .driver
+        .agent(&spec.id)
+        .await
+        .expect("agent channel")
+        .check(&suite)
+        .await
+        .expect("check suite");
+    let got: Vec<_> = outcomes
+        .iter()
+        .map(|o| (o.name.as_str(), o.status))
+        .collect();
+    assert_eq!(
+        got,
+        [("passwd", Status::Passed), ("missing", Status::Failed)]
+    );
+}
+
+/// A machine started without an agent says so, and nothing else breaks.
+pub async fn agent_absent_is_reported(h: Harness) {
+    let spec = spec(&h, "noagent");
+    let _guard = Cleanup::new(&h, &spec.id);
+    h.driver.create(&spec).await.expect("create");
+    match h.driver.agent(&spec.id).await {
+        Err(DriverError::NoAgent(id)) => assert_eq!(id, spec.id),
+        other => panic!("expected NoAgent, got {other:?}"),
+    }
+    assert_eq!(sh(&h, &spec.id, "echo ok").await.exit_code, Some(0));
+}
+
 /// Instantiates every conformance test for a driver. `$setup` is a path to an
-/// `async fn() -> Harness`.
+/// `async fn() -> Harness`; with `no_agent`, for a driver whose machines run without the
+/// agent.
 #[macro_export]
 macro_rules! conformance_tests {
     ($setup:path) => {
+        $crate::conformance_tests!(@core $setup);
+        $crate::conformance_tests!(@each $setup;
+            agent_exec_stdin_env_user_workdir,
+            agent_exec_timeout_kills,
+            agent_exec_tty_and_resize,
+            framed_exec_stdin_env_user_workdir,
+            framed_exec_timeout_kills,
+            framed_exec_tty_and_resize,
+            agent_exec_users_and_failures,
+            agent_session_outlives_its_link,
+            agent_check_suite
+        );
+    };
+    ($setup:path, no_agent) => {
+        $crate::conformance_tests!(@core $setup);
+        $crate::conformance_tests!(@each $setup; agent_absent_is_reported);
+    };
+    (@core $setup:path) => {
         $crate::conformance_tests!(@each $setup;
             create_exec_delete,
             exec_stdin_env_user_workdir,

@@ -12,6 +12,10 @@ pub enum DriverError {
     NotRunning { id: String, state: String },
     #[error("invalid request for machine {id}: {message}")]
     Invalid { id: String, message: String },
+    #[error("machine {0} has no agent (the driver runs without agent_path)")]
+    NoAgent(String),
+    #[error("machine {id}: its agent: {message}")]
+    Agent { id: String, message: String },
     #[error("backend unavailable: {0}")]
     Unavailable(String),
     #[error("machine {id}: {message}")]

@@ -35,15 +35,14 @@ pub trait ExecProcess: Send + Sync {
     async fn kill(&self) -> Result<()>;
 }
 
+/// A process's stdin.
+pub type Stdin = Pin<Box<dyn AsyncWrite + Send>>;
+
 /// A started process: its stdin, its output, and its controls.
 pub struct ExecHandle {
-    pub stdin: Pin<Box<dyn AsyncWrite + Send>>,
+    pub stdin: Stdin,
     pub output: OutputStream,
     pub process: Arc<dyn ExecProcess>,
-    /// Descriptors the process passed along with its output, in order, when the driver
-    /// can carry them (the native driver's agent sessions: a terminal session hands the
-    /// gateway its pty). `None` where output is a plain byte stream.
-    pub passed_fds: Option<std::sync::mpsc::Receiver<std::os::fd::OwnedFd>>,
 }
 
 impl std::fmt::Debug for ExecHandle {
@@ -94,14 +93,24 @@ pub async fn collect(driver: &dyn Driver, id: &str, req: ExecRequest) -> Result<
         });
     }
     let deadline = tokio::time::Instant::now() + req.timeout;
+    let handle = tokio::time::timeout_at(deadline, driver.exec(id, req.spec.clone()))
+        .await
+        .map_err(|_| DriverError::backend(id, "exec did not start before the timeout"))??;
+    collect_handle(handle, req, deadline).await
+}
+
+/// Feeds `req.stdin` to a started process and collects its output until `deadline`,
+/// killing it then.
+pub async fn collect_handle(
+    handle: ExecHandle,
+    req: ExecRequest,
+    deadline: tokio::time::Instant,
+) -> Result<ExecOutcome> {
     let ExecHandle {
         mut stdin,
         mut output,
         process,
-        ..
-    } = tokio::time::timeout_at(deadline, driver.exec(id, req.spec))
-        .await
-        .map_err(|_| DriverError::backend(id, "exec did not start before the timeout"))??;
+    } = handle;
 
     // Feeding stdin runs beside reading output: a process that writes before it has read
     // all its input would otherwise deadlock against us.

@@ -5,9 +5,11 @@
 //! Kubernetes) plugs in without the platform noticing. Each backend lives in its own crate
 //! and passes the shared [`conformance`] suite.
 
+pub mod agent;
 mod error;
 mod exec;
 pub mod process;
+pub mod stdio;
 mod types;
 
 #[cfg(feature = "conformance")]
@@ -15,9 +17,11 @@ pub mod conformance;
 #[cfg(feature = "conformance")]
 pub mod isolation;
 
+pub use agent::AgentChannel;
 pub use error::{DriverError, Result};
 pub use exec::{
-    collect, ExecHandle, ExecOutcome, ExecProcess, ExecRequest, OutputChunk, OutputStream,
+    collect, collect_handle, ExecHandle, ExecOutcome, ExecProcess, ExecRequest, OutputChunk,
+    OutputStream, Stdin,
 };
 pub use types::{
     ExecSpec, ImageInfo, Limits, MachineInfo, MachineSpec, MachineStats, MachineStatus,
@@ -33,7 +37,7 @@ pub const OWNER_LABEL: &str = "io.rootnroll.owner";
 /// Where a driver configured with an agent binary makes it visible, read-only, in every
 /// machine (see DESIGN.md: one static binary that holds terminal sessions and evaluates
 /// checks from inside).
-pub const AGENT_PATH: &str = "/.rnr/rnr-agent";
+pub const AGENT_PATH: &str = rnr_agent_proto::AGENT_PATH;
 /// Label carrying the platform's machine id.
 pub const MACHINE_LABEL: &str = "io.rootnroll.machine";
 
@@ -51,6 +55,11 @@ pub trait Driver: Send + Sync + 'static {
 
     /// Starts a process in a running machine; its streams are returned at once.
     async fn exec(&self, id: &str, spec: ExecSpec) -> Result<ExecHandle>;
+
+    /// A new connection to the agent in a running machine (terminal sessions, check suites,
+    /// execs where the backend has no exec of its own). [`DriverError::NoAgent`] when the
+    /// machine was started without one.
+    async fn agent(&self, id: &str) -> Result<AgentChannel>;
 
     /// Current state of one machine this driver owns; [`DriverError::NotFound`] if gone.
     async fn inspect(&self, id: &str) -> Result<MachineInfo>;

@@ -2,8 +2,8 @@
 //! dropped networks and gateway restarts. A library: the HTTP layer (rnr-http) routes
 //! requests here and hands over each browser's upgraded WebSocket connection.
 //!
-//! The shell lives in an agent session inside the machine (`rnr-agent session attach`),
-//! which owns the pty and a screen model; the gateway only relays. A browser proves what
+//! The shell lives in an agent session inside the machine (reached through the driver's
+//! agent channel), which owns the pty and a screen model; the gateway only relays. A browser proves what
 //! it may do with a short-lived HMAC token bound to one terminal and one machine (owner or
 //! read-only viewer); the token alone is enough to find the terminal again after a restart.
 //! The wire protocol is in docs/terminal-protocol.md.

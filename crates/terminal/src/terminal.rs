@@ -1,11 +1,12 @@
-//! One terminal: the gateway's end of an agent session (a tty-less driver exec speaking
-//! the agent's framed protocol) and the browsers watching it.
+//! One terminal: the gateway's end of an agent session (a link the agent channel opened to
+//! the session's daemon, speaking `rnr_agent_proto::session` frames) and the browsers
+//! watching it.
 //!
 //! One task per terminal reads the agent's frames and hands output to clients; whoever has
 //! something for the agent (input, a resize, a snapshot request) writes it to the exec's
 //! stdin directly, under a lock, so a keystroke crosses no extra task on its way.
 //!
-//! Where the driver carries descriptors (the native driver), the daemon hands over its pty
+//! Where the channel carries descriptors (the native driver), the daemon hands over its pty
 //! right after the hello ("direct mode"): the same task then reads the shell's output from
 //! the pty itself and sends the daemon a copy for its screen model, and keystrokes go
 //! straight into the pty. Copies, snapshot requests and client registrations are ordered
@@ -24,21 +25,18 @@ use crate::token::Role;
 use crate::GatewayError;
 use bytes::{Buf, Bytes, BytesMut};
 use futures::StreamExt;
-use rnr_driver::{ExecSpec, OutputChunk, OutputStream, AGENT_PATH};
+use rnr_agent_proto::frame;
+use rnr_agent_proto::session::{FromDaemon, ToDaemon, MAX_FROM_DAEMON, T_COPY};
+use rnr_driver::agent::{ChunkStream, FdInbox};
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch};
 
-// Frame tags of the agent protocol, shared with the agent itself.
-#[path = "../../agent/src/session_wire.rs"]
-mod session_wire;
-pub use session_wire::*;
-
 /// Largest frame taken from the machine side (a snapshot of a 1000×1000 screen fits);
 /// anything larger is an attack or a bug and ends the terminal.
-const MAX_FRAME: usize = 4 << 20;
+const MAX_FRAME: usize = MAX_FROM_DAEMON;
 /// Per-client queue of output chunks (each ≤ 32 KiB from the agent).
 pub const CLIENT_QUEUE: usize = 8;
 /// Largest input message accepted from a browser.
@@ -127,8 +125,8 @@ impl AgentLink {
             } else {
                 data.len()
             };
-            self.copies.reserve(5 + room);
-            self.copies.extend_from_slice(&[T_COPY, 0, 0, 0, 0]);
+            self.copies.reserve(frame::HEADER + room);
+            self.copies.extend_from_slice(&frame::header(T_COPY, 0));
         }
         self.copies.extend_from_slice(data);
         fresh
@@ -140,8 +138,8 @@ impl AgentLink {
         let out: &[u8] = if self.copies.is_empty() {
             frames
         } else {
-            let len = (self.copies.len() - 5) as u32;
-            self.copies[1..5].copy_from_slice(&len.to_be_bytes());
+            let len = self.copies.len() - frame::HEADER;
+            self.copies[..frame::HEADER].copy_from_slice(&frame::header(T_COPY, len));
             self.copies.extend_from_slice(frames);
             &self.copies
         };
@@ -151,18 +149,6 @@ impl AgentLink {
         // Let go of the buffer: idle terminals keep none.
         self.copies = BytesMut::new();
     }
-}
-
-pub fn encode(ty: u8, payload: &[u8]) -> Bytes {
-    let mut b = BytesMut::with_capacity(5 + payload.len());
-    push_frame(&mut b, ty, payload);
-    b.freeze()
-}
-
-fn push_frame(b: &mut BytesMut, ty: u8, payload: &[u8]) {
-    b.extend_from_slice(&[ty]);
-    b.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    b.extend_from_slice(payload);
 }
 
 /// A client's subscription: its output queue and the terminal's closing signal.
@@ -187,50 +173,45 @@ impl Terminal {
             machine: machine.to_string(),
             message,
         };
-        let spec = ExecSpec::new([
-            AGENT_PATH.to_string(),
-            "session".into(),
-            "attach".into(),
-            id.to_string(),
-            size.0.to_string(),
-            size.1.to_string(),
-        ]);
-        let driver = platform.driver().clone();
-        let handle = match driver.exec(machine, spec).await {
-            Ok(h) => h,
-            Err(rnr_driver::DriverError::NotFound(_)) => {
+        let channel = match platform.agent(machine).await {
+            Ok(c) => c,
+            Err(rnr_core::CoreError::NotRunning { state, .. }) => {
                 return Err(GatewayError::MachineNotRunning {
                     machine: machine.to_string(),
-                    state: "gone".into(),
+                    state,
                 })
             }
-            Err(e) => return Err(agent_err(e.to_string())),
+            Err(e) => {
+                return Err(agent_err(format!(
+                    "{e} (is the agent mounted at {}? set agent_path / RNR_AGENT_PATH)",
+                    rnr_driver::AGENT_PATH
+                )))
+            }
         };
-        let mut output = handle.output;
+        let link = channel
+            .session(id, size.0, size.1)
+            .await
+            .map_err(|e| agent_err(e.to_string()))?;
+        let mut output = link.output;
         let mut reader = FrameReader::default();
         let hello = tokio::time::timeout(Duration::from_secs(10), reader.next(&mut output))
             .await
-            .map_err(|_| agent_err("no answer from rnr-agent within 10 s".into()))?
-            .map_err(|e| {
-                agent_err(format!(
-                    "{e} (is the agent mounted at {AGENT_PATH}? set agent_path / RNR_AGENT_PATH)"
-                ))
-            })?;
-        let (pid, offers_pty) = match hello {
-            (T_HELLO, p) if p.len() >= 8 => (
-                u32::from_be_bytes([p[0], p[1], p[2], p[3]]),
-                p.get(8).is_some_and(|f| f & HELLO_DIRECT != 0),
-            ),
-            _ => return Err(agent_err("unexpected first frame from rnr-agent".into())),
+            .map_err(|_| agent_err("no answer from the session within 10 s".into()))?
+            .map_err(agent_err)?;
+        let hello = match FromDaemon::parse(hello.0, &hello.1) {
+            Ok(FromDaemon::Hello(h)) => h,
+            _ => return Err(agent_err("unexpected first frame from the session".into())),
         };
-        let mut stdin = handle.stdin;
-        let passed_fds = handle.passed_fds.filter(|_| offers_pty);
+        let pid = hello.shell_pid;
+        let mut stdin = link.input;
+        let passed_fds = link.fds.filter(|_| hello.direct);
         if passed_fds.is_some() {
             stdin
-                .write_all(&encode(T_DIRECT_REQ, &[]))
+                .write_all(&ToDaemon::DirectReq.encode())
                 .await
                 .map_err(|e| agent_err(format!("asking for the pty: {e}")))?;
         }
+        let keep = link.keep;
         let (closed_tx, _) = watch::channel(None);
         let term = Arc::new(Self {
             id: id.to_string(),
@@ -250,13 +231,13 @@ impl Terminal {
             closed_tx,
             recorder,
         });
-        let process = handle.process;
         let t = term.clone();
         tokio::spawn(async move {
             let mut end = t.pump(&mut output, &mut reader, passed_fds).await;
             t.pty.lock().expect("pty lock").take();
-            // Ends only the relay: the session daemon is not in the exec's process tree.
-            let _ = process.kill().await;
+            // Ends only this link (and whatever carries it): the session lives on in its
+            // daemon.
+            drop(keep);
             if end.code == crate::close::SESSION_LOST && machine_gone(&platform, &t.machine).await {
                 end = Closed {
                     code: crate::close::MACHINE_GONE,
@@ -281,9 +262,9 @@ impl Terminal {
     /// exec ends.
     async fn pump(
         &self,
-        output: &mut OutputStream,
+        output: &mut ChunkStream,
         reader: &mut FrameReader,
-        fds: Option<std::sync::mpsc::Receiver<std::os::fd::OwnedFd>>,
+        fds: Option<FdInbox>,
     ) -> Closed {
         let mut pty: Option<Arc<Pty>> = None;
         // When the pending copy for the daemon is due. One timer, reset per batch: a fresh
@@ -326,15 +307,27 @@ impl Terminal {
                     }
                 }
             };
-            match ty {
-                T_OUTPUT => {
-                    if let Some(r) = &self.recorder {
-                        r.output(&payload).await;
+            let msg = match FromDaemon::parse(ty, &payload) {
+                Ok(m) => m,
+                Err(e) => {
+                    return Closed {
+                        code: crate::close::SESSION_LOST,
+                        reason: crate::close::reason(&format!(
+                            "protocol error from the machine side: {e}"
+                        )),
                     }
-                    self.output_relayed(payload).await;
                 }
-                T_DIRECT => {
-                    let handed = fds.as_ref().and_then(|r| r.try_recv().ok());
+            };
+            match msg {
+                FromDaemon::Output(d) => {
+                    let data = payload.slice_ref(d);
+                    if let Some(r) = &self.recorder {
+                        r.output(&data).await;
+                    }
+                    self.output_relayed(data).await;
+                }
+                FromDaemon::Direct => {
+                    let handed = fds.as_ref().and_then(FdInbox::take);
                     match handed.map(Pty::new) {
                         Some(Ok(p)) => {
                             let p = Arc::new(p);
@@ -355,35 +348,23 @@ impl Terminal {
                         }
                     }
                 }
-                T_SNAPSHOT if payload.len() >= 4 => {
-                    let tag = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
-                    self.deliver_snapshot(tag, payload.slice(4..));
+                FromDaemon::Snapshot { tag, screen } => {
+                    self.deliver_snapshot(tag, payload.slice_ref(screen));
                 }
-                T_HELLO if payload.len() >= 8 => {
-                    let pid = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
-                    self.shell_pid.store(pid, Ordering::Relaxed);
+                FromDaemon::Hello(h) => {
+                    self.shell_pid.store(h.shell_pid, Ordering::Relaxed);
                 }
-                T_EXIT => {
+                FromDaemon::Exit { status } => {
                     // What the shell printed last is still in the pty.
                     if let Some(p) = pty.take() {
                         while let Ok(Some(chunk)) = p.read_now() {
                             self.output_direct(chunk).await;
                         }
                     }
-                    let code = payload
-                        .get(..4)
-                        .map(|p| i32::from_be_bytes([p[0], p[1], p[2], p[3]]))
-                        .unwrap_or(-1);
                     return Closed {
                         code: crate::close::SESSION_ENDED,
-                        reason: format!("the shell exited with status {code}"),
+                        reason: format!("the shell exited with status {status}"),
                     };
-                }
-                _ => {
-                    return Closed {
-                        code: crate::close::SESSION_LOST,
-                        reason: "protocol error from the machine side".into(),
-                    }
                 }
             }
         }
@@ -408,7 +389,7 @@ impl Terminal {
     async fn output_relayed(&self, data: Bytes) {
         let (blocked, resync) = self.dispatch(&data, false);
         for tag in resync {
-            self.send(T_SNAPSHOT_REQ, &tag.to_be_bytes()).await;
+            self.send(ToDaemon::SnapshotReq { tag }).await;
         }
         for tx in blocked {
             // A departed client is dropped from the list on the next round.
@@ -427,9 +408,9 @@ impl Terminal {
         let (blocked, resync) = self.dispatch(&data, true);
         let fresh = link.copy(&data).await;
         if !resync.is_empty() {
-            let mut frames = BytesMut::with_capacity(9 * resync.len());
+            let mut frames = Vec::with_capacity(9 * resync.len());
             for tag in resync {
-                push_frame(&mut frames, T_SNAPSHOT_REQ, &tag.to_be_bytes());
+                ToDaemon::SnapshotReq { tag }.push(&mut frames);
             }
             link.write(&frames).await;
         }
@@ -495,8 +476,7 @@ impl Terminal {
             sync: Sync::Waiting(tag),
             backlog: BytesMut::new(),
         });
-        link.write(&encode(T_SNAPSHOT_REQ, &tag.to_be_bytes()))
-            .await;
+        link.write(&ToDaemon::SnapshotReq { tag }.encode()).await;
         drop(link);
         Subscription {
             id,
@@ -506,8 +486,8 @@ impl Terminal {
     }
 
     /// Writes one frame to the agent (after any pending copy).
-    async fn send(&self, ty: u8, payload: &[u8]) {
-        self.to_agent.lock().await.write(&encode(ty, payload)).await;
+    async fn send(&self, msg: ToDaemon<'_>) {
+        self.to_agent.lock().await.write(&msg.encode()).await;
     }
 
     pub fn unsubscribe(&self, id: u64) {
@@ -532,7 +512,7 @@ impl Terminal {
             return;
         }
         for chunk in data.chunks(MAX_INPUT) {
-            self.send(T_INPUT, chunk).await;
+            self.send(ToDaemon::Input(chunk)).await;
         }
     }
 
@@ -555,15 +535,13 @@ impl Terminal {
             // On failure the daemon still sets it.
             let _ = pty.resize(rows, cols);
         }
-        let mut p = rows.to_be_bytes().to_vec();
-        p.extend_from_slice(&cols.to_be_bytes());
-        self.send(T_RESIZE, &p).await;
+        self.send(ToDaemon::Resize { rows, cols }).await;
     }
 
     /// Ends the session: the agent hangs up the shell; clients get `why`.
     pub async fn kill(&self, why: Closed) {
         self.closed_tx.send_replace(Some(why));
-        self.send(T_KILL, &[]).await;
+        self.send(ToDaemon::Kill).await;
     }
 
     pub fn closed(&self) -> Option<Closed> {
@@ -588,42 +566,31 @@ async fn machine_gone(platform: &rnr_core::Platform, machine: &str) -> bool {
     false
 }
 
-/// Splits the exec's stdout into agent frames: sliced out of the chunk read when it holds
+/// Splits the link's bytes into session frames: sliced out of the chunk read when it holds
 /// them whole (bulk output: no copy), gathered in `buf` when they straddle reads.
 #[derive(Default)]
 struct FrameReader {
     cur: Bytes,
     buf: BytesMut,
-    last_err: String,
-}
-
-/// The frame at the front of `data`, if it is all there: (type, payload length).
-fn frame_at(data: &[u8]) -> Result<Option<(u8, usize)>, String> {
-    if data.len() < 5 {
-        return Ok(None);
-    }
-    let len = u32::from_be_bytes([data[1], data[2], data[3], data[4]]) as usize;
-    if len > MAX_FRAME {
-        return Err(format!("frame of {len} bytes from the machine side"));
-    }
-    Ok((data.len() >= 5 + len).then_some((data[0], len)))
 }
 
 impl FrameReader {
-    async fn next(&mut self, output: &mut OutputStream) -> Result<(u8, Bytes), String> {
+    async fn next(&mut self, output: &mut ChunkStream) -> Result<(u8, Bytes), String> {
+        let peek =
+            |d: &[u8]| frame::peek(d, MAX_FRAME).map_err(|e| format!("from the machine side: {e}"));
         loop {
             if self.buf.is_empty() {
-                if let Some((ty, len)) = frame_at(&self.cur)? {
-                    let payload = self.cur.slice(5..5 + len);
-                    self.cur.advance(5 + len);
+                if let Some((ty, len)) = peek(&self.cur)? {
+                    let payload = self.cur.slice(frame::HEADER..frame::HEADER + len);
+                    self.cur.advance(frame::HEADER + len);
                     return Ok((ty, payload));
                 }
                 if !self.cur.is_empty() {
                     self.buf.extend_from_slice(&self.cur);
                     self.cur = Bytes::new();
                 }
-            } else if let Some((ty, len)) = frame_at(&self.buf)? {
-                self.buf.advance(5);
+            } else if let Some((ty, len)) = peek(&self.buf)? {
+                self.buf.advance(frame::HEADER);
                 let payload = self.buf.split_to(len).freeze();
                 if self.buf.is_empty() {
                     // Let go of the gathering buffer: idle terminals keep none.
@@ -632,17 +599,10 @@ impl FrameReader {
                 return Ok((ty, payload));
             }
             match output.next().await {
-                Some(Ok(OutputChunk::Stdout(d))) if self.buf.is_empty() => self.cur = d,
-                Some(Ok(OutputChunk::Stdout(d))) => self.buf.extend_from_slice(&d),
-                Some(Ok(OutputChunk::Stderr(d))) => {
-                    // Kept short: it only explains a failed start (agent missing, …).
-                    let text = String::from_utf8_lossy(&d[..d.len().min(512)]);
-                    tracing::debug!(stderr = %text, "rnr-agent");
-                    self.last_err = text.trim().to_string();
-                }
+                Some(Ok(d)) if self.buf.is_empty() => self.cur = d,
+                Some(Ok(d)) => self.buf.extend_from_slice(&d),
                 Some(Err(e)) => return Err(e.to_string()),
-                None if self.last_err.is_empty() => return Err("the session's exec ended".into()),
-                None => return Err(format!("the session's exec ended: {}", self.last_err)),
+                None => return Err("the session's connection ended".into()),
             }
         }
     }

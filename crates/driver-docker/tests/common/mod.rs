@@ -52,7 +52,7 @@ async fn connect(suite: &str) -> DockerDriver {
         owner: format!("{suite}-{}", std::process::id()),
         network: "rnr-test".into(),
         proc_root: "/proc".into(),
-        agent: None,
+        agent: Some(rnr_driver::conformance::agent_path()),
         disk_mib: Some(DISK_MIB),
     })
     .await

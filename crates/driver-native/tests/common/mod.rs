@@ -178,24 +178,7 @@ pub fn config(f: Flavour, state_dir: &Path) -> NativeConfig {
 
 /// The static agent: `RNR_AGENT_PATH`, else built with scripts/build-agent.sh.
 pub fn agent_path() -> PathBuf {
-    static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    PATH.get_or_init(|| {
-        if let Some(p) = std::env::var_os("RNR_AGENT_PATH").filter(|p| !p.is_empty()) {
-            return PathBuf::from(p);
-        }
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let out = std::process::Command::new(root.join("scripts/build-agent.sh"))
-            .current_dir(&root)
-            .output()
-            .expect("run scripts/build-agent.sh");
-        assert!(
-            out.status.success(),
-            "scripts/build-agent.sh: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-    })
-    .clone()
+    rnr_driver::conformance::agent_path()
 }
 
 /// The driver of flavour `f` for this process, with the tiny image imported.

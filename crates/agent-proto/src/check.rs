@@ -1,10 +1,7 @@
-//! The check suite's wire format, shared by the host (`rnr-checker`, which includes this
-//! file) and the agent (which evaluates it inside the machine). One flat record per check
-//! keeps the author's TOML, the JSON on the agent's stdin and the validator's field table
-//! the same shape, so a field means the same thing everywhere.
-
-// The agent uses only part of this file; the host uses the rest.
-#![allow(dead_code)]
+//! The check suite's wire format, shared by the host (`rnr-checker`) and the agent (which
+//! evaluates it inside the machine). One flat record per check keeps the author's TOML, the
+//! JSON the agent reads and the validator's field table the same shape, so a field means
+//! the same thing everywhere.
 
 use serde::{Deserialize, Serialize};
 
@@ -78,7 +75,7 @@ pub const AGENT_KINDS: &[&str] = &[
 ];
 
 /// What the agent reads on stdin.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Suite {
     pub checks: Vec<Check>,
 }
