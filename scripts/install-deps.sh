@@ -19,7 +19,7 @@ missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-# The web terminal: node/npm bundle xterm.js at build time (crates/gateway/build.rs). A
+# The web terminal: node/npm bundle xterm.js at build time (crates/terminal/build.rs). A
 # node that is already there (e.g. NodeSource's, which carries its own npm) is used as is:
 # Debian's npm package conflicts with it.
 command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)

@@ -18,10 +18,11 @@ pub use rnr_agent_proto::check as wire;
 pub use engine::{CheckResult, RunReport};
 pub use exercise::{Diagnostic, Exercise};
 pub use live::LiveEvent;
+pub use rnr_store::checks::{CheckRunRow, CheckRunState, CheckTrigger, WebhookState};
 pub use wire::Status;
 
 use rnr_core::{CoreError, CreateMachine, LimitsRequest, Machine, Platform};
-use rnr_store::checks::{CheckRunRow, NewCheckRun};
+use rnr_store::checks::{CheckRuns, Finished, NewCheckRun};
 use rnr_store::StoreError;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -104,6 +105,8 @@ impl Default for CheckerConfig {
 
 struct Inner {
     platform: Platform,
+    /// The run queue: checker state, kept apart from machines (those are the platform's).
+    runs: CheckRuns,
     config: CheckerConfig,
     wake: Notify,
     subscribers: Mutex<HashMap<String, broadcast::Sender<LiveEvent>>>,
@@ -137,10 +140,12 @@ fn valid_name(name: &str) -> bool {
 }
 
 impl Checker {
-    pub fn new(platform: Platform, config: CheckerConfig) -> Self {
+    /// The checker of `platform`'s machines, keeping its queue in `runs`.
+    pub fn new(platform: Platform, runs: CheckRuns, config: CheckerConfig) -> Self {
         Self {
             inner: Arc::new(Inner {
                 platform,
+                runs,
                 config,
                 wake: Notify::new(),
                 subscribers: Mutex::default(),
@@ -199,7 +204,10 @@ impl Checker {
             .map_err(|e| CheckerError::core("-", e))?;
         let id = machine.id.clone();
         let ready = async {
-            platform.store().set_machine_exercise(&id, &ex.name).await?;
+            platform
+                .set_exercise(&id, &ex.name)
+                .await
+                .map_err(|e| CheckerError::core(&id, e))?;
             engine::setup(platform, &id, &ex).await
         };
         if let Err(e) = ready.await {
@@ -229,9 +237,9 @@ impl Checker {
         let name = match exercise {
             Some(n) => n.to_string(),
             None => platform
-                .store()
-                .machine_exercise(machine_id)
-                .await?
+                .exercise_of(machine_id)
+                .await
+                .map_err(|e| CheckerError::core(machine_id, e))?
                 .ok_or_else(|| CheckerError::NoExercise {
                     id: machine_id.to_string(),
                 })?,
@@ -253,13 +261,13 @@ impl Checker {
             }
         }
         let id = format!("c-{}", rnr_core::random_id(12));
-        platform
-            .store()
-            .enqueue_check_run(&NewCheckRun {
+        self.inner
+            .runs
+            .enqueue(&NewCheckRun {
                 id: &id,
                 machine_id,
                 exercise: &name,
-                trigger: "api",
+                trigger: CheckTrigger::Api,
                 webhook_url,
                 now_ms: rnr_core::now_ms(),
                 coalesce: false,
@@ -271,11 +279,20 @@ impl Checker {
 
     pub async fn get_run(&self, id: &str) -> Result<CheckRunRow> {
         self.inner
-            .platform
-            .store()
-            .get_check_run(id)
+            .runs
+            .get(id)
             .await?
             .ok_or_else(|| CheckerError::RunNotFound(id.to_string()))
+    }
+
+    /// Machine `machine_id`'s most recent finished run, if it has one.
+    pub async fn last_run(&self, machine_id: &str) -> Result<Option<CheckRunRow>> {
+        Ok(self.inner.runs.last_finished(machine_id).await?)
+    }
+
+    /// Machine `machine_id`'s runs, newest first, at most `limit`.
+    pub async fn history(&self, machine_id: &str, limit: i64) -> Result<Vec<CheckRunRow>> {
+        Ok(self.inner.runs.of_machine(machine_id, limit).await?)
     }
 
     /// Starts the workers, the webhook sender and the live-check debouncer; runs left
@@ -284,12 +301,7 @@ impl Checker {
         &self,
         shutdown: CancellationToken,
     ) -> Result<Vec<tokio::task::JoinHandle<()>>> {
-        let requeued = self
-            .inner
-            .platform
-            .store()
-            .requeue_interrupted_check_runs()
-            .await?;
+        let requeued = self.inner.runs.requeue_interrupted().await?;
         if requeued > 0 {
             tracing::warn!(
                 requeued,
@@ -313,12 +325,12 @@ impl Checker {
     }
 
     async fn worker(&self, shutdown: CancellationToken) {
-        let store = self.inner.platform.store().clone();
+        let runs = &self.inner.runs;
         loop {
             if shutdown.is_cancelled() {
                 return;
             }
-            let claimed = match store.claim_check_run(rnr_core::now_ms()).await {
+            let claimed = match runs.claim(rnr_core::now_ms()).await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot claim a check run");
@@ -347,21 +359,19 @@ impl Checker {
                 m.checks_failed
                     .fetch_add(r.failed as u64, std::sync::atomic::Ordering::Relaxed);
             }
-            let (state, report, error) = match outcome {
-                Ok(r) => ("done", serde_json::to_string(&r).ok(), None),
-                Err(e) => ("errored", None, Some(e.to_string())),
+            let text = match &outcome {
+                Ok(r) => {
+                    serde_json::to_string(r).map_err(|e| format!("cannot encode the report: {e}"))
+                }
+                Err(e) => Err(e.to_string()),
             };
-            match store
-                .finish_check_run(
-                    &run.id,
-                    state,
-                    report.as_deref(),
-                    error.as_deref(),
-                    rnr_core::now_ms(),
-                )
-                .await
-            {
+            let finished = match &text {
+                Ok(report) => Finished::Done { report },
+                Err(error) => Finished::Errored { error },
+            };
+            match runs.finish(&run.id, finished, rnr_core::now_ms()).await {
                 Ok(_) => {
+                    let state = if text.is_ok() { "done" } else { "errored" };
                     tracing::info!(run = %run.id, machine = %run.machine_id, state, "check run finished");
                     self.inner.wake.notify_one();
                 }
@@ -376,7 +386,7 @@ impl Checker {
         let platform = &self.inner.platform;
         let mut report = engine::run(platform, &run.machine_id, &ex).await?;
         if ex.manifest.sticky {
-            live::apply_sticky(platform.store(), &run.machine_id, &mut report).await?;
+            live::apply_sticky(&self.inner.runs, &run.machine_id, &mut report).await?;
         }
         self.publish(&run.machine_id, &run.id, &report);
         Ok(report)

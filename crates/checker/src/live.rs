@@ -5,8 +5,7 @@
 
 use crate::wire::Status;
 use crate::{Checker, Result, RunReport};
-use rnr_store::checks::NewCheckRun;
-use rnr_store::Store;
+use rnr_store::checks::{CheckRuns, CheckTrigger, NewCheckRun};
 use serde::Serialize;
 use std::time::Duration;
 use tokio::sync::broadcast;
@@ -104,9 +103,9 @@ pub(crate) async fn debouncer(checker: Checker, shutdown: CancellationToken) {
             }
             due
         };
-        let store = checker.platform().store();
+        let platform = checker.platform();
         for machine in due {
-            let exercise = match store.machine_exercise(&machine).await {
+            let exercise = match platform.exercise_of(&machine).await {
                 Ok(Some(e)) => e,
                 Ok(None) => continue,
                 Err(e) => {
@@ -116,12 +115,14 @@ pub(crate) async fn debouncer(checker: Checker, shutdown: CancellationToken) {
             };
             let id = format!("c-{}", rnr_core::random_id(12));
             // Coalesced: while a live run waits in the queue, more activity adds nothing.
-            match store
-                .enqueue_check_run(&NewCheckRun {
+            match checker
+                .inner
+                .runs
+                .enqueue(&NewCheckRun {
                     id: &id,
                     machine_id: &machine,
                     exercise: &exercise,
-                    trigger: "live",
+                    trigger: CheckTrigger::Live,
                     webhook_url: None,
                     now_ms: rnr_core::now_ms(),
                     coalesce: true,
@@ -140,16 +141,16 @@ pub(crate) async fn debouncer(checker: Checker, shutdown: CancellationToken) {
 
 /// Turns failures of checks that passed before into passes, and remembers new passes.
 pub(crate) async fn apply_sticky(
-    store: &Store,
+    runs: &CheckRuns,
     machine: &str,
     report: &mut RunReport,
 ) -> Result<()> {
-    let before = store.sticky_passes(machine).await?;
+    let before = runs.sticky_passes(machine).await?;
     let now = rnr_core::now_ms();
     for r in &mut report.results {
         if r.status == Status::Passed {
             if !before.contains(&r.name) {
-                store.add_sticky_pass(machine, &r.name, now).await?;
+                runs.add_sticky_pass(machine, &r.name, now).await?;
             }
         } else if before.contains(&r.name) {
             r.status = Status::Passed;

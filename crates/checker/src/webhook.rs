@@ -4,7 +4,7 @@
 
 use crate::Checker;
 use hmac::{Hmac, Mac};
-use rnr_store::checks::CheckRunRow;
+use rnr_store::checks::{CheckRunRow, WebhookState};
 use sha2::Sha256;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -79,13 +79,13 @@ pub(crate) async fn run(checker: Checker, shutdown: CancellationToken) {
             return;
         }
     };
-    let store = checker.platform().store().clone();
+    let runs = &checker.inner.runs;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
-        let due = match store.due_webhooks(rnr_core::now_ms(), 16).await {
+        let due = match runs.due_webhooks(rnr_core::now_ms(), 16).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list due webhooks");
@@ -94,18 +94,20 @@ pub(crate) async fn run(checker: Checker, shutdown: CancellationToken) {
         };
         for run in due {
             let (state, error, next) = match deliver(&client, &secret, &run).await {
-                Ok(()) => ("delivered", None, 0),
-                Err(e) if run.webhook_attempts + 1 >= MAX_ATTEMPTS => ("failed", Some(e), 0),
+                Ok(()) => (WebhookState::Delivered, None, 0),
+                Err(e) if run.webhook_attempts + 1 >= MAX_ATTEMPTS => {
+                    (WebhookState::Failed, Some(e), 0)
+                }
                 Err(e) => {
                     let wait = backoff(run.webhook_attempts);
                     let next = rnr_core::now_ms() + i64::try_from(wait.as_millis()).unwrap_or(0);
-                    ("pending", Some(e), next)
+                    (WebhookState::Pending, Some(e), next)
                 }
             };
             if let Some(e) = &error {
                 tracing::warn!(run = %run.id, attempt = run.webhook_attempts + 1, error = %e, "webhook delivery failed");
             }
-            if let Err(e) = store
+            if let Err(e) = runs
                 .webhook_attempted(&run.id, state, error.as_deref(), next)
                 .await
             {

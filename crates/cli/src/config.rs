@@ -1,11 +1,62 @@
 //! Configuration, layered: built-in defaults → TOML file → `RNR_*` environment → flags.
+//!
+//! Every choice is typed: the backend is a [`DriverChoice`], each backend's settings a
+//! struct of their own, and modes enums, so a bad value is refused when the configuration
+//! is read, naming the key and the value (serde's error, placed by figment).
 
 use anyhow::Context;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use rnr_driver::Limits;
+use rnr_driver_native::DiskMode;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+
+/// The `driver` setting: which backend runs machines. Another backend (a `vm` or `incus`
+/// driver) is one more variant here, a settings section of its own in [`Config`], and an
+/// arm in `serve::connect`; the compiler finds every place that must learn of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DriverChoice {
+    /// Native when running as root with crun present and its preflight passing, else
+    /// docker.
+    Auto,
+    /// Machines started with crun directly ([`NativeSection`]).
+    Native,
+    /// Machines as Docker containers ([`DockerSection`]).
+    Docker,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Settings whose type reads from and prints as text (`FromStr`/`Display`), like the
+/// native driver's [`DiskMode`]: the type's own parser names the bad value, figment the key.
+mod as_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    pub fn serialize<T: Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(v)
+    }
+
+    pub fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
+    where
+        T: FromStr,
+        T::Err: Display,
+        D: Deserializer<'de>,
+    {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
 
 /// Everything `rnr` can be configured with. `rnr config example` prints it commented.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -17,7 +68,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Where machines run: `auto` (native when running as root with crun present and its
     /// preflight passing, else docker), `docker` or `native`.
-    pub driver: String,
+    pub driver: DriverChoice,
     /// Most machines creating or running at once.
     pub capacity: u64,
     pub default_image: String,
@@ -32,13 +83,12 @@ pub struct Config {
     /// Host procfs and cgroup roots (tests and nested setups point these elsewhere).
     pub proc_root: PathBuf,
     pub cgroup_root: PathBuf,
-    /// `text` or `json`.
-    pub log_format: String,
+    pub log_format: LogFormat,
     /// Static in-machine agent binary (`scripts/build-agent.sh`), mounted read-only into
     /// every machine; default: `rnr-agent` beside the `rnr` binary, if there is one.
     pub agent_path: Option<PathBuf>,
     /// The web terminal gateway.
-    pub terminal: rnr_gateway::TerminalSettings,
+    pub terminal: rnr_terminal::TerminalSettings,
     pub checker: CheckerSection,
 }
 
@@ -111,7 +161,8 @@ pub struct NativeSection {
     /// Where writable layers live: `btrfs` (a subvolume per machine with a qgroup limit, a
     /// real disk quota), `tmpfs` (a tmpfs per machine counted against its memory limit),
     /// or `auto` (btrfs when the host has it, else tmpfs).
-    pub disk: String,
+    #[serde(with = "as_text")]
+    pub disk: DiskMode,
     /// Size in GiB of the sparse btrfs image `<state_dir>/disk.img` holding every
     /// machine's writable layer (unless `state_dir` is on btrfs itself); fixed when made.
     pub disk_pool_gib: u64,
@@ -127,7 +178,7 @@ impl Default for NativeSection {
             userns: true,
             uid_base: 1_000_000_000,
             disk_mib: 1024,
-            disk: "auto".into(),
+            disk: DiskMode::Auto,
             disk_pool_gib: 64,
         }
     }
@@ -138,7 +189,7 @@ impl Default for Config {
         Self {
             listen: "127.0.0.1:8080".into(),
             data_dir: "/var/lib/rnr".into(),
-            driver: "auto".into(),
+            driver: DriverChoice::Auto,
             capacity: 100,
             default_image: "debian".into(),
             default_ttl_seconds: 3600,
@@ -155,9 +206,9 @@ impl Default for Config {
             native: NativeSection::default(),
             proc_root: "/proc".into(),
             cgroup_root: "/sys/fs/cgroup".into(),
-            log_format: "text".into(),
+            log_format: LogFormat::Text,
             agent_path: None,
-            terminal: rnr_gateway::TerminalSettings::default(),
+            terminal: rnr_terminal::TerminalSettings::default(),
             checker: CheckerSection::default(),
         }
     }
@@ -171,7 +222,7 @@ pub struct FlagOverrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub driver: Option<String>,
+    pub driver: Option<DriverChoice>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub capacity: Option<u64>,
 }
@@ -205,27 +256,11 @@ pub fn load(file: Option<&Path>, flags: &FlagOverrides) -> anyhow::Result<Config
         }
         None => {}
     }
-    let config: Config = fig
+    let mut config: Config = fig
         .merge(Env::prefixed("RNR_").split("__").ignore(NOT_CONFIG_ENV))
         .merge(Serialized::globals(flags))
         .extract()
         .context("invalid configuration")?;
-    anyhow::ensure!(
-        matches!(config.driver.as_str(), "auto" | "docker" | "native"),
-        "invalid configuration: driver {:?} is not one of: auto, docker, native",
-        config.driver
-    );
-    anyhow::ensure!(
-        matches!(config.native.disk.as_str(), "auto" | "btrfs" | "tmpfs"),
-        "invalid configuration: native.disk {:?} is not one of: auto, btrfs, tmpfs",
-        config.native.disk
-    );
-    anyhow::ensure!(
-        matches!(config.log_format.as_str(), "text" | "json"),
-        "invalid configuration: log_format {:?} is not one of: text, json",
-        config.log_format
-    );
-    let mut config = config;
     // `RNR_AGENT_PATH=` (empty) means "not set", as with any shell variable left empty.
     if config
         .agent_path
@@ -362,6 +397,13 @@ debounce_ms = 1500
 mod tests {
     use super::*;
 
+    /// Why loading with the environment as it is fails, lowercased: from the environment,
+    /// figment names the key as the variable spells it (`NATIVE.DISK`).
+    fn env_error() -> String {
+        let err = load(None, &FlagOverrides::default()).expect_err("rejected");
+        format!("{err:#}").to_lowercase()
+    }
+
     #[test]
     fn example_is_the_defaults() {
         let parsed: Config = toml::from_str(EXAMPLE).expect("example parses");
@@ -398,38 +440,84 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             let c = load(None, &FlagOverrides::default()).expect("loads");
             assert_eq!(
-                (c.native.disk.as_str(), c.native.disk_pool_gib),
-                ("auto", 64)
+                (c.native.disk, c.native.disk_pool_gib),
+                (DiskMode::Auto, 64)
             );
             jail.set_env("RNR_NATIVE__DISK", "tmpfs");
             let c = load(None, &FlagOverrides::default()).expect("loads");
-            assert_eq!(c.native.disk, "tmpfs");
+            assert_eq!(c.native.disk, DiskMode::Tmpfs);
             jail.set_env("RNR_NATIVE__DISK", "ext4");
-            let err = load(None, &FlagOverrides::default()).expect_err("rejected");
-            assert!(format!("{err:#}").contains("auto, btrfs, tmpfs"), "{err:#}");
+            let err = env_error();
+            for needle in ["native.disk", "\"ext4\"", "auto, btrfs, tmpfs"] {
+                assert!(err.contains(needle), "{needle} in {err}");
+            }
             Ok(())
         });
     }
 
     #[test]
-    fn driver_is_auto_docker_or_native() {
+    fn driver_is_an_enum_and_a_bad_one_is_named_with_its_key() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("n.toml", "driver = \"native\"\n[native]\nbridge = \"b1\"\n")?;
             let c = load(Some(Path::new("n.toml")), &FlagOverrides::default()).expect("loads");
             assert_eq!(
-                (c.driver.as_str(), c.native.bridge.as_str()),
-                ("native", "b1")
+                (c.driver, c.native.bridge.as_str()),
+                (DriverChoice::Native, "b1")
             );
             assert!(c.native.userns, "user namespaces stay on unless turned off");
+            // A flag outranks the file.
+            let flags = FlagOverrides {
+                driver: Some(DriverChoice::Docker),
+                ..Default::default()
+            };
+            let c = load(Some(Path::new("n.toml")), &flags).expect("loads");
+            assert_eq!(c.driver, DriverChoice::Docker);
+
             jail.create_file("p.toml", "driver = \"podman\"\n")?;
             let err =
                 load(Some(Path::new("p.toml")), &FlagOverrides::default()).expect_err("rejected");
-            assert!(
-                format!("{err:#}").contains("auto, docker, native"),
-                "{err:#}"
-            );
+            let err = format!("{err:#}");
+            for needle in ["driver", "podman", "auto", "native", "docker", "p.toml"] {
+                assert!(err.contains(needle), "{needle} in {err}");
+            }
+            // The environment's bad values are named with their key too.
+            jail.set_env("RNR_DRIVER", "vmware");
+            let err = env_error();
+            assert!(err.contains("driver") && err.contains("vmware"), "{err}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn log_format_is_text_or_json() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("RNR_LOG_FORMAT", "json");
+            let c = load(None, &FlagOverrides::default()).expect("loads");
+            assert_eq!(c.log_format, LogFormat::Json);
+            jail.set_env("RNR_LOG_FORMAT", "xml");
+            let err = env_error();
+            assert!(err.contains("log_format") && err.contains("xml"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn config_show_reads_back_as_the_same_configuration() {
+        // `rnr config show` prints the configuration as TOML; read back, it must be the
+        // one in force, enums and text-typed settings included.
+        let c = Config {
+            driver: DriverChoice::Native,
+            native: NativeSection {
+                disk: DiskMode::Btrfs,
+                ..Default::default()
+            },
+            log_format: LogFormat::Json,
+            ..Default::default()
+        };
+        let shown = toml::to_string_pretty(&c).expect("serializes");
+        assert!(shown.contains("driver = \"native\""), "{shown}");
+        assert!(shown.contains("disk = \"btrfs\""), "{shown}");
+        assert_eq!(toml::from_str::<Config>(&shown).expect("parses"), c);
     }
 
     #[test]

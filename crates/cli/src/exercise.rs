@@ -112,7 +112,7 @@ pub async fn run(cfg: &Config, cmd: ExerciseCommand) -> anyhow::Result<()> {
             let (store, platform) = open_platform(cfg).await?;
             let mut failed = Vec::new();
             for dir in expand(&dirs)? {
-                match test_one(&platform, &dir, keep).await {
+                match test_one(&platform, &store, &dir, keep).await {
                     Ok(true) => {}
                     Ok(false) => failed.push(dir.display().to_string()),
                     Err(e) => {
@@ -157,13 +157,19 @@ fn cell(r: Option<&rnr_checker::CheckResult>) -> String {
 }
 
 /// Tests one exercise; `Ok(false)` when it misbehaved (the table says how).
-async fn test_one(platform: &Platform, dir: &Path, keep: bool) -> anyhow::Result<bool> {
+async fn test_one(
+    platform: &Platform,
+    store: &rnr_store::Store,
+    dir: &Path,
+    keep: bool,
+) -> anyhow::Result<bool> {
     let dir = dir
         .canonicalize()
         .with_context(|| format!("cannot find {}", dir.display()))?;
     let ex = load(&dir)?;
     let checker = Checker::new(
         platform.clone(),
+        store.check_runs(),
         CheckerConfig {
             exercises_dir: dir.parent().map(Path::to_path_buf),
             ..Default::default()

@@ -35,9 +35,9 @@ enum Command {
         /// Address to listen on, e.g. 127.0.0.1:8080.
         #[arg(long)]
         listen: Option<String>,
-        /// Where machines run: auto, docker or native.
-        #[arg(long)]
-        driver: Option<String>,
+        /// Where machines run.
+        #[arg(long, value_enum)]
+        driver: Option<config::DriverChoice>,
         /// Most machines at once.
         #[arg(long)]
         capacity: Option<u64>,

@@ -1,7 +1,7 @@
-//! `rnr serve`: opens the store, connects the driver, reconciles, then serves the API and
-//! reaps expired machines until SIGINT/SIGTERM.
+//! `rnr serve`: opens the store, connects the driver, reconciles, then serves the HTTP
+//! layer (API, terminals, pages) and reaps expired machines until SIGINT/SIGTERM.
 
-use crate::config::Config;
+use crate::config::{Config, DriverChoice, LogFormat};
 use anyhow::Context;
 use rnr_core::{MachinePolicy, Platform};
 use rnr_driver::Driver;
@@ -19,10 +19,9 @@ pub fn init_logging(cfg: &Config) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     // Repeated initialisation (tests) is harmless: the first subscriber stays.
-    let _ = if cfg.log_format == "json" {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
+    let _ = match cfg.log_format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
     };
 }
 
@@ -58,8 +57,7 @@ pub fn native_config(cfg: &Config, owner: &str) -> rnr_driver_native::NativeConf
     c.userns = n.userns;
     c.uid_base = n.uid_base;
     c.disk_mib = (n.disk_mib > 0).then_some(n.disk_mib);
-    // Validated when the configuration is loaded.
-    c.disk = n.disk.parse().unwrap_or_default();
+    c.disk = n.disk;
     c.disk_pool_gib = n.disk_pool_gib;
     c.cgroup_root = cfg.cgroup_root.clone();
     c.proc_root = cfg.proc_root.clone();
@@ -81,17 +79,24 @@ fn resolve_program(p: &Path) -> PathBuf {
         .unwrap_or_else(|| p.to_path_buf())
 }
 
-/// The driver `auto` stands for here: native when its preflight passes, else docker
-/// (saying why).
-pub fn choose_driver(cfg: &Config, owner: &str) -> &'static str {
-    match cfg.driver.as_str() {
-        "native" => "native",
-        "docker" => "docker",
-        _ => match rnr_driver_native::preflight(&native_config(cfg, owner)) {
-            Ok(()) => "native",
+/// The backend that runs machines, once `auto` is decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Native,
+    Docker,
+}
+
+/// The backend the `driver` setting stands for here; `auto`: native when its preflight
+/// passes, else docker (saying why).
+fn choose_backend(cfg: &Config, owner: &str) -> Backend {
+    match cfg.driver {
+        DriverChoice::Native => Backend::Native,
+        DriverChoice::Docker => Backend::Docker,
+        DriverChoice::Auto => match rnr_driver_native::preflight(&native_config(cfg, owner)) {
+            Ok(()) => Backend::Native,
             Err(e) => {
                 tracing::info!(reason = %e, "driver auto: using docker, the native driver cannot run here");
-                "docker"
+                Backend::Docker
             }
         },
     }
@@ -102,8 +107,8 @@ async fn connect(cfg: &Config, store: &Store, machines: bool) -> anyhow::Result<
         .meta_or_insert("instance_id", || rnr_core::random_id(10))
         .await?;
     let owner = format!("rnr-{instance}");
-    match choose_driver(cfg, &owner) {
-        "native" => {
+    match choose_backend(cfg, &owner) {
+        Backend::Native => {
             let ncfg = native_config(cfg, &owner);
             let state_dir = ncfg.state_dir.clone();
             let driver = if machines {
@@ -119,7 +124,7 @@ async fn connect(cfg: &Config, store: &Store, machines: bool) -> anyhow::Result<
             })?;
             Ok(Arc::new(driver))
         }
-        _ => {
+        Backend::Docker => {
             let driver =
                 rnr_driver_docker::DockerDriver::connect(rnr_driver_docker::DockerConfig {
                     socket: cfg.docker.socket.clone(),
@@ -243,38 +248,41 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         let interval = Duration::from_secs(cfg.reap_interval_seconds.max(1));
         tokio::spawn(async move { platform.run_reaper(interval, token).await })
     };
-    let checker = rnr_checker::Checker::new(platform.clone(), checker_config(&cfg));
+    let checker =
+        rnr_checker::Checker::new(platform.clone(), store.check_runs(), checker_config(&cfg));
     let checker_tasks = checker.start(token.clone()).await?;
     tracing::info!(driver = %driver_name, data_dir = %cfg.data_dir.display(), capacity = cfg.capacity, "platform ready");
     // Kept free of fields so scripts can read the address off the end of the line.
     tracing::info!("rnr listening on http://{addr}");
-    let gateway = rnr_gateway::Gateway::new(
+    let terminals = rnr_terminal::Gateway::new(
         platform.clone(),
-        rnr_gateway::GatewayConfig::new(&cfg.terminal, &cfg.data_dir),
+        rnr_terminal::GatewayConfig::new(&cfg.terminal, &cfg.data_dir),
     )
     .await?;
     {
         // Typing in a terminal triggers live checking of that machine.
         let live = checker.clone();
-        gateway.on_activity(move |machine| live.notify_activity(machine));
-        let gw = gateway.clone();
+        terminals.on_activity(move |machine| live.notify_activity(machine));
+        let gw = terminals.clone();
         platform
             .metrics()
             .terminals_open
             .set_source(move || i64::try_from(gw.open_terminals()).unwrap_or(i64::MAX));
     }
-    let web = rnr_web::Web::new(
+    let ui = rnr_ui::Ui::new(
         platform.clone(),
         checker.clone(),
-        gateway.clone(),
-        rnr_web::WebConfig::default(),
+        terminals.clone(),
+        rnr_ui::UiConfig::default(),
     )
     .await?;
-    let state = rnr_api::AppState { platform };
-    let app =
-        rnr_api::app_with_parts(state, Some(gateway), vec![web.api_part()]).merge(web.routes());
-    let app = rnr_api::with_checker(app, checker);
-    let res = rnr_api::run(listener, app, shutdown_signal(token.clone())).await;
+    let app = rnr_http::app(rnr_http::AppState {
+        platform,
+        checker,
+        terminals,
+        ui,
+    });
+    let res = rnr_http::run(listener, app, shutdown_signal(token.clone())).await;
     token.cancel();
     let _ = reaper.await;
     for t in checker_tasks {

@@ -153,6 +153,93 @@ fn expired_machines_are_reaped() {
     assert_eq!(machines(&s), vec![long["id"].as_str().unwrap().to_string()]);
 }
 
+/// Unix seconds of an RFC 3339 time the API answered.
+fn unix(v: &Value) -> i64 {
+    let s = v.as_str().unwrap_or_else(|| panic!("a time: {v}"));
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|e| panic!("{s}: {e}"))
+        .unix_timestamp()
+}
+
+#[test]
+fn machines_are_extended_within_the_maximum_lifetime() {
+    let s = Server::start(&[("RNR_MAX_TTL_SECONDS", "600")]);
+    let m = s.create(json!({"ttl_seconds": 3}));
+    let id = m["id"].as_str().unwrap().to_string();
+    let extend = |id: &str, body: Value| {
+        s.call(
+            Method::POST,
+            &format!("/api/v1/machines/{id}/extend"),
+            Some(body),
+        )
+    };
+
+    // Happy path: the expiry moves by what was asked, and the reaper honours it.
+    let (st, got) = extend(&id, json!({"ttl_seconds": 120}));
+    assert_eq!(st, 200, "{got}");
+    assert_eq!(got["id"], id.as_str());
+    assert_eq!(got["state"], "running");
+    assert_eq!(
+        unix(&got["expires_at"]) - unix(&m["expires_at"]),
+        120,
+        "{got}"
+    );
+    let (_, again) = s.call(Method::GET, &format!("/api/v1/machines/{id}"), None);
+    assert_eq!(again["expires_at"], got["expires_at"]);
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        s.exec(&id, "echo alive")["stdout"],
+        "alive\n",
+        "outlived its first TTL"
+    );
+
+    // Over the maximum lifetime (600 s from creation; 123 s are used): refused, nothing
+    // changed, and the message says by how much it may still be extended.
+    let (st, v) = extend(&id, json!({"ttl_seconds": 500}));
+    assert_eq!((st, err_code(&v)), (422, "invalid_request"), "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("ttl_seconds") && msg.contains("600"), "{msg}");
+    let (_, now) = s.call(Method::GET, &format!("/api/v1/machines/{id}"), None);
+    assert_eq!(now["expires_at"], got["expires_at"]);
+    // Up to the maximum is allowed.
+    let (st, v) = extend(&id, json!({"ttl_seconds": 470}));
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        unix(&v["expires_at"]) - unix(&m["created_at"]),
+        3 + 120 + 470
+    );
+    let (st, v) = extend(&id, json!({"ttl_seconds": 60}));
+    assert_eq!((st, err_code(&v)), (422, "invalid_request"), "{v}");
+
+    // Malformed requests get the API's usual errors.
+    for (body, status, code) in [
+        (json!({"ttl_seconds": 0}), 422, "invalid_request"),
+        (json!({"ttl_seconds": "soon"}), 422, "invalid_request"),
+        (json!({"ttl": 10}), 422, "invalid_request"),
+        (json!({}), 422, "invalid_request"),
+    ] {
+        let (st, v) = extend(&id, body.clone());
+        assert_eq!((st, err_code(&v)), (status, code), "{body}: {v}");
+    }
+    let resp = s
+        .req(Method::POST, &format!("/api/v1/machines/{id}/extend"))
+        .body("{\"ttl_seconds\": 1")
+        .header("content-type", "application/json")
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+
+    // An unknown machine, and a deleted one.
+    let (st, v) = extend("m-nope", json!({"ttl_seconds": 10}));
+    assert_eq!((st, err_code(&v)), (404, "machine_not_found"), "{v}");
+    let (st, _) = s.call(Method::DELETE, &format!("/api/v1/machines/{id}"), None);
+    assert_eq!(st, 204);
+    let (st, v) = extend(&id, json!({"ttl_seconds": 10}));
+    assert_eq!((st, err_code(&v)), (409, "machine_not_running"), "{v}");
+    let (_, gone) = s.call(Method::GET, &format!("/api/v1/machines/{id}"), None);
+    assert_eq!(gone["state"], "deleted");
+}
+
 #[test]
 fn sigkilled_server_keeps_its_machines_and_reconciles() {
     let mut s = Server::start(&[]);
@@ -391,6 +478,7 @@ fn every_endpoint_refuses_missing_or_wrong_keys() {
         (Method::GET, format!("/api/v1/machines/{id}")),
         (Method::DELETE, format!("/api/v1/machines/{id}")),
         (Method::POST, format!("/api/v1/machines/{id}/exec")),
+        (Method::POST, format!("/api/v1/machines/{id}/extend")),
     ];
     let c = s.client();
     for (method, path) in &endpoints {
@@ -464,6 +552,7 @@ fn openapi_document_describes_the_api() {
         ("/api/v1/machines/{id}", "get"),
         ("/api/v1/machines/{id}", "delete"),
         ("/api/v1/machines/{id}/exec", "post"),
+        ("/api/v1/machines/{id}/extend", "post"),
         ("/api/v1/machines/{id}/terminals", "post"),
         ("/api/v1/terminals/{id}", "delete"),
         ("/api/v1/terminals/{id}/recording", "get"),
@@ -476,7 +565,7 @@ fn openapi_document_describes_the_api() {
     assert!(v["components"]["securitySchemes"]["api_key"].is_object());
 
     // Every reference resolves, whichever crate's part of the document it is in.
-    let all = rnr_api::openapi_references(&v);
+    let all = rnr_http::openapi_references(&v);
     assert!(all.len() > 20, "{all:?}");
     let dangling: Vec<_> = all
         .iter()
@@ -562,6 +651,7 @@ fn openapi_document_describes_the_api() {
         ("/api/v1/terminals/{id}/recording", "get", true),
         ("/terminals/{id}/recording", "get", false),
         ("/api/v1/links", "post", true),
+        ("/api/v1/machines/{id}/extend", "post", true),
     ] {
         let o = op(p, method);
         assert_eq!(

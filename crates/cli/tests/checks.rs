@@ -6,19 +6,13 @@
 
 mod common;
 
-use common::{ensure_debian, rnr, Server};
+use common::{ensure_debian, rnr, write, Server};
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-fn write(dir: &Path, name: &str, text: &str) {
-    let p = dir.join(name);
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(p, text).unwrap();
-}
 
 /// Queues a run of the machine's checks and waits for it to end.
 fn run_checks(s: &Server, machine: &str) -> Value {

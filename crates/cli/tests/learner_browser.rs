@@ -1,6 +1,6 @@
 //! The learner's whole path, an embedded second learner and the operator's view, end to end
-//! in headless Chromium (web/test/learner.mjs) against a real `rnr serve`, real Docker
-//! machines of the Debian image and the starter exercise from the seed article. The
+//! in headless Chromium (terminal-client/test/learner.mjs, beside the playwright-core the
+//! terminal client's build installs) against a real `rnr serve`, real Docker machines of the Debian image and the starter exercise from the seed article. The
 //! screenshots it takes are the ones in docs/screenshots.
 
 mod common;

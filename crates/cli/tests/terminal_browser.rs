@@ -1,7 +1,8 @@
 //! The browser terminal in headless Chromium (Debian's `chromium`, driven by playwright-core
-//! from web/node_modules, which the gateway's build installed): web/test/browser.mjs types,
-//! resizes, reloads (also inside vi), watches as a viewer, copies and pastes, cats 100 MB
-//! and interrupts `yes`, replays a recording, against a real `rnr serve` and a real Docker machine.
+//! from terminal-client/node_modules, which the gateway's build installed):
+//! terminal-client/test/browser.mjs types, resizes, reloads (also inside vi), watches as a
+//! viewer, copies and pastes, cats 100 MB and interrupts `yes`, replays a recording,
+//! against a real `rnr serve` and a real Docker machine.
 
 mod common;
 

@@ -1,13 +1,15 @@
 //! The platform core: owns machine state and drives the driver.
 //!
-//! The API layer only parses requests and calls into [`Platform`]; everything that decides
+//! The HTTP layer only parses requests and calls into [`Platform`]; everything that decides
 //! (capacity, TTLs, limits policy, reconciliation after a restart, reaping) lives here, so
-//! the CLI, the API and later the gateway and checker all see one source of truth.
+//! the CLI, the HTTP layer, the terminal gateway, the checker and the UI all see one
+//! source of truth. None of them holds the store or the driver.
 
 mod auth;
 mod error;
 mod metrics;
 mod platform;
+mod records;
 
 pub use auth::{hash_key, new_api_key, NewApiKey};
 pub use error::{CoreError, Result};
@@ -15,6 +17,8 @@ pub use metrics::{Histogram, Metrics, SampledGauge};
 pub use platform::{
     CreateMachine, ExecCommand, LimitsRequest, Machine, MachinePolicy, Platform, ReconcileReport,
 };
+pub use records::ApiKey;
+pub use rnr_driver::{MachineInfo, MachineStats};
 pub use rnr_store::MachineState;
 
 /// Milliseconds since the Unix epoch.

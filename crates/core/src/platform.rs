@@ -1,12 +1,17 @@
-//! Machine lifecycle: create within capacity and policy, exec, delete, reap expired
-//! machines, and reconcile the store with the driver after a restart.
+//! Machine lifecycle: create within capacity and policy, exec, extend, delete, reap
+//! expired machines, and reconcile the store with the driver after a restart.
+//!
+//! [`Platform`] is the only door to machines and their state: nothing outside this crate
+//! holds the store or the driver, so every rule (capacity, lifetimes, limits, what a
+//! deleted machine may still do) is enforced here, once.
 
 use crate::{now_ms, random_id, CoreError, Metrics, Result};
 use bytes::Bytes;
 use rnr_driver::{
-    collect, Driver, DriverError, ExecOutcome, ExecRequest, ExecSpec, Limits, MachineSpec,
-    MachineStatus, NetworkSpec,
+    collect, Driver, DriverError, ExecOutcome, ExecRequest, ExecSpec, Limits, MachineInfo,
+    MachineSpec, MachineStats, MachineStatus, NetworkSpec,
 };
+use rnr_store::checks::CheckRunState;
 use rnr_store::{MachineRow, MachineState, Store};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
@@ -97,7 +102,7 @@ pub struct ReconcileReport {
 /// The platform: store + driver + policy.
 #[derive(Clone)]
 pub struct Platform {
-    store: Store,
+    pub(crate) store: Store,
     driver: Arc<dyn Driver>,
     policy: Arc<MachinePolicy>,
     metrics: Arc<Metrics>,
@@ -148,7 +153,7 @@ impl Platform {
             MachineState::Deleted,
         ];
         let counts = self.store.count_by_state().await?;
-        let queued = self.store.count_check_runs("queued").await?;
+        let queued = self.store.check_runs().count(CheckRunState::Queued).await?;
         self.metrics
             .check_queue_depth
             .store(queued, Ordering::Relaxed);
@@ -181,10 +186,12 @@ impl Platform {
         }
     }
 
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
+    // Removed when terminals attach through Platform::agent
+    // (they attach through it now; what is left is terminal.rs's `machine_gone`, which
+    // asks `driver().inspect` and can ask `Platform::inspect` instead).
+    /// The driver itself, for the terminal gateway (`rnr-terminal`'s terminal.rs) only;
+    /// everything else goes through the methods here.
+    #[doc(hidden)]
     pub fn driver(&self) -> &Arc<dyn Driver> {
         &self.driver
     }
@@ -354,13 +361,7 @@ impl Platform {
                 ),
             ));
         }
-        let m = self.get(id).await?;
-        if m.state != MachineState::Running {
-            return Err(CoreError::NotRunning {
-                id: id.to_string(),
-                state: m.state.as_str().to_string(),
-            });
-        }
+        self.running(id).await?;
         let spec = ExecSpec {
             argv: cmd.argv,
             env: cmd.env,
@@ -376,9 +377,75 @@ impl Platform {
         })
     }
 
-    /// A new connection to the agent in running machine `id`: terminal sessions and check
-    /// suites go through it.
-    pub async fn agent(&self, id: &str) -> Result<rnr_driver::AgentChannel> {
+    /// Lets a running machine live `by` longer (from its current expiry), within the
+    /// policy's maximum lifetime counted from its creation; refused, naming how much is
+    /// left, when that would be exceeded.
+    pub async fn extend(&self, id: &str, by: Duration) -> Result<Machine> {
+        if by.is_zero() {
+            return Err(CoreError::invalid("ttl_seconds", "must be greater than 0"));
+        }
+        let m = self.running(id).await?;
+        let from = m.expires_at.max(now_ms());
+        let room = self.room_from(&m, from);
+        if by > room {
+            return Err(CoreError::invalid(
+                "ttl_seconds",
+                format!(
+                    "{} is more than machine {id} may still be extended by ({} s): a machine \
+                     lives at most {} s from its creation",
+                    by.as_secs(),
+                    room.as_secs(),
+                    self.policy.max_ttl.as_secs()
+                ),
+            ));
+        }
+        let by_ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
+        self.store
+            .set_expiry(id, from.saturating_add(by_ms))
+            .await?;
+        tracing::info!(machine = %id, by_s = by.as_secs(), "machine extended");
+        // Deleted meanwhile: the store kept the deletion, and so does the answer.
+        self.get(id).await
+    }
+
+    /// How much longer machine `m` may be made to live: up to the policy's maximum
+    /// lifetime from its creation, counted from its expiry (or from now, if that passed).
+    pub fn extension_room(&self, m: &Machine) -> Duration {
+        self.room_from(m, m.expires_at.max(now_ms()))
+    }
+
+    fn room_from(&self, m: &Machine, from: i64) -> Duration {
+        let max_ms = i64::try_from(self.policy.max_ttl.as_millis()).unwrap_or(i64::MAX);
+        let ceiling = m.created_at.saturating_add(max_ms);
+        Duration::from_millis(u64::try_from(ceiling.saturating_sub(from)).unwrap_or(0))
+    }
+
+    /// CPU, memory and process counts of a running machine, if its driver measures them.
+    pub async fn stats(&self, id: &str) -> Result<Option<MachineStats>> {
+        self.running(id).await?;
+        self.driver
+            .stats(id)
+            .await
+            .map_err(|e| CoreError::driver(id, e))
+    }
+
+    /// The driver's own view of machine `id` (its status and address as the backend sees
+    /// them), for telling a stopped machine from a lost connection to it.
+    pub async fn inspect(&self, id: &str) -> Result<MachineInfo> {
+        self.get(id).await?;
+        self.driver.inspect(id).await.map_err(|e| {
+            self.count_driver_error(&e);
+            CoreError::driver(id, e)
+        })
+    }
+
+    /// Machines creating or running now (what counts against the capacity).
+    pub async fn active_machines(&self) -> Result<u64> {
+        Ok(self.store.count_active().await?)
+    }
+
+    /// Machine `id`, if it is running; why not otherwise.
+    async fn running(&self, id: &str) -> Result<Machine> {
         let m = self.get(id).await?;
         if m.state != MachineState::Running {
             return Err(CoreError::NotRunning {
@@ -386,6 +453,13 @@ impl Platform {
                 state: m.state.as_str().to_string(),
             });
         }
+        Ok(m)
+    }
+
+    /// A new connection to the agent in running machine `id`: terminal sessions and check
+    /// suites go through it.
+    pub async fn agent(&self, id: &str) -> Result<rnr_driver::AgentChannel> {
+        self.running(id).await?;
         self.driver.agent(id).await.map_err(|e| {
             self.count_driver_error(&e);
             CoreError::driver(id, e)

@@ -1,8 +1,83 @@
 //! Check runs as a persistent queue, their webhooks, sticky passes, and the exercise a
 //! machine was made for. Every state change is one conditional UPDATE, so concurrent
 //! workers never claim the same run and a result is recorded at most once.
+//!
+//! The queue is the checker's own state: it reaches it through [`CheckRuns`], a handle
+//! that holds check runs only, never machines (those go through the platform core).
 
 use crate::{q, Result, Store};
+use serde::{Deserialize, Serialize};
+use sqlx::SqlitePool;
+
+/// Where a check run is: `queued` → `running` → `done` or `errored` (the run itself could
+/// not be carried out). Stored and sent as these snake_case words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(rename_all = "snake_case")]
+pub enum CheckRunState {
+    Queued,
+    Running,
+    Done,
+    Errored,
+}
+
+impl CheckRunState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Done => "done",
+            Self::Errored => "errored",
+        }
+    }
+
+    /// Whether the run is over (its result, or why it has none, is recorded).
+    pub fn finished(self) -> bool {
+        matches!(self, Self::Done | Self::Errored)
+    }
+}
+
+/// What asked for a check run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(rename_all = "snake_case")]
+pub enum CheckTrigger {
+    /// A request (the API, or the learner's Check button).
+    Api,
+    /// Live checking, after terminal activity.
+    Live,
+}
+
+impl CheckTrigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Api => "api",
+            Self::Live => "live",
+        }
+    }
+}
+
+/// Where a run's webhook delivery is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(rename_all = "snake_case")]
+pub enum WebhookState {
+    /// To be (re)tried at its next attempt time.
+    Pending,
+    Delivered,
+    /// Given up after the most attempts.
+    Failed,
+}
+
+impl WebhookState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Delivered => "delivered",
+            Self::Failed => "failed",
+        }
+    }
+}
 
 /// A check run as stored.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -10,10 +85,8 @@ pub struct CheckRunRow {
     pub id: String,
     pub machine_id: String,
     pub exercise: String,
-    /// `queued`, `running`, `done` or `errored`.
-    pub state: String,
-    /// `api` or `live`.
-    pub trigger: String,
+    pub state: CheckRunState,
+    pub trigger: CheckTrigger,
     pub attempts: i64,
     /// The report as JSON, once done.
     pub report: Option<String>,
@@ -22,7 +95,7 @@ pub struct CheckRunRow {
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
     pub webhook_url: Option<String>,
-    pub webhook_state: Option<String>,
+    pub webhook_state: Option<WebhookState>,
     pub webhook_attempts: i64,
     pub webhook_error: Option<String>,
 }
@@ -33,8 +106,7 @@ pub struct NewCheckRun<'a> {
     pub id: &'a str,
     pub machine_id: &'a str,
     pub exercise: &'a str,
-    /// `api` or `live`.
-    pub trigger: &'a str,
+    pub trigger: CheckTrigger,
     pub webhook_url: Option<&'a str>,
     pub now_ms: i64,
     pub coalesce: bool,
@@ -43,11 +115,48 @@ pub struct NewCheckRun<'a> {
 const RUN_COLUMNS: &str = "id, machine_id, exercise, state, trigger, attempts, report, error, \
      created_at, started_at, finished_at, webhook_url, webhook_state, webhook_attempts, webhook_error";
 
+/// The checker's handle on its queue: check runs, their webhooks and sticky passes, in the
+/// same database as the machines but with no way to touch them. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct CheckRuns {
+    pool: SqlitePool,
+}
+
 impl Store {
+    /// The check-run queue of this database.
+    pub fn check_runs(&self) -> CheckRuns {
+        CheckRuns {
+            pool: self.pool.clone(),
+        }
+    }
+
+    /// Binds a machine to the exercise it was made for.
+    pub async fn set_machine_exercise(&self, machine_id: &str, exercise: &str) -> Result<()> {
+        sqlx::query("UPDATE machines SET exercise = ? WHERE id = ?")
+            .bind(exercise)
+            .bind(machine_id)
+            .execute(&self.pool)
+            .await
+            .map_err(q(format!("bind {machine_id} to exercise {exercise}")))?;
+        Ok(())
+    }
+
+    pub async fn machine_exercise(&self, machine_id: &str) -> Result<Option<String>> {
+        let v: Option<Option<String>> =
+            sqlx::query_scalar("SELECT exercise FROM machines WHERE id = ?")
+                .bind(machine_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(q(format!("exercise of {machine_id}")))?;
+        Ok(v.flatten())
+    }
+}
+
+impl CheckRuns {
     /// Queues a run. With `coalesce`, nothing is queued when the machine already has a
     /// queued run of the same trigger (live checking asks often); returns whether a row
     /// was inserted.
-    pub async fn enqueue_check_run(&self, run: &NewCheckRun<'_>) -> Result<bool> {
+    pub async fn enqueue(&self, run: &NewCheckRun<'_>) -> Result<bool> {
         let NewCheckRun {
             id,
             machine_id,
@@ -59,19 +168,21 @@ impl Store {
         } = *run;
         let r = sqlx::query(
             "INSERT INTO check_runs (id, machine_id, exercise, state, trigger, webhook_url, created_at) \
-             SELECT ?, ?, ?, 'queued', ?, ?, ? \
+             SELECT ?, ?, ?, ?, ?, ?, ? \
              WHERE NOT ? OR NOT EXISTS (SELECT 1 FROM check_runs \
-                 WHERE machine_id = ? AND trigger = ? AND state = 'queued')",
+                 WHERE machine_id = ? AND trigger = ? AND state = ?)",
         )
         .bind(id)
         .bind(machine_id)
         .bind(exercise)
+        .bind(CheckRunState::Queued)
         .bind(trigger)
         .bind(webhook_url)
         .bind(now_ms)
         .bind(coalesce)
         .bind(machine_id)
         .bind(trigger)
+        .bind(CheckRunState::Queued)
         .execute(&self.pool)
         .await
         .map_err(q(format!("queue check run {id}")))?;
@@ -79,14 +190,16 @@ impl Store {
     }
 
     /// Takes the oldest queued run and marks it running; `None` when the queue is empty.
-    pub async fn claim_check_run(&self, now_ms: i64) -> Result<Option<CheckRunRow>> {
+    pub async fn claim(&self, now_ms: i64) -> Result<Option<CheckRunRow>> {
         let sql = format!(
-            "UPDATE check_runs SET state = 'running', started_at = ?, attempts = attempts + 1 \
-             WHERE seq = (SELECT seq FROM check_runs WHERE state = 'queued' ORDER BY seq LIMIT 1) \
-             AND state = 'queued' RETURNING {RUN_COLUMNS}"
+            "UPDATE check_runs SET state = ?1, started_at = ?2, attempts = attempts + 1 \
+             WHERE seq = (SELECT seq FROM check_runs WHERE state = ?3 ORDER BY seq LIMIT 1) \
+             AND state = ?3 RETURNING {RUN_COLUMNS}"
         );
         sqlx::query_as(&sql)
+            .bind(CheckRunState::Running)
             .bind(now_ms)
+            .bind(CheckRunState::Queued)
             .fetch_optional(&self.pool)
             .await
             .map_err(q("claim check run"))
@@ -94,26 +207,25 @@ impl Store {
 
     /// Records the end of a running run (once: a second call changes nothing). With a
     /// webhook URL, its delivery becomes pending.
-    pub async fn finish_check_run(
-        &self,
-        id: &str,
-        state: &str,
-        report: Option<&str>,
-        error: Option<&str>,
-        now_ms: i64,
-    ) -> Result<bool> {
+    pub async fn finish(&self, id: &str, outcome: Finished<'_>, now_ms: i64) -> Result<bool> {
+        let (state, report, error) = match outcome {
+            Finished::Done { report } => (CheckRunState::Done, Some(report), None),
+            Finished::Errored { error } => (CheckRunState::Errored, None, Some(error)),
+        };
         let r = sqlx::query(
             "UPDATE check_runs SET state = ?, report = ?, error = ?, finished_at = ?, \
-                 webhook_state = CASE WHEN webhook_url IS NULL THEN NULL ELSE 'pending' END, \
+                 webhook_state = CASE WHEN webhook_url IS NULL THEN NULL ELSE ? END, \
                  webhook_next_at = ? \
-             WHERE id = ? AND state = 'running'",
+             WHERE id = ? AND state = ?",
         )
         .bind(state)
         .bind(report)
         .bind(error)
         .bind(now_ms)
+        .bind(WebhookState::Pending)
         .bind(now_ms)
         .bind(id)
+        .bind(CheckRunState::Running)
         .execute(&self.pool)
         .await
         .map_err(q(format!("finish check run {id}")))?;
@@ -123,15 +235,17 @@ impl Store {
     /// After a crash: runs left `running` go back to the queue (checks only read the
     /// machine, so running one again is safe; its result was never recorded). Returns
     /// how many.
-    pub async fn requeue_interrupted_check_runs(&self) -> Result<u64> {
-        let r = sqlx::query("UPDATE check_runs SET state = 'queued' WHERE state = 'running'")
+    pub async fn requeue_interrupted(&self) -> Result<u64> {
+        let r = sqlx::query("UPDATE check_runs SET state = ? WHERE state = ?")
+            .bind(CheckRunState::Queued)
+            .bind(CheckRunState::Running)
             .execute(&self.pool)
             .await
             .map_err(q("requeue interrupted check runs"))?;
         Ok(r.rows_affected())
     }
 
-    pub async fn get_check_run(&self, id: &str) -> Result<Option<CheckRunRow>> {
+    pub async fn get(&self, id: &str) -> Result<Option<CheckRunRow>> {
         let sql = format!("SELECT {RUN_COLUMNS} FROM check_runs WHERE id = ?");
         sqlx::query_as(&sql)
             .bind(id)
@@ -141,34 +255,50 @@ impl Store {
     }
 
     /// The machine's most recent finished run.
-    pub async fn last_check_run(&self, machine_id: &str) -> Result<Option<CheckRunRow>> {
+    pub async fn last_finished(&self, machine_id: &str) -> Result<Option<CheckRunRow>> {
         let sql = format!(
-            "SELECT {RUN_COLUMNS} FROM check_runs WHERE machine_id = ? AND state IN ('done', 'errored') \
+            "SELECT {RUN_COLUMNS} FROM check_runs WHERE machine_id = ? AND state IN (?, ?) \
              ORDER BY seq DESC LIMIT 1"
         );
         sqlx::query_as(&sql)
             .bind(machine_id)
+            .bind(CheckRunState::Done)
+            .bind(CheckRunState::Errored)
             .fetch_optional(&self.pool)
             .await
             .map_err(q(format!("last check run of {machine_id}")))
     }
 
-    /// How many runs are in each state, for tests and metrics.
-    pub async fn count_check_runs(&self, state: &str) -> Result<i64> {
+    /// A machine's check runs, newest first, at most `limit`.
+    pub async fn of_machine(&self, machine_id: &str, limit: i64) -> Result<Vec<CheckRunRow>> {
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM check_runs WHERE machine_id = ? ORDER BY seq DESC LIMIT ?"
+        );
+        sqlx::query_as(&sql)
+            .bind(machine_id)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q(format!("check history of {machine_id}")))
+    }
+
+    /// How many runs are in `state`, for tests and metrics.
+    pub async fn count(&self, state: CheckRunState) -> Result<i64> {
         sqlx::query_scalar("SELECT COUNT(*) FROM check_runs WHERE state = ?")
             .bind(state)
             .fetch_one(&self.pool)
             .await
-            .map_err(q("count check runs"))
+            .map_err(q(format!("count {} check runs", state.as_str())))
     }
 
     /// Webhooks due for a delivery attempt at `now_ms`.
     pub async fn due_webhooks(&self, now_ms: i64, limit: i64) -> Result<Vec<CheckRunRow>> {
         let sql = format!(
-            "SELECT {RUN_COLUMNS} FROM check_runs WHERE webhook_state = 'pending' \
+            "SELECT {RUN_COLUMNS} FROM check_runs WHERE webhook_state = ? \
              AND webhook_next_at <= ? ORDER BY webhook_next_at LIMIT ?"
         );
         sqlx::query_as(&sql)
+            .bind(WebhookState::Pending)
             .bind(now_ms)
             .bind(limit)
             .fetch_all(&self.pool)
@@ -181,7 +311,7 @@ impl Store {
     pub async fn webhook_attempted(
         &self,
         id: &str,
-        state: &str,
+        state: WebhookState,
         error: Option<&str>,
         next_at: i64,
     ) -> Result<()> {
@@ -220,34 +350,22 @@ impl Store {
         .map_err(q(format!("record sticky pass of {machine_id}")))?;
         Ok(())
     }
+}
 
-    /// Binds a machine to the exercise it was made for.
-    pub async fn set_machine_exercise(&self, machine_id: &str, exercise: &str) -> Result<()> {
-        sqlx::query("UPDATE machines SET exercise = ? WHERE id = ?")
-            .bind(exercise)
-            .bind(machine_id)
-            .execute(&self.pool)
-            .await
-            .map_err(q(format!("bind {machine_id} to exercise {exercise}")))?;
-        Ok(())
-    }
-
-    pub async fn machine_exercise(&self, machine_id: &str) -> Result<Option<String>> {
-        let v: Option<Option<String>> =
-            sqlx::query_scalar("SELECT exercise FROM machines WHERE id = ?")
-                .bind(machine_id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(q(format!("exercise of {machine_id}")))?;
-        Ok(v.flatten())
-    }
+/// How a running run ended.
+#[derive(Debug, Clone, Copy)]
+pub enum Finished<'a> {
+    /// Its checks ran; the report as JSON.
+    Done { report: &'a str },
+    /// It could not be carried out, and why.
+    Errored { error: &'a str },
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn run<'a>(id: &'a str, trigger: &'a str, coalesce: bool) -> NewCheckRun<'a> {
+    fn run(id: &str, trigger: CheckTrigger, coalesce: bool) -> NewCheckRun<'_> {
         NewCheckRun {
             id,
             machine_id: "m",
@@ -264,44 +382,43 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("rnr.db");
         {
-            let store = Store::open(&path).await.unwrap();
+            let runs = Store::open(&path).await.unwrap().check_runs();
             for i in 0..50 {
                 let id = format!("r{i}");
-                assert!(store
-                    .enqueue_check_run(&run(&id, "api", false))
+                assert!(runs
+                    .enqueue(&run(&id, CheckTrigger::Api, false))
                     .await
                     .unwrap());
             }
             // Coalescing: a second queued live run for the same machine is not added.
-            assert!(store
-                .enqueue_check_run(&run("l1", "live", true))
+            assert!(runs
+                .enqueue(&run("l1", CheckTrigger::Live, true))
                 .await
                 .unwrap());
-            assert!(!store
-                .enqueue_check_run(&run("l2", "live", true))
+            assert!(!runs
+                .enqueue(&run("l2", CheckTrigger::Live, true))
                 .await
                 .unwrap());
-            let claimed = store.claim_check_run(1).await.unwrap().unwrap();
-            assert_eq!(claimed.id, "r0");
-            store.close().await;
+            let claimed = runs.claim(1).await.unwrap().unwrap();
+            assert_eq!(
+                (claimed.id.as_str(), claimed.state),
+                ("r0", CheckRunState::Running)
+            );
+            assert_eq!(runs.count(CheckRunState::Queued).await.unwrap(), 50);
+            runs.pool.close().await;
         }
         // Reopened as after a crash: the running one is queued again, nothing is lost.
-        let store = Store::open(&path).await.unwrap();
-        assert_eq!(store.requeue_interrupted_check_runs().await.unwrap(), 1);
+        let runs = Store::open(&path).await.unwrap().check_runs();
+        assert_eq!(runs.requeue_interrupted().await.unwrap(), 1);
+        let done = Finished::Done { report: "{}" };
         let tasks: Vec<_> = (0..8)
             .map(|_| {
-                let store = store.clone();
+                let runs = runs.clone();
                 tokio::spawn(async move {
                     let mut mine = Vec::new();
-                    while let Some(r) = store.claim_check_run(2).await.unwrap() {
-                        assert!(store
-                            .finish_check_run(&r.id, "done", Some("{}"), None, 3)
-                            .await
-                            .unwrap());
-                        assert!(!store
-                            .finish_check_run(&r.id, "done", Some("{}"), None, 3)
-                            .await
-                            .unwrap());
+                    while let Some(r) = runs.claim(2).await.unwrap() {
+                        assert!(runs.finish(&r.id, done, 3).await.unwrap());
+                        assert!(!runs.finish(&r.id, done, 3).await.unwrap());
                         mine.push(r.id);
                     }
                     mine
@@ -315,10 +432,52 @@ mod tests {
         all.sort();
         all.dedup();
         assert_eq!(all.len(), 51, "every run claimed exactly once");
-        assert_eq!(store.count_check_runs("done").await.unwrap(), 51);
+        assert_eq!(runs.count(CheckRunState::Done).await.unwrap(), 51);
+        let r0 = runs.get("r0").await.unwrap().unwrap();
+        assert_eq!((r0.attempts, r0.state), (2, CheckRunState::Done));
+        let l1 = runs.get("l1").await.unwrap().unwrap();
+        assert_eq!(l1.trigger, CheckTrigger::Live);
         assert_eq!(
-            store.get_check_run("r0").await.unwrap().unwrap().attempts,
-            2
+            runs.last_finished("m").await.unwrap().map(|r| r.state),
+            Some(CheckRunState::Done)
         );
+    }
+
+    #[tokio::test]
+    async fn states_are_stored_as_their_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("rnr.db")).await.unwrap();
+        let runs = store.check_runs();
+        let mut with_hook = run("w", CheckTrigger::Api, false);
+        with_hook.webhook_url = Some("http://lms.example/hook");
+        runs.enqueue(&with_hook).await.unwrap();
+        runs.claim(1).await.unwrap().unwrap();
+        runs.finish("w", Finished::Errored { error: "no agent" }, 2)
+            .await
+            .unwrap();
+        let raw: (String, String, String) =
+            sqlx::query_as("SELECT state, trigger, webhook_state FROM check_runs WHERE id = 'w'")
+                .fetch_one(&store.pool)
+                .await
+                .unwrap();
+        assert_eq!(raw, ("errored".into(), "api".into(), "pending".into()));
+        let due = runs.due_webhooks(2, 10).await.unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].webhook_state, Some(WebhookState::Pending));
+        assert_eq!(due[0].error.as_deref(), Some("no agent"));
+        runs.webhook_attempted("w", WebhookState::Failed, Some("gone"), 0)
+            .await
+            .unwrap();
+        let w = runs.get("w").await.unwrap().unwrap();
+        assert_eq!(
+            (w.webhook_state, w.webhook_attempts),
+            (Some(WebhookState::Failed), 1)
+        );
+        // A value the enum does not know is a decoding error, not a silent default.
+        sqlx::query("UPDATE check_runs SET trigger = 'cron' WHERE id = 'w'")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        assert!(runs.get("w").await.is_err());
     }
 }

@@ -1,7 +1,6 @@
-//! What the learner's pages need: the machine a learner has for an exercise, the terminal a
-//! page shows for a machine, and a machine's check history.
+//! What the learner's pages need: the machine a learner has for an exercise, and the
+//! terminal a page shows for a machine.
 
-use crate::checks::CheckRunRow;
 use crate::{q, MachineRow, RawMachine, Result, Store, MACHINE_COLUMNS};
 
 impl Store {
@@ -40,24 +39,6 @@ impl Store {
         .await
         .map_err(q(format!("record terminal of {machine_id}")))?;
         Ok(())
-    }
-
-    /// A machine's check runs, newest first, at most `limit`.
-    pub async fn machine_check_runs(
-        &self,
-        machine_id: &str,
-        limit: i64,
-    ) -> Result<Vec<CheckRunRow>> {
-        sqlx::query_as(
-            "SELECT id, machine_id, exercise, state, trigger, attempts, report, error, created_at, \
-             started_at, finished_at, webhook_url, webhook_state, webhook_attempts, webhook_error \
-             FROM check_runs WHERE machine_id = ? ORDER BY seq DESC LIMIT ?",
-        )
-        .bind(machine_id)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(q(format!("check history of {machine_id}")))
     }
 }
 

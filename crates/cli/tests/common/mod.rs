@@ -16,6 +16,13 @@ use std::time::Duration;
 pub const IMAGE: &str = "tiny";
 pub const NETWORK: &str = "rnr-test-api";
 
+/// Writes `text` to `dir/name`, making the folders on the way (exercise folders).
+pub fn write(dir: &Path, name: &str, text: &str) {
+    let p = dir.join(name);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, text).unwrap();
+}
+
 pub fn rnr() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_rnr"));
     // Every other RNR_* variable is configuration to `rnr`, which refuses unknown keys.
@@ -368,18 +375,19 @@ pub fn ensure_debian() {
     });
 }
 
-/// Runs `web/test/<script>` in node (playwright-core drives Debian's Chromium) and returns
-/// the JSON line it prints; fails the test with its reason and the server's log otherwise.
+/// Runs `terminal-client/test/<script>` in node (playwright-core, installed there, drives
+/// Debian's Chromium) and returns the JSON line it prints; fails the test with its reason
+/// and the server's log otherwise.
 pub fn run_browser_script(s: &Server, script: &str, args: &[&str]) -> Value {
-    let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../web");
+    let client = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../terminal-client");
     assert!(
-        web.join("node_modules/playwright-core").exists(),
-        "web/node_modules is missing: the rnr-gateway build runs npm ci there"
+        client.join("node_modules/playwright-core").exists(),
+        "terminal-client/node_modules is missing: the rnr-terminal build runs npm ci there"
     );
     let out = Command::new("node")
         .arg(format!("test/{script}"))
         .args(args)
-        .current_dir(&web)
+        .current_dir(&client)
         .output()
         .expect("run node");
     let stdout = String::from_utf8_lossy(&out.stdout);
