@@ -189,13 +189,6 @@ impl Platform {
     // Removed when terminals attach through Platform::agent
     // (they attach through it now; what is left is terminal.rs's `machine_gone`, which
     // asks `driver().inspect` and can ask `Platform::inspect` instead).
-    /// The driver itself, for the terminal gateway (`rnr-terminal`'s terminal.rs) only;
-    /// everything else goes through the methods here.
-    #[doc(hidden)]
-    pub fn driver(&self) -> &Arc<dyn Driver> {
-        &self.driver
-    }
-
     pub fn policy(&self) -> &MachinePolicy {
         &self.policy
     }

@@ -549,15 +549,15 @@ impl Terminal {
     }
 }
 
-/// Whether the session ended because its machine went away. Deletion kills the exec
-/// before the store says so, hence a short wait for either to tell.
+/// Whether the session ended because its machine went away. Deletion ends the session's
+/// connection before the store says so, hence a short wait for either to tell.
 async fn machine_gone(platform: &rnr_core::Platform, machine: &str) -> bool {
     for _ in 0..20 {
         let stored = platform.get(machine).await.map(|m| m.state);
         if !matches!(stored, Ok(rnr_core::MachineState::Running)) {
             return true;
         }
-        match platform.driver().inspect(machine).await {
+        match platform.inspect(machine).await {
             Ok(info) if info.status == rnr_driver::MachineStatus::Running => {}
             _ => return true,
         }
