@@ -230,6 +230,23 @@ pub struct FileCheck {
     pub target: Option<String>,
 }
 
+impl FileCheck {
+    /// Just that `path` exists.
+    pub fn exists(path: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            exists: true,
+            file_type: None,
+            mode: None,
+            owner: None,
+            group: None,
+            contains: None,
+            matches: None,
+            target: None,
+        }
+    }
+}
+
 /// `user`: an account in /etc/passwd, as told.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -132,6 +132,7 @@ async fn connect(cfg: &Config, store: &Store, machines: bool) -> anyhow::Result<
                     network: cfg.docker.network.clone(),
                     proc_root: cfg.proc_root.clone(),
                     agent: cfg.agent(),
+                    agent_stage: cfg.data_dir.join("agent"),
                     disk_mib: (cfg.docker.disk_mib > 0).then_some(cfg.docker.disk_mib),
                 })
                 .await

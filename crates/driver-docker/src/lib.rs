@@ -53,8 +53,12 @@ pub struct DockerConfig {
     pub network: String,
     /// Host procfs, to kill exec'd process trees the engine cannot kill.
     pub proc_root: PathBuf,
-    /// Static agent binary bind-mounted read-only at [`rnr_driver::AGENT_PATH`].
+    /// Static agent binary, staged ([`rnr_driver::stage_agent`]) under `agent_stage` and
+    /// mounted read-only at [`rnr_driver::AGENT_DIR`] in every machine.
     pub agent: Option<PathBuf>,
+    /// A directory of the platform's own where the agent is staged (its data dir's
+    /// `agent/`): the engine bind-mounts it from there.
+    pub agent_stage: PathBuf,
     /// Size of each machine's filesystem in MiB (the image's files count towards it on
     /// btrfs, whose qgroup limit is on everything the container's subvolume references);
     /// `None`: no disk quota.
@@ -71,6 +75,8 @@ pub struct DockerDriver {
     /// refused by its storage driver.
     quota: Arc<AtomicBool>,
     images: images::DockerImages,
+    /// The staged agent's directory, when an agent is configured.
+    agent_dir: Option<PathBuf>,
 }
 
 fn map_err(id: &str, e: bollard::errors::Error) -> DriverError {
@@ -122,7 +128,23 @@ impl DockerDriver {
         if cfg.disk_mib.is_some() && !quota {
             tracing::warn!("{}", storage.no_quota_warning());
         }
+        let agent_dir = match &cfg.agent {
+            Some(binary) => Some(rnr_driver::stage_agent(binary, &cfg.agent_stage).map_err(
+                |e| {
+                    DriverError::io(
+                        format!(
+                            "staging the agent {} in {}",
+                            binary.display(),
+                            cfg.agent_stage.display()
+                        ),
+                        e,
+                    )
+                },
+            )?),
+            None => None,
+        };
         let driver = Self {
+            agent_dir,
             images: images::DockerImages::new(docker.clone()),
             docker,
             cfg: Arc::new(cfg),
@@ -447,11 +469,12 @@ impl Driver for DockerDriver {
             // The learner's own processes must not make the host's OOM killer pick others.
             oom_score_adj: Some(500),
             init: Some(false),
+            // A mount of its own at /.rnr: read-only, and a mount point cannot be renamed
+            // away to put another agent in its place.
             binds: self
-                .cfg
-                .agent
+                .agent_dir
                 .as_ref()
-                .map(|a| vec![format!("{}:{}:ro", a.display(), rnr_driver::AGENT_PATH)]),
+                .map(|a| vec![format!("{}:{}:ro", a.display(), rnr_driver::AGENT_DIR)]),
             ..Default::default()
         };
         let config = Config {
@@ -461,7 +484,7 @@ impl Driver for DockerDriver {
             // PID 1 ignores signals it has no handler for (so `kill -9 -1` inside keeps the
             // machine up) and reaps orphans: the agent's init, which also serves the agent
             // channel (`agent()`), else a shell loop.
-            cmd: Some(match &self.cfg.agent {
+            cmd: Some(match &self.agent_dir {
                 Some(_) => vec![rnr_driver::AGENT_PATH.to_string(), "init".to_string()],
                 None => vec![
                     "/bin/sh".to_string(),
@@ -557,7 +580,7 @@ impl Driver for DockerDriver {
     }
 
     async fn agent(&self, id: &str) -> Result<AgentChannel> {
-        if self.cfg.agent.is_none() {
+        if self.agent_dir.is_none() {
             return Err(DriverError::NoAgent(id.to_string()));
         }
         // `rnr-agent serve` relays its stdio to the machine's init (checking that it is

@@ -118,7 +118,7 @@ impl NativeDriver {
             memsw: self.inner.memsw,
             nofile: oci::nofile_limit(),
             uid_base,
-            agent: cfg.agent.as_deref(),
+            agent: self.inner.agent_dir.as_deref(),
         });
         let compiled = self
             .inner
@@ -208,7 +208,7 @@ impl NativeDriver {
 
         // The agent's listening socket, bound here (outside anything the machine can see)
         // and handed to its PID 1 as fd 3.
-        let listener = match cfg.agent {
+        let listener = match self.inner.agent_dir {
             Some(_) => {
                 let path = dir.join(AGENT_SOCKET);
                 if path.as_os_str().len() > 107 {

@@ -96,6 +96,8 @@ struct Inner {
     pool: Option<disk::Pool>,
     /// `images/`, the driver's image store.
     images: image::Images,
+    /// `agent/<hash>/`: the configured agent's directory, mounted at `/.rnr`.
+    agent_dir: Option<std::path::PathBuf>,
 }
 
 /// A driver bound to one state directory and one owner.

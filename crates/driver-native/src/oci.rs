@@ -2,7 +2,7 @@
 //! its namespaces, mounts, capabilities, masked and read-only paths, resource limits and
 //! seccomp profile.
 
-use rnr_driver::{Limits, AGENT_PATH, MACHINE_LABEL, OWNER_LABEL};
+use rnr_driver::{Limits, AGENT_DIR, AGENT_PATH, MACHINE_LABEL, OWNER_LABEL};
 use serde_json::{json, Value};
 use std::path::Path;
 
@@ -221,7 +221,8 @@ pub struct ConfigInput<'a> {
     pub nofile: u64,
     /// Host uid/gid that root in the machine maps to; `None` without a user namespace.
     pub uid_base: Option<u32>,
-    /// Agent binary to bind-mount read-only at [`rnr_driver::AGENT_PATH`].
+    /// The agent's staged directory ([`rnr_driver::stage_agent`]), bind-mounted read-only
+    /// at [`rnr_driver::AGENT_DIR`].
     pub agent: Option<&'a Path>,
 }
 
@@ -306,9 +307,10 @@ pub fn config(i: &ConfigInput<'_>) -> Value {
          "options": ["nosuid", "noexec", "nodev", "ro"]},
     ]);
     if let (Some(agent), Some(list)) = (i.agent, mounts.as_array_mut()) {
-        // Read-only and without setuid: the learner's root can run it, not replace it.
+        // Read-only and without setuid: the learner's root can run it, not replace it,
+        // and a mount point cannot be renamed away to put another `/.rnr` in its place.
         list.push(
-            json!({"destination": AGENT_PATH, "type": "bind", "source": agent,
+            json!({"destination": AGENT_DIR, "type": "bind", "source": agent,
                          "options": ["bind", "ro", "nosuid", "nodev"]}),
         );
     }

@@ -87,8 +87,21 @@ impl NativeDriver {
                 alloc.adopt(&meta);
             }
         }
+        let agent_dir = match &cfg.agent {
+            Some(binary) => Some(
+                rnr_driver::stage_agent(binary, &cfg.state_dir.join("agent")).map_err(|e| {
+                    io_err(
+                        format!("staging the agent {} in", binary.display()),
+                        &cfg.state_dir.join("agent"),
+                        e,
+                    )
+                })?,
+            ),
+            None => None,
+        };
         Ok(Self {
             inner: Arc::new(Inner {
+                agent_dir,
                 cfg,
                 subnet,
                 hybrid,

@@ -24,4 +24,6 @@ rnr_driver::isolation_tests!(setup; contained: [
     proc_sys_and_sys_read_only,
     reboot_refused,
     no_escape_through_proc_or_devices,
+    agent_cannot_be_replaced,
+    session_impostor_reaches_nobody,
 ]; not_contained: []);

@@ -687,19 +687,7 @@ pub async fn agent_check_suite(h: Harness) {
     let spec = spec(&h, "check");
     let _guard = Cleanup::new(&h, &spec.id);
     h.driver.create(&spec).await.expect("create");
-    let file = |path: &str| {
-        CheckKind::File(FileCheck {
-            path: path.into(),
-            exists: true,
-            file_type: None,
-            mode: None,
-            owner: None,
-            group: None,
-            contains: None,
-            matches: None,
-            target: None,
-        })
-    };
+    let file = |path: &str| CheckKind::File(FileCheck::exists(path));
     let script = |script: &str| {
         CheckKind::Script(ScriptCheck {
             script: script.into(),

@@ -507,6 +507,152 @@ fn root_device() -> (u32, u32) {
     let dev = std::fs::metadata("/").map(|m| m.dev()).unwrap_or(0);
     (libc::major(dev), libc::minor(dev))
 }
+/// The learner tries to put an agent of their own where the platform runs it: /.rnr is a
+/// read-only mount, so it can be neither replaced, renamed away, unmounted nor covered;
+/// the platform's checks still run with the real agent.
+pub async fn agent_cannot_be_replaced(h: Harness) {
+    let (id, _g, dog) = setup(&h, "agentswap").await;
+    let out = attack(
+        &h,
+        &id,
+        "mkdir -p /tmp/fake && cp /bin/sh /tmp/fake/rnr-agent; \
+         mv /.rnr /rnr-moved 2>/dev/null && echo MOVED; \
+         cp /bin/sh /.rnr/rnr-agent 2>/dev/null && echo REPLACED; \
+         rm -f /.rnr/rnr-agent 2>/dev/null && echo REMOVED; \
+         umount /.rnr 2>/dev/null && echo UNMOUNTED; \
+         mount -t tmpfs none /.rnr 2>/dev/null && echo COVERED; \
+         mount --bind /tmp/fake /.rnr 2>/dev/null && echo BOUND; \
+         echo done",
+        Duration::from_secs(20),
+    )
+    .await;
+    let probes = dog.finish("agent replacement").await;
+    let said = text(&out.stdout);
+    assert!(said.contains("done"), "{out:?}");
+    for what in [
+        "MOVED",
+        "REPLACED",
+        "REMOVED",
+        "UNMOUNTED",
+        "COVERED",
+        "BOUND",
+    ] {
+        assert!(!said.contains(what), "/.rnr could be {what}: {said}");
+    }
+    let check = rnr_agent_proto::check::Check::new(
+        "passwd",
+        rnr_agent_proto::check::CheckKind::File(rnr_agent_proto::check::FileCheck::exists(
+            "/etc/passwd",
+        )),
+    );
+    let suite = rnr_agent_proto::check::Suite {
+        checks: vec![check],
+        ..Default::default()
+    };
+    let outcomes = h
+        .driver
+        .agent(&id)
+        .await
+        .expect("agent channel")
+        .check(&suite)
+        .await
+        .expect("the real agent still answers");
+    assert_eq!(outcomes[0].status, rnr_agent_proto::check::Status::Passed);
+    probes.assert_prompt();
+}
+
+/// The first frame of a session link: its hello.
+async fn session_hello(link: &mut crate::agent::SessionLink) -> rnr_agent_proto::session::Hello {
+    use futures::StreamExt;
+    use rnr_agent_proto::session::FromDaemon;
+    let mut got = Vec::new();
+    loop {
+        if let Some((tag, p, _)) = rnr_agent_proto::frame::split(&got, 1 << 22).expect("a frame") {
+            match FromDaemon::parse(tag, p) {
+                Ok(FromDaemon::Hello(h)) => return h,
+                other => panic!("the first frame is no hello: {other:?}"),
+            }
+        }
+        match tokio::time::timeout(Duration::from_secs(10), link.output.next()).await {
+            Ok(Some(Ok(b))) => got.extend_from_slice(&b),
+            other => panic!("no hello: {other:?}"),
+        }
+    }
+}
+
+/// The learner kills a terminal's session daemon and listens on its socket name with a
+/// daemon of their own (which could hand the host a blocking pty or garbage): the host's
+/// next attach reaches a fresh daemon that init started, never the impostor.
+pub async fn session_impostor_reaches_nobody(h: Harness) {
+    let (id, _g, dog) = setup(&h, "impostor").await;
+    let attach = || async {
+        h.driver
+            .agent(&id)
+            .await
+            .expect("agent channel")
+            .session("t-imp", 24, 80)
+            .await
+            .expect("attach")
+    };
+    let mut first = attach().await;
+    let before = session_hello(&mut first).await;
+    drop(first);
+    let out = attack(
+        &h,
+        &id,
+        "for p in /proc/[0-9]*; do \
+           set -- $(tr '\\0' ' ' < $p/cmdline 2>/dev/null); \
+           if [ \"$2\" = session-daemon ] && [ \"$3\" = t-imp ]; then d=${p#/proc/}; n=$6; fi; \
+         done; \
+         [ -n \"$n\" ] || { echo no-daemon; exit 1; }; \
+         kill -9 $d; sleep 0.2; \
+         /.rnr/rnr-agent session-daemon t-imp 24 80 $n & i=$!; \
+         for _ in $(seq 50); do grep -q \"@$n\" /proc/net/unix && break; sleep 0.1; done; \
+         grep -q \"@$n\" /proc/net/unix && echo \"impostor $i\"",
+        Duration::from_secs(20),
+    )
+    .await;
+    let said = text(&out.stdout);
+    let impostor: u32 = said
+        .split_whitespace()
+        .skip_while(|w| *w != "impostor")
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("the impostor did not take the name: {out:?}"));
+    let mut second = attach().await;
+    let after = session_hello(&mut second).await;
+    assert_ne!(
+        after.shell_pid, before.shell_pid,
+        "the killed session's shell is gone"
+    );
+    let parent = attack(
+        &h,
+        &id,
+        &format!("cut -d' ' -f4 /proc/{}/stat", after.shell_pid),
+        Duration::from_secs(10),
+    )
+    .await;
+    let daemon: u32 = text(&parent.stdout)
+        .trim()
+        .parse()
+        .expect("the shell's parent");
+    assert_ne!(daemon, impostor, "the host was connected to the impostor");
+    let grandparent = attack(
+        &h,
+        &id,
+        &format!("cut -d' ' -f4 /proc/{daemon}/stat"),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(
+        text(&grandparent.stdout).trim(),
+        "1",
+        "the session's daemon is init's child"
+    );
+    drop(second);
+    let probes = dog.finish("session impostor").await;
+    probes.assert_prompt();
+}
 
 /// Every attack of the suite; a driver's instantiation must name each exactly once.
 pub const ALL: &[&str] = &[
@@ -521,6 +667,8 @@ pub const ALL: &[&str] = &[
     "proc_sys_and_sys_read_only",
     "reboot_refused",
     "no_escape_through_proc_or_devices",
+    "agent_cannot_be_replaced",
+    "session_impostor_reaches_nobody",
 ];
 
 /// Asserts that a driver's instantiation names every attack exactly once.
@@ -551,7 +699,9 @@ macro_rules! isolation_tests {
             kernel_module_refused,
             proc_sys_and_sys_read_only,
             reboot_refused,
-            no_escape_through_proc_or_devices
+            no_escape_through_proc_or_devices,
+            agent_cannot_be_replaced,
+            session_impostor_reaches_nobody
         ]; not_contained: []);
     };
     ($setup:path; contained: [$($name:ident),* $(,)?];

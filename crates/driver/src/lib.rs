@@ -18,7 +18,7 @@ pub mod conformance;
 #[cfg(feature = "conformance")]
 pub mod isolation;
 
-pub use agent::AgentChannel;
+pub use agent::{stage_agent, AgentChannel, AGENT_DIR};
 pub use error::{DriverError, Result};
 pub use exec::{
     collect, collect_handle, ExecHandle, ExecOutcome, ExecProcess, ExecRequest, OutputChunk,

@@ -57,6 +57,7 @@ async fn connect(suite: &str) -> DockerDriver {
         network: "rnr-test".into(),
         proc_root: "/proc".into(),
         agent: Some(rnr_driver::conformance::agent_path()),
+        agent_stage: std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("docker-agent"),
         disk_mib: Some(DISK_MIB),
     })
     .await

@@ -291,3 +291,46 @@ impl Reader {
         }
     }
 }
+
+/// Where a machine's agent lives: `AGENT_PATH`'s directory is a read-only mount of its
+/// own in every machine, so the learner can neither replace the binary nor rename the
+/// directory away (a mount point cannot be renamed) and put another in its place.
+pub const AGENT_DIR: &str = "/.rnr";
+
+/// Copies the agent binary into `under/<content hash>/rnr-agent` (once per build) and
+/// returns that directory, to be mounted read-only at [`AGENT_DIR`]. A directory of its
+/// own: the binary's build directory holds other files machines must not see. Keyed by
+/// content: machines started from an older build keep theirs when rnr is upgraded.
+pub fn stage_agent(
+    binary: &std::path::Path,
+    under: &std::path::Path,
+) -> std::io::Result<std::path::PathBuf> {
+    use sha2::Digest;
+    use std::os::unix::fs::PermissionsExt;
+    let bytes = std::fs::read(binary)?;
+    let hash = hex::encode(&sha2::Sha256::digest(&bytes)[..8]);
+    let dir = under.join(&hash);
+    let target = dir.join("rnr-agent");
+    if target.is_file() {
+        return Ok(dir);
+    }
+    std::fs::create_dir_all(under)?;
+    // Made under a temporary name and renamed: a concurrent stage or a crash never
+    // leaves a half-written binary where machines look.
+    let tmp = under.join(format!(".{hash}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+    let staged = tmp.join("rnr-agent");
+    std::fs::write(&staged, &bytes)?;
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755))?;
+    match std::fs::rename(&tmp, &dir) {
+        Ok(()) => Ok(dir),
+        // Another process staged the same build first.
+        Err(_) if target.is_file() => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Ok(dir)
+        }
+        Err(e) => Err(e),
+    }
+}
