@@ -21,6 +21,7 @@
 //! `machines/<id>/{machine.json, agent.sock, init.log, root/}`.
 
 use async_trait::async_trait;
+use rnr_agent_proto::control::LISTEN_FD;
 use rnr_driver::{
     AgentChannel, Driver, DriverError, ExecHandle, ExecSpec, ImageInfo, ImageStore, MachineInfo,
     MachineSpec, MachineStats, MachineStatus, Result,
@@ -348,12 +349,20 @@ impl FakeDriver {
         .stdout(Stdio::null())
         .stderr(Stdio::from(log));
         let fd = listener.as_raw_fd();
-        // SAFETY: between fork and exec the hook only calls dup2(2), which is
+        // SAFETY: between fork and exec the hook only calls dup2(2) or fcntl(2), which are
         // async-signal-safe, on a descriptor that stays open in the parent until spawn
         // returns.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::dup2(fd, 3) < 0 {
+                // The listener may itself be fd 3 (the lowest free number when it was
+                // bound): dup2 onto itself would keep its close-on-exec flag, and init
+                // would start without its socket. Clear the flag instead.
+                let handed = if fd == LISTEN_FD {
+                    libc::fcntl(fd, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(fd, LISTEN_FD)
+                };
+                if handed < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())

@@ -9,6 +9,9 @@ use std::sync::Arc;
 use tokio::sync::OnceCell;
 
 static TAR: OnceCell<PathBuf> = OnceCell::const_new();
+/// The image is imported once per process: its tests share one state dir, and a second
+/// import replaces the image directory while another test's create is copying it.
+static IMPORTED: OnceCell<()> = OnceCell::const_new();
 
 async fn setup() -> Harness {
     let tar = TAR
@@ -34,7 +37,11 @@ async fn setup() -> Harness {
         rnr_driver::conformance::agent_path(),
     ))
     .unwrap();
-    driver.images().import("tiny", &tar).await.expect("import");
+    IMPORTED
+        .get_or_init(|| async {
+            driver.images().import("tiny", &tar).await.expect("import");
+        })
+        .await;
     Harness {
         driver: Arc::new(driver),
         image: "tiny".into(),
