@@ -424,3 +424,74 @@ async fn a_failing_create_leaves_a_failed_row_and_nothing_running() {
     let m = tp.platform.create(CreateMachine::default()).await.unwrap();
     assert_eq!(tp.driver_machines().await, [m.id]);
 }
+
+/// A driver whose deletes hang holds neither the reaper (deletes run a few at a time, each
+/// given up after the delete timeout) nor a delete request; what was not deleted is
+/// deleted by a later pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_deletes_hold_neither_the_reaper_nor_a_request() {
+    let tp = TestPlatform::start(MachinePolicy {
+        delete_timeout: Duration::from_millis(500),
+        parallel_deletes: 2,
+        ..policy()
+    })
+    .await;
+    let mut expiring = Vec::new();
+    for _ in 0..6 {
+        expiring.push(tp.platform.create(with_ttl(1)).await.unwrap().id);
+    }
+    let kept = tp.platform.create(with_ttl(600)).await.unwrap().id;
+    for id in &expiring {
+        until_expired(&tp, id).await;
+    }
+    tp.driver.delay_deletes(Duration::from_secs(4));
+
+    let started = Instant::now();
+    assert_eq!(tp.platform.reap_once().await.unwrap(), 0);
+    let took = started.elapsed();
+    // Three rounds of two deletes, each given up after 0.5 s: not 6 × 4 s one by one, not
+    // all six at once.
+    assert!(
+        took >= Duration::from_millis(1400) && took < Duration::from_millis(2900),
+        "a reaper pass took {took:?}"
+    );
+    for id in &expiring {
+        assert_eq!(
+            state_of(&tp, id).await,
+            MachineState::Running,
+            "{id} kept for later"
+        );
+    }
+    // A delete request waits no longer than the timeout either, and says why it failed.
+    let started = Instant::now();
+    let e = tp.platform.delete(&kept).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(
+        e.to_string().contains("did not delete it within 0.5 s"),
+        "{e}"
+    );
+    assert_eq!(state_of(&tp, &kept).await, MachineState::Running);
+    // While a delete is still under way in the driver, no second one is started.
+    let e = tp.platform.delete(&expiring[0]).await.unwrap_err();
+    assert!(e.to_string().contains("still running in the driver"), "{e}");
+
+    // The backend recovers; later passes delete everything that expired.
+    tp.driver.delay_deletes(Duration::ZERO);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut reaped = 0;
+    while reaped < expiring.len() {
+        assert!(Instant::now() < deadline, "only {reaped} reaped");
+        reaped += tp.platform.reap_once().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for id in &expiring {
+        assert_eq!(state_of(&tp, id).await, MachineState::Deleted);
+    }
+    // A request after the hung delete ended deletes the machine.
+    while let Err(e) = tp.platform.delete(&kept).await {
+        assert!(Instant::now() < deadline, "{kept} not deleted: {e}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(state_of(&tp, &kept).await, MachineState::Deleted);
+    assert!(tp.driver_machines().await.is_empty());
+}
