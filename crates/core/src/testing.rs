@@ -7,7 +7,7 @@
 //! scripts/build-agent.sh). Dropping a [`TestPlatform`] deletes every machine its driver
 //! has, whatever the test did, and then the directory.
 
-use crate::{MachinePolicy, Platform};
+use crate::{ExecCommand, MachinePolicy, Platform};
 use rnr_driver::{Driver, MachineSpec};
 use rnr_driver_fake::{FakeConfig, FakeDriver};
 use rnr_store::Store;
@@ -26,6 +26,18 @@ pub fn policy() -> MachinePolicy {
         default_ttl: Duration::from_secs(600),
         max_ttl: Duration::from_secs(3600),
         ..MachinePolicy::default()
+    }
+}
+
+/// `/bin/sh -c script`, as root, within 10 s.
+pub fn sh(script: &str) -> ExecCommand {
+    ExecCommand {
+        argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        stdin: None,
+        env: Vec::new(),
+        user: None,
+        workdir: None,
+        timeout: Duration::from_secs(10),
     }
 }
 
@@ -123,6 +135,17 @@ impl TestPlatform {
             network: Default::default(),
             labels: Default::default(),
         }
+    }
+
+    /// Runs `script` in machine `id` and returns its output; panics unless it exits 0.
+    pub async fn sh(&self, id: &str, script: &str) -> String {
+        let out = self
+            .platform
+            .exec(id, sh(script))
+            .await
+            .unwrap_or_else(|e| panic!("{script:?} in {id}: {e}"));
+        assert_eq!(out.exit_code, Some(0), "{script:?} in {id}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Ids of the machines the driver has, running or not.

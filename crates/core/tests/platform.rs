@@ -2,10 +2,9 @@
 //! request validation, TTL reaping, extension, reconciliation after a restart, failing and
 //! slow drivers. No root, Docker or crun (`rnr_core::testing`).
 
-use rnr_core::testing::{policy, TestPlatform};
+use rnr_core::testing::{policy, sh, TestPlatform};
 use rnr_core::{
-    CoreError, CreateMachine, ExecCommand, LimitsRequest, MachinePolicy, MachineState,
-    ReconcileReport,
+    CoreError, CreateMachine, LimitsRequest, MachinePolicy, MachineState, ReconcileReport,
 };
 use rnr_driver::{Driver, DriverError};
 use std::sync::atomic::Ordering;
@@ -15,17 +14,6 @@ fn with_ttl(ttl_seconds: u64) -> CreateMachine {
     CreateMachine {
         ttl_seconds: Some(ttl_seconds),
         ..CreateMachine::default()
-    }
-}
-
-fn sh(script: &str) -> ExecCommand {
-    ExecCommand {
-        argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
-        stdin: None,
-        env: Vec::new(),
-        user: None,
-        workdir: None,
-        timeout: Duration::from_secs(10),
     }
 }
 
@@ -310,10 +298,7 @@ async fn reconcile_after_a_restart() {
         ids.push(tp.platform.create(CreateMachine::default()).await.unwrap());
     }
     let (alive, crashed, vanished) = (ids[0].clone(), ids[1].id.clone(), ids[2].id.clone());
-    tp.platform
-        .exec(&alive.id, sh("echo kept > /root/state"))
-        .await
-        .unwrap();
+    tp.sh(&alive.id, "echo kept > /root/state").await;
     // A machine whose create the crash interrupted: a row, nothing in the driver.
     let interrupted = rnr_core::Machine {
         id: "m-interrupted".into(),
@@ -372,12 +357,7 @@ async fn reconcile_after_a_restart() {
         (m.state, &m.address),
         (MachineState::Running, &alive.address)
     );
-    let out = tp
-        .platform
-        .exec(&alive.id, sh("cat /root/state"))
-        .await
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "kept\n");
+    assert_eq!(tp.sh(&alive.id, "cat /root/state").await, "kept\n");
     // Reconciling again finds everything in order.
     assert_eq!(
         tp.platform.reconcile().await.unwrap(),
