@@ -286,12 +286,7 @@ async fn live_checking_waits_for_a_pause_and_pushes_changes() {
     })
     .await;
     let m = s.machine().await;
-    let unbound =
-        s.tp.platform
-            .create(CreateMachine::default())
-            .await
-            .unwrap()
-            .id;
+    let unbound = s.tp.machine().await;
     s.start().await;
     let mut events = s.checker.subscribe(&m);
     let live_runs = || async {

@@ -137,6 +137,15 @@ impl TestPlatform {
         }
     }
 
+    /// A running machine with the policy's defaults; its id.
+    pub async fn machine(&self) -> String {
+        self.platform
+            .create(crate::CreateMachine::default())
+            .await
+            .expect("a machine")
+            .id
+    }
+
     /// Runs `script` in machine `id` and returns its output; panics unless it exits 0.
     pub async fn sh(&self, id: &str, script: &str) -> String {
         let out = self

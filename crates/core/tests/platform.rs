@@ -87,8 +87,8 @@ async fn capacity_holds_under_concurrent_creates() {
     assert_eq!(metrics.machines_refused_capacity.load(Ordering::Relaxed), 4);
     // A deleted machine frees its place.
     tp.platform.delete(&created[0]).await.unwrap();
-    let again = tp.platform.create(CreateMachine::default()).await.unwrap();
-    assert_eq!(again.state, MachineState::Running);
+    let again = tp.machine().await;
+    assert_eq!(state_of(&tp, &again).await, MachineState::Running);
 }
 
 #[tokio::test]
@@ -401,8 +401,8 @@ async fn a_failing_create_leaves_a_failed_row_and_nothing_running() {
     let metrics = tp.platform.metrics();
     assert_eq!(metrics.machine_create_failures.load(Ordering::Relaxed), 1);
     // The fault was the driver's, once: the next create works.
-    let m = tp.platform.create(CreateMachine::default()).await.unwrap();
-    assert_eq!(tp.driver_machines().await, [m.id]);
+    let m = tp.machine().await;
+    assert_eq!(tp.driver_machines().await, [m]);
 }
 
 /// A driver whose deletes hang holds neither the reaper (deletes run a few at a time, each
