@@ -4,8 +4,10 @@
 //!
 //! Machines run the busybox image `tiny` (built from the host's `/bin/busybox`, Debian's
 //! busybox-static) with the real agent (`RNR_AGENT_PATH`, else built by
-//! scripts/build-agent.sh). Dropping a [`TestPlatform`] deletes every machine its driver
-//! has, whatever the test did, and then the directory.
+//! scripts/build-agent.sh), in a user namespace of their own also when root runs the
+//! tests, so that they behave alike for everyone (only root exists in them). Dropping a
+//! [`TestPlatform`] deletes every machine its driver has, whatever the test did, and then
+//! the directory.
 
 use crate::{ExecCommand, MachinePolicy, Platform};
 use rnr_driver::{Driver, MachineSpec};
@@ -64,11 +66,15 @@ async fn open(dir: &Path, policy: &MachinePolicy) -> (Platform, FakeDriver, Stor
     let store = Store::open(&dir.join("rnr.db"))
         .await
         .expect("open the test store");
-    let driver = FakeDriver::open(FakeConfig::new(
-        dir.join("driver"),
-        OWNER,
-        rnr_driver::conformance::agent_path(),
-    ))
+    let driver = FakeDriver::open(FakeConfig {
+        // Whoever runs the tests: machines as an unprivileged user gets them.
+        user_namespace: true,
+        ..FakeConfig::new(
+            dir.join("driver"),
+            OWNER,
+            rnr_driver::conformance::agent_path(),
+        )
+    })
     .expect("open the fake driver");
     let platform = Platform::new(store.clone(), Arc::new(driver.clone()), policy.clone());
     (platform, driver, store)
