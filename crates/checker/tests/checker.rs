@@ -279,7 +279,7 @@ async fn runs_survive_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_checking_waits_for_a_pause_and_pushes_changes() {
-    let debounce = Duration::from_millis(800);
+    let debounce = Duration::from_millis(1200);
     let s = Setup::new(CheckerConfig {
         debounce,
         ..CheckerConfig::default()

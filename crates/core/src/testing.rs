@@ -163,6 +163,16 @@ impl TestPlatform {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Where machine `id`'s root filesystem is on the host (the fake driver's layout): to
+    /// look into a machine without an exec, as often as a test likes.
+    pub fn root_of(&self, id: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join("driver/machines")
+            .join(id)
+            .join("root")
+    }
+
     /// Ids of the machines the driver has, running or not.
     pub async fn driver_machines(&self) -> Vec<String> {
         self.driver

