@@ -20,6 +20,11 @@ echo "==> cargo test --workspace (all but the drivers' suites)" >&2
 cargo test --workspace --locked --exclude rnr-driver-docker --exclude rnr-driver-native \
   -- --test-threads="${RNR_TEST_THREADS:-3}"
 
+# Not run by root, the fake driver's machines have no user but root: its conformance tests
+# that run commands as other users are #[ignore]d, and run here, as root.
+echo "==> cargo test -p rnr-driver-fake --test conformance -- --ignored (as root)" >&2
+cargo test --locked -p rnr-driver-fake --test conformance -- --ignored
+
 # The drivers' conformance and isolation suites, one test at a time: the isolation suite
 # times a neighbour's shell (<= 50 ms) while an attack runs, which other tests' load would
 # distort.

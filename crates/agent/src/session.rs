@@ -469,6 +469,10 @@ fn daemon(name: &str, rows: u16, cols: u16) -> std::io::Result<i32> {
                         129
                     }
                 };
+                // Stop answering attaches before the exit is told: init would hand a
+                // gateway that attaches right after the exit (the same id, reopened) this
+                // dying daemon instead of starting a new one.
+                drop(listener);
                 if let Some(mut c) = conn.take() {
                     FromDaemon::Exit { status: code }.push(&mut c.wbuf);
                     let _ = c.stream.set_nonblocking(false);

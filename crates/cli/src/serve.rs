@@ -162,6 +162,7 @@ pub fn policy(cfg: &Config) -> MachinePolicy {
         max_limits: cfg.max_limits,
         allow_outbound: cfg.allow_outbound,
         max_exec_timeout: Duration::from_secs(600),
+        ..MachinePolicy::default()
     }
 }
 

@@ -10,6 +10,8 @@ mod error;
 mod metrics;
 mod platform;
 mod records;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use auth::{hash_key, new_api_key, NewApiKey};
 pub use error::{CoreError, Result};

@@ -7,15 +7,16 @@
 
 use crate::{now_ms, random_id, CoreError, Metrics, Result};
 use bytes::Bytes;
+use futures::StreamExt;
 use rnr_driver::{
     collect, Driver, DriverError, ExecOutcome, ExecRequest, ExecSpec, Limits, MachineInfo,
     MachineSpec, MachineStats, MachineStatus, NetworkSpec,
 };
 use rnr_store::checks::CheckRunState;
 use rnr_store::{MachineRow, MachineState, Store};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -35,6 +36,12 @@ pub struct MachinePolicy {
     /// Whether a request may ask for outbound network access.
     pub allow_outbound: bool,
     pub max_exec_timeout: Duration,
+    /// How long the platform waits for a driver to delete a machine. A delete that takes
+    /// longer is given up on (it goes on in the background, and a later one retries), so
+    /// that one stuck machine can hold neither a request nor the reaper.
+    pub delete_timeout: Duration,
+    /// Expired machines the reaper deletes at once.
+    pub parallel_deletes: usize,
 }
 
 impl Default for MachinePolicy {
@@ -52,6 +59,8 @@ impl Default for MachinePolicy {
             },
             allow_outbound: false,
             max_exec_timeout: Duration::from_secs(600),
+            delete_timeout: Duration::from_secs(60),
+            parallel_deletes: 4,
         }
     }
 }
@@ -106,6 +115,23 @@ pub struct Platform {
     driver: Arc<dyn Driver>,
     policy: Arc<MachinePolicy>,
     metrics: Arc<Metrics>,
+    /// Machines whose driver delete is still running (perhaps past its timeout).
+    deleting: Arc<Mutex<HashSet<String>>>,
+}
+
+/// Takes a machine off [`Platform::deleting`] when its delete ends, however it ends.
+struct Deleting {
+    set: Arc<Mutex<HashSet<String>>>,
+    id: String,
+}
+
+impl Drop for Deleting {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.id);
+    }
 }
 
 fn check_limit(field: &str, asked: Option<u64>, default: u64, max: u64) -> Result<u64> {
@@ -137,6 +163,7 @@ impl Platform {
             driver,
             policy: Arc::new(policy),
             metrics: Arc::new(Metrics::default()),
+            deleting: Arc::default(),
         }
     }
 
@@ -291,7 +318,7 @@ impl Platform {
                 let machine = self.get(&id).await?;
                 if machine.state == MachineState::Deleted {
                     // Deleted while it was being created: the driver's copy must go too.
-                    let _ = self.driver.delete(&id).await;
+                    let _ = self.driver_delete(&id).await;
                 }
                 self.metrics
                     .machines_created
@@ -308,7 +335,7 @@ impl Platform {
                     .fetch_add(1, Ordering::Relaxed);
                 self.store.set_failed(&id, &e.to_string()).await?;
                 // Nothing may be left behind by a failed create.
-                let _ = self.driver.delete(&id).await;
+                let _ = self.driver_delete(&id).await;
                 Err(CoreError::driver(&id, e))
             }
         }
@@ -331,7 +358,7 @@ impl Platform {
         if m.state == MachineState::Deleted {
             return Ok(());
         }
-        self.driver.delete(id).await.map_err(|e| {
+        self.driver_delete(id).await.map_err(|e| {
             self.count_driver_error(&e);
             CoreError::driver(id, e)
         })?;
@@ -459,11 +486,59 @@ impl Platform {
         })
     }
 
-    /// Deletes every machine whose time is up; returns how many.
+    /// Deletes machine `id` in the driver, waiting at most the policy's `delete_timeout`.
+    /// The driver's delete runs in a task of its own: giving up waiting never cancels a
+    /// teardown half-way, and while it runs no second delete of the machine is started.
+    async fn driver_delete(&self, id: &str) -> Result<(), DriverError> {
+        let fresh = self
+            .deleting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id.to_string());
+        if !fresh {
+            return Err(DriverError::backend(
+                id,
+                "an earlier delete of this machine is still running in the driver",
+            ));
+        }
+        let done = Deleting {
+            set: self.deleting.clone(),
+            id: id.to_string(),
+        };
+        let driver = self.driver.clone();
+        let task = tokio::spawn(async move {
+            let r = driver.delete(&done.id).await;
+            drop(done);
+            r
+        });
+        let limit = self.policy.delete_timeout;
+        match tokio::time::timeout(limit, task).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Err(DriverError::backend(id, format!("the delete failed: {e}"))),
+            Err(_) => Err(DriverError::backend(
+                id,
+                format!(
+                    "the driver did not delete it within {} s (it goes on in the background)",
+                    limit.as_secs_f64()
+                ),
+            )),
+        }
+    }
+
+    /// Deletes every machine whose time is up, a few at a time (`parallel_deletes`), each
+    /// within the delete timeout; returns how many. Those that could not be deleted stay
+    /// expired, for the next pass.
     pub async fn reap_once(&self) -> Result<usize> {
+        let expired = self.store.expired(now_ms()).await?;
+        let mut deletes = futures::stream::iter(expired)
+            .map(|id| async move {
+                let r = self.driver_delete(&id).await;
+                (id, r)
+            })
+            .buffer_unordered(self.policy.parallel_deletes.max(1));
         let mut n = 0;
-        for id in self.store.expired(now_ms()).await? {
-            match self.driver.delete(&id).await {
+        while let Some((id, r)) = deletes.next().await {
+            match r {
                 Ok(()) => {
                     self.store.set_deleted(&id, now_ms()).await?;
                     self.metrics.machines_reaped.fetch_add(1, Ordering::Relaxed);
@@ -471,6 +546,7 @@ impl Platform {
                     n += 1;
                 }
                 Err(e) => {
+                    self.count_driver_error(&e);
                     tracing::warn!(machine = %id, error = %e, "cannot delete expired machine")
                 }
             }
@@ -534,7 +610,7 @@ impl Platform {
             if report.adopted.contains(id) {
                 continue;
             }
-            match self.driver.delete(id).await {
+            match self.driver_delete(id).await {
                 Ok(()) | Err(DriverError::NotFound(_)) => {
                     tracing::info!(machine = %id, "orphan machine removed");
                     report.orphans_removed.push(id.clone());

@@ -12,7 +12,8 @@
 //! from the host. It passes the conformance suite apart from the limits tests.
 //!
 //! Run by root it needs no user namespace, and execs may run as any user; otherwise only
-//! root exists in its machines (the caller's uid mapped to 0 in a user namespace).
+//! root exists in its machines (the caller's uid mapped to 0 in a user namespace, whose
+//! setgroups(2) is denied). [`FakeConfig::user_namespace`] chooses.
 //!
 //! Tests steer it with faults: [`FakeDriver::fail_next_create`], [`FakeDriver::crash`],
 //! [`FakeDriver::vanish`], [`FakeDriver::delay_deletes`].
@@ -21,6 +22,7 @@
 //! `machines/<id>/{machine.json, agent.sock, init.log, root/}`.
 
 use async_trait::async_trait;
+use rnr_agent_proto::control::LISTEN_FD;
 use rnr_driver::{
     AgentChannel, Driver, DriverError, ExecHandle, ExecSpec, ImageInfo, ImageStore, MachineInfo,
     MachineSpec, MachineStats, MachineStatus, Result,
@@ -45,6 +47,10 @@ pub struct FakeConfig {
     pub agent: PathBuf,
     /// Host procfs (normally `/proc`).
     pub proc_root: PathBuf,
+    /// Run machines in a user namespace of their own, the caller's uid mapped to root
+    /// (and no other user). Needed unless the caller is root; root may ask for it too, to
+    /// run machines exactly as an unprivileged caller gets them.
+    pub user_namespace: bool,
 }
 
 impl FakeConfig {
@@ -58,6 +64,7 @@ impl FakeConfig {
             owner: owner.into(),
             agent: agent.into(),
             proc_root: PathBuf::from("/proc"),
+            user_namespace: !is_root(),
         }
     }
 }
@@ -319,7 +326,7 @@ impl FakeDriver {
         let log_path = dir.join("init.log");
         let log = std::fs::File::create(&log_path).map_err(io("creating", &log_path))?;
         let mut cmd = std::process::Command::new("unshare");
-        if !is_root() {
+        if self.inner.cfg.user_namespace {
             // Root needs no user namespace to run a chroot (and has every uid to run execs
             // as); anyone else becomes root inside one with their own uid mapped to 0.
             cmd.arg("--map-root-user");
@@ -348,12 +355,20 @@ impl FakeDriver {
         .stdout(Stdio::null())
         .stderr(Stdio::from(log));
         let fd = listener.as_raw_fd();
-        // SAFETY: between fork and exec the hook only calls dup2(2), which is
+        // SAFETY: between fork and exec the hook only calls dup2(2) or fcntl(2), which are
         // async-signal-safe, on a descriptor that stays open in the parent until spawn
         // returns.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::dup2(fd, 3) < 0 {
+                // The listener may itself be fd 3 (the lowest free number when it was
+                // bound): dup2 onto itself would keep its close-on-exec flag, and init
+                // would start without its socket. Clear the flag instead.
+                let handed = if fd == LISTEN_FD {
+                    libc::fcntl(fd, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(fd, LISTEN_FD)
+                };
+                if handed < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())

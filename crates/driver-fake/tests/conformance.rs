@@ -1,5 +1,7 @@
 //! The shared conformance suite on the fake driver (without the limits tests: it enforces
 //! none), so that what the layers above are tested against behaves as real drivers do.
+//! The tests that run commands as other users are `#[ignore]`d: not run by root, the fake
+//! driver's machines have no user but root. scripts/test.sh runs them as root.
 
 use rnr_driver::conformance::Harness;
 use rnr_driver::Driver;
@@ -9,6 +11,9 @@ use std::sync::Arc;
 use tokio::sync::OnceCell;
 
 static TAR: OnceCell<PathBuf> = OnceCell::const_new();
+/// The image is imported once per process: its tests share one state dir, and a second
+/// import replaces the image directory while another test's create is copying it.
+static IMPORTED: OnceCell<()> = OnceCell::const_new();
 
 async fn setup() -> Harness {
     let tar = TAR
@@ -34,7 +39,11 @@ async fn setup() -> Harness {
         rnr_driver::conformance::agent_path(),
     ))
     .unwrap();
-    driver.images().import("tiny", &tar).await.expect("import");
+    IMPORTED
+        .get_or_init(|| async {
+            driver.images().import("tiny", &tar).await.expect("import");
+        })
+        .await;
     Harness {
         driver: Arc::new(driver),
         image: "tiny".into(),
@@ -65,4 +74,4 @@ fn state_dir() -> PathBuf {
     .clone()
 }
 
-rnr_driver::conformance_tests!(setup, no_limits);
+rnr_driver::conformance_tests!(setup, no_limits, users_need_root);

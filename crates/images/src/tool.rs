@@ -127,3 +127,13 @@ pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
+
+/// Fails a test that needs root unless it runs as root. scripts/test.sh (the README's
+/// test command) always does, so such a test is never skipped silently.
+#[cfg(test)]
+pub(crate) fn require_root(why: &str) {
+    assert!(
+        is_root(),
+        "this test needs root ({why}); run it as root, as scripts/test.sh does"
+    );
+}

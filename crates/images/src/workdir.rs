@@ -175,10 +175,7 @@ mod tests {
     /// detached, not deleted through. Needs root to mount.
     #[test]
     fn unmounts_before_deleting_and_spares_mounted_files() {
-        if !crate::tool::is_root() {
-            eprintln!("skipped: mounting needs root");
-            return;
-        }
+        crate::tool::require_root("mount");
         let work = tempfile::tempdir().expect("tempdir");
         let outside = tempfile::tempdir().expect("tempdir");
         let sentinel = outside.path().join("must-survive");

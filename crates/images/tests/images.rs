@@ -78,10 +78,16 @@ fn entries(tar_path: &Path) -> HashMap<String, Entry> {
     out
 }
 
-fn is_root() -> bool {
+/// Fails a test that needs root unless it runs as root. scripts/test.sh (the README's
+/// test command) always does, so such a test is never skipped silently.
+fn require_root(why: &str) {
     use std::os::unix::fs::MetadataExt;
     // /proc/self belongs to the effective user.
-    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    assert!(
+        root,
+        "this test needs root ({why}); run it as root, as scripts/test.sh does"
+    );
 }
 
 fn dir_is_empty(dir: &Path) -> bool {
@@ -151,10 +157,7 @@ fn tiny_image_is_a_bootable_rootfs() {
 /// just that it lists the right names. Needs root for chroot.
 #[test]
 fn tiny_image_runs_in_a_chroot() {
-    if !is_root() {
-        eprintln!("skipped: chroot needs root");
-        return;
-    }
+    require_root("chroot");
     let scratch = tempfile::tempdir().expect("tempdir");
     let out = scratch.path().join("tiny.tar");
     build_tiny(Path::new(BUSYBOX), scratch.path(), &out, &NoProgress).expect("build_tiny");
@@ -345,10 +348,7 @@ fn debian_without_debootstrap_is_a_missing_tool() {
 /// error carries debootstrap's own explanation, and nothing is left behind.
 #[test]
 fn debian_debootstrap_failure_is_reported_and_cleaned_up() {
-    if !is_root() {
-        eprintln!("skipped: debootstrap needs root");
-        return;
-    }
+    require_root("debootstrap");
     let scratch = tempfile::tempdir().expect("tempdir");
     let work = scratch.path().join("work");
     let out = scratch.path().join("debian.tar");

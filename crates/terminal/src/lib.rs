@@ -350,7 +350,9 @@ impl Gateway {
             .lock()
             .expect("terminals lock")
             .values()
-            .filter(|t| t.machine == machine)
+            // An ended terminal (closed through the API, idle) frees its place at once,
+            // not when its session's link has wound down.
+            .filter(|t| t.machine == machine && t.closed().is_none())
             .count();
         if open >= self.inner.cfg.max_per_machine {
             return Err(GatewayError::LimitReached {
