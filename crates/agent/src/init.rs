@@ -178,7 +178,13 @@ pub fn main(args: &[String]) -> ExitCode {
         return ExitCode::FAILURE;
     }
     let table: Table = Arc::default();
-    let exe: Arc<str> = self_exe().into();
+    // In a VM root may cover /.rnr (its kernel, its mounts): children are started from
+    // init's own binary, whatever is mounted where it came from.
+    let exe: Arc<str> = if port.is_some() {
+        "/proc/self/exe".into()
+    } else {
+        self_exe().into()
+    };
     if let Some(l) = &listener {
         let _ = l.set_nonblocking(true);
     }

@@ -98,7 +98,7 @@ impl Cpio {
     }
 
     fn pad(&mut self) {
-        while self.out.len() % 4 != 0 {
+        while !self.out.len().is_multiple_of(4) {
             self.out.push(0);
         }
     }
@@ -336,7 +336,7 @@ mod tests {
         c.dir("bin");
         c.file("bin/x", 0o755, b"abc");
         let out = c.finish();
-        assert_eq!(out.len() % 4, 0);
+        assert!(out.len().is_multiple_of(4));
         assert!(out.starts_with(b"070701"));
         let text = String::from_utf8_lossy(&out);
         assert!(
