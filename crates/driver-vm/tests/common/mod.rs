@@ -18,6 +18,8 @@ pub const IMAGE: &str = "tiny";
 static CREATED: Mutex<Vec<(Arc<VmDriver>, PathBuf)>> = Mutex::new(Vec::new());
 static DRIVER: OnceCell<Arc<VmDriver>> = OnceCell::const_new();
 static TAR: OnceCell<PathBuf> = OnceCell::const_new();
+/// Scratch directories to remove at exit.
+static DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
 extern "C" fn teardown_all() {
     let drivers = std::mem::take(&mut *CREATED.lock().unwrap_or_else(|p| p.into_inner()));
@@ -38,6 +40,9 @@ extern "C" fn teardown_all() {
             let _ = std::fs::remove_dir_all(&dir);
         }
     });
+    for dir in std::mem::take(&mut *DIRS.lock().unwrap_or_else(|p| p.into_inner())) {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 fn register_atexit() {
@@ -72,6 +77,8 @@ pub async fn tiny_tar() -> PathBuf {
             &rnr_images::NoProgress,
         )
         .expect("build the tiny image (apt-get install busybox-static)");
+        register_atexit();
+        DIRS.lock().unwrap_or_else(|p| p.into_inner()).push(dir);
         out
     })
     .await
