@@ -11,6 +11,10 @@ pkgs=(docker.io debootstrap busybox-static crun runc iptables iproute2 sqlite3 c
       # mkfs.btrfs: per-machine disk quotas, the native driver's (a loop-mounted btrfs pool)
       # and dockerd's (its data-root on a loop-mounted btrfs).
       btrfs-progs
+      # The vm driver: QEMU (microvm), qemu-img (copy-on-write disks), Debian's cloud kernel
+      # booted by every VM (installing it only adds files to /boot and /lib/modules), kmod
+      # (modprobe orders the initramfs's modules) and mkfs.ext4 (images as disks).
+      qemu-system-x86 qemu-utils linux-image-cloud-amd64 kmod e2fsprogs
       python3-pytest python3-requests
       curl python3 gcc libc6-dev pkg-config
       # Chromium runs the browser tests.
@@ -26,7 +30,18 @@ command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing Debian packages: ${missing[*]}"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  # --no-install-recommends: QEMU's recommendations are a desktop; needrestart (where it is
+  # installed) only lists services instead of restarting dockerd under running tests.
+  DEBIAN_FRONTEND=noninteractive NEEDRESTART_MODE=l \
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The user QEMU runs as (the vm driver): no login, no home, in group kvm for /dev/kvm.
+if ! id rnr-qemu >/dev/null 2>&1; then
+  log "adding the system user rnr-qemu (QEMU of the vm driver runs as it)"
+  getent group kvm >/dev/null || groupadd --system kvm
+  useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin \
+    --groups kvm rnr-qemu
 fi
 
 if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then

@@ -18,6 +18,7 @@ export RNR_AGENT_PATH
 echo "==> cargo test --workspace (all but the drivers' suites)" >&2
 # Integration tests each start their own platform and machines; a few at a time suit 2 cores.
 cargo test --workspace --locked --exclude rnr-driver-docker --exclude rnr-driver-native \
+  --exclude rnr-driver-vm \
   -- --test-threads="${RNR_TEST_THREADS:-3}"
 
 # Not run by root, the fake driver's machines have no user but root: its conformance tests
@@ -47,6 +48,28 @@ for suite in "rnr-driver-native $native_echo_ms" "rnr-driver-docker $docker_echo
     RNR_ISOLATION_ECHO_MS=$2 cargo test --locked -p "$1" -- --test-threads=1
   fi
 done
+
+# The vm driver's suites: QEMU microVMs with Debian's kernel. KVM where /dev/kvm can run a
+# stock kernel; a host whose /dev/kvm cannot (no KVM, or the PVM hypervisor of a VM
+# without nested virtualisation) runs them emulated (TCG) and says so: the suites never
+# pass silently on a host that cannot boot VMs. Emulated, a VM boots in ~3 s and a
+# keystroke's echo crosses an emulated CPU, hence the looser echo bound there.
+vm_accel=${RNR_VM_ACCEL:-}
+if [ -z "$vm_accel" ]; then
+  if [ -e /dev/kvm ] && [ ! -e /sys/module/kvm_pvm ]; then vm_accel=kvm; else
+    vm_accel=tcg
+    echo "==> NOTE: /dev/kvm cannot boot Debian's kernel here ($( [ -e /dev/kvm ] && echo 'it is the PVM hypervisor' || echo 'no /dev/kvm')); the vm suites run emulated (TCG)" >&2
+  fi
+fi
+vm_echo_ms=${RNR_VM_ECHO_MS:-$([ "$vm_accel" = kvm ] && echo 50 || echo 150)}
+echo "==> driver suites: rnr-driver-vm (accel $vm_accel, one test at a time, neighbour echo <= $vm_echo_ms ms)" >&2
+if cargo nextest --version >/dev/null 2>&1; then
+  RNR_VM_ACCEL=$vm_accel RNR_ISOLATION_ECHO_MS=$vm_echo_ms cargo nextest run --locked \
+    --no-fail-fast -p rnr-driver-vm --test-threads 1 --retries 2
+else
+  RNR_VM_ACCEL=$vm_accel RNR_ISOLATION_ECHO_MS=$vm_echo_ms cargo test --locked -p rnr-driver-vm \
+    -- --test-threads=1
+fi
 
 # The API and web terminal integration tests again on the native (crun) driver; the pass
 # above used docker.

@@ -18,13 +18,15 @@
 //!   the outcomes come back in one reply.
 //!
 //! How a connection is made is the driver's business (`rnr_driver::AgentChannel`): a
-//! host-only unix socket on the native driver, the stdio of `rnr-agent serve` on Docker.
+//! host-only unix socket on the native driver, the stdio of `rnr-agent serve` on Docker, a
+//! stream of the serial port's multiplexer ([`mux`]) on a VM.
 
 pub mod check;
 pub mod control;
 pub mod fdpass;
 mod fields;
 pub mod frame;
+pub mod mux;
 pub mod session;
 
 pub use frame::FrameError;

@@ -125,27 +125,44 @@ fn listener() -> Option<UnixListener> {
     }
 }
 
-/// `init [--hostname NAME]`: drivers whose runtime cannot name the machine (a new UTS
-/// namespace made by the driver itself, a VM's kernel) pass its hostname here.
+/// `init [--hostname NAME] [--vm-port FD]`: drivers whose runtime cannot name the machine
+/// (a new UTS namespace made by the driver itself, a VM's kernel) pass its hostname here;
+/// in a VM, `rnr-agent vm-init` passes the serial port the host's connections come over
+/// (multiplexed, `crate::vm`) and the init signals mean reboot and power off.
 pub fn main(args: &[String]) -> ExitCode {
-    match args {
-        [] => {}
-        [flag, name] if flag == "--hostname" => {
-            // SAFETY: sethostname reads `name.len()` bytes from a live buffer.
-            if unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) } != 0 {
-                eprintln!(
-                    "rnr-agent init: cannot set the hostname {name:?}: {}",
-                    std::io::Error::last_os_error()
-                );
+    let mut port: Option<i32> = None;
+    let mut rest = args;
+    while !rest.is_empty() {
+        match rest {
+            [flag, name, tail @ ..] if flag == "--hostname" => {
+                // SAFETY: sethostname reads `name.len()` bytes from a live buffer.
+                if unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) } != 0 {
+                    eprintln!(
+                        "rnr-agent init: cannot set the hostname {name:?}: {}",
+                        std::io::Error::last_os_error()
+                    );
+                }
+                rest = tail;
+            }
+            [flag, fd, tail @ ..] if flag == "--vm-port" && fd.parse::<i32>().is_ok() => {
+                port = fd.parse().ok();
+                rest = tail;
+            }
+            _ => {
+                eprintln!("usage: rnr-agent init [--hostname NAME] [--vm-port FD]");
+                return ExitCode::from(2);
             }
         }
-        _ => {
-            eprintln!("usage: rnr-agent init [--hostname NAME]");
-            return ExitCode::from(2);
+    }
+    // In a VM the host comes over the port only; elsewhere over the listening socket.
+    let listener = if port.is_some() { None } else { listener() };
+    let mut set = sigchld_set();
+    if port.is_some() {
+        for (signal, _) in crate::vm::INIT_SIGNALS {
+            // SAFETY: adding a signal number to an initialised set.
+            unsafe { libc::sigaddset(&mut set, signal) };
         }
     }
-    let listener = listener();
-    let set = sigchld_set();
     // SAFETY: plain system calls on valid arguments. SIGCHLD is blocked before any thread
     // starts so that every thread inherits the mask and only the signalfd takes it.
     let sigfd = unsafe {
@@ -161,9 +178,19 @@ pub fn main(args: &[String]) -> ExitCode {
         return ExitCode::FAILURE;
     }
     let table: Table = Arc::default();
-    let exe: Arc<str> = self_exe().into();
+    // In a VM root may cover /.rnr (its kernel, its mounts): children are started from
+    // init's own binary, whatever is mounted where it came from.
+    let exe: Arc<str> = if port.is_some() {
+        "/proc/self/exe".into()
+    } else {
+        self_exe().into()
+    };
     if let Some(l) = &listener {
         let _ = l.set_nonblocking(true);
+    }
+    if let Some(fd) = port {
+        let (t, exe) = (table.clone(), exe.clone());
+        crate::vm::start_port(fd, move |conn| serve(conn, &t, &exe));
     }
     // One thread while idle (an idle machine's init is most of what it costs the host):
     // children's exits and new connections are both waited for here; only a connection
@@ -186,9 +213,24 @@ pub fn main(args: &[String]) -> ExitCode {
             continue;
         }
         if fds[0].revents != 0 {
-            let mut info = [0u8; 128];
-            // SAFETY: draining the non-blocking signalfd into a buffer of siginfo size.
-            while unsafe { libc::read(sigfd, info.as_mut_ptr().cast(), info.len()) } > 0 {}
+            let mut info: libc::signalfd_siginfo =
+                // SAFETY: signalfd_siginfo is plain data.
+                unsafe { std::mem::zeroed() };
+            let size = std::mem::size_of::<libc::signalfd_siginfo>();
+            // SAFETY: draining the non-blocking signalfd into a siginfo of its size.
+            while unsafe {
+                libc::read(
+                    sigfd,
+                    (&mut info as *mut libc::signalfd_siginfo).cast(),
+                    size,
+                )
+            } > 0
+            {
+                let signo = info.ssi_signo as libc::c_int;
+                if signo != libc::SIGCHLD && port.is_some() {
+                    crate::vm::shutdown(signo);
+                }
+            }
             reap(&table);
         }
         if let (true, Some(l)) = (fds[1].revents != 0, &listener) {

@@ -1,7 +1,8 @@
 //! `rnr-agent`: runs inside every machine, mounted read-only at `/.rnr/rnr-agent`.
 //!
 //! Built statically (`scripts/build-agent.sh`) so it runs on any image, even one without a
-//! libc. PID 1 of every machine is `rnr-agent init`; the other subcommands are what it
+//! libc. PID 1 of every machine is `rnr-agent init` (in a VM, `rnr-agent vm-init` starts
+//! it in the learner's namespaces: `vm`); the other subcommands are what it
 //! (or a driver) starts. The protocol is `rnr_agent_proto`'s.
 
 mod accounts;
@@ -12,11 +13,12 @@ mod screen;
 mod serve;
 mod session;
 mod spawn;
+mod vm;
 
 use std::process::ExitCode;
 
 fn usage() -> ExitCode {
-    eprintln!("usage: rnr-agent <version|init|serve|check|session-daemon> [args…]");
+    eprintln!("usage: rnr-agent <version|init|vm-init|serve|check|session-daemon> [args…]");
     ExitCode::from(2)
 }
 
@@ -31,6 +33,7 @@ fn main() -> ExitCode {
         Some("init") => init::main(&args[1..]),
         Some("serve") => serve::main(),
         Some("session-daemon") => session::main(&args[1..]),
+        Some("vm-init") => vm::init_main(),
         _ => usage(),
     }
 }

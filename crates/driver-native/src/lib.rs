@@ -53,7 +53,9 @@ mod error;
 mod exec;
 mod image;
 mod layout;
-mod net;
+/// Bridges, address halves and iptables chains; shared with the VM driver, whose taps join
+/// bridges of the same kind.
+pub mod net;
 mod netlink;
 mod oci;
 mod runtime;

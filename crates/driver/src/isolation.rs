@@ -22,7 +22,7 @@ fn text(b: &[u8]) -> String {
 }
 
 /// Runs `script` as root in machine `id`, killed after `timeout`.
-async fn attack(h: &Harness, id: &str, script: &str, timeout: Duration) -> ExecOutcome {
+pub(crate) async fn attack(h: &Harness, id: &str, script: &str, timeout: Duration) -> ExecOutcome {
     collect(
         h.driver.as_ref(),
         id,
@@ -138,7 +138,7 @@ impl Probes {
 }
 
 /// The attacker's machine (deleted on drop) and the watchdog on its neighbour.
-async fn setup(h: &Harness, tag: &str) -> (String, Cleanup, Watchdog) {
+pub(crate) async fn setup(h: &Harness, tag: &str) -> (String, Cleanup, Watchdog) {
     let s = spec(h, tag);
     let guard = Cleanup::new(h, &s.id);
     h.driver.create(&s).await.expect("create attacker");
@@ -491,7 +491,7 @@ pub async fn no_escape_through_proc_or_devices(h: Harness) {
     probes.assert_prompt();
 }
 
-fn tempfile_dir() -> std::path::PathBuf {
+pub(crate) fn tempfile_dir() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "rnr-isolation-{}-{}",
         std::process::id(),
@@ -502,7 +502,7 @@ fn tempfile_dir() -> std::path::PathBuf {
 }
 
 /// Major and minor number of the host's root filesystem device.
-fn root_device() -> (u32, u32) {
+pub(crate) fn root_device() -> (u32, u32) {
     use std::os::unix::fs::MetadataExt;
     let dev = std::fs::metadata("/").map(|m| m.dev()).unwrap_or(0);
     (libc::major(dev), libc::minor(dev))
@@ -539,6 +539,12 @@ pub async fn agent_cannot_be_replaced(h: Harness) {
     ] {
         assert!(!said.contains(what), "/.rnr could be {what}: {said}");
     }
+    real_agent_answers(&h, &id).await;
+    probes.assert_prompt();
+}
+
+/// The platform's checks still run in machine `id`, with the real agent.
+pub(crate) async fn real_agent_answers(h: &Harness, id: &str) {
     let check = rnr_agent_proto::check::Check::new(
         "passwd",
         rnr_agent_proto::check::CheckKind::File(rnr_agent_proto::check::FileCheck::exists(
@@ -551,14 +557,13 @@ pub async fn agent_cannot_be_replaced(h: Harness) {
     };
     let outcomes = h
         .driver
-        .agent(&id)
+        .agent(id)
         .await
         .expect("agent channel")
         .check(&suite)
         .await
         .expect("the real agent still answers");
     assert_eq!(outcomes[0].status, rnr_agent_proto::check::Status::Passed);
-    probes.assert_prompt();
 }
 
 /// The first frame of a session link: its hello.

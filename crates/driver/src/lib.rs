@@ -17,6 +17,8 @@ mod types;
 pub mod conformance;
 #[cfg(feature = "conformance")]
 pub mod isolation;
+#[cfg(feature = "conformance")]
+pub mod own_kernel;
 
 pub use agent::{stage_agent, AgentChannel, AGENT_DIR};
 pub use error::{DriverError, Result};

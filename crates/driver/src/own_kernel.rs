@@ -1,0 +1,268 @@
+//! The isolation suite for drivers whose machines have a kernel of their own (VMs).
+//!
+//! There root in the machine may mount, load modules, set sysctls and reboot: that is what
+//! such machines are for. So the attacks of [`crate::isolation`] that a container must
+//! refuse are held here to what a VM must guarantee instead: whatever the learner does in
+//! their kernel stays in it (the host's mounts, modules, sysctls and files are untouched),
+//! a reboot brings the machine back with its disk, and the agent's disk cannot be changed.
+//! Every other attack (fork bomb, memory, disk, CPU, reaching other machines, the host's
+//! services, a session impostor) is the shared one, unchanged, and the neighbour's echo is
+//! timed throughout as there.
+//!
+//! A driver crate instantiates it with `rnr_driver::own_kernel_isolation_tests!(setup);`.
+
+use crate::conformance::Harness;
+use crate::isolation::{attack, setup, tempfile_dir};
+use crate::{collect, ExecRequest, ExecSpec};
+use std::time::{Duration, Instant};
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The attacks of [`crate::isolation::ALL`] this suite replaces, with their replacement.
+pub const REPLACED: &[(&str, &str)] = &[
+    ("mounting_refused", "mounts_stay_inside"),
+    ("kernel_module_refused", "modules_stay_inside"),
+    ("proc_sys_and_sys_read_only", "sysctls_stay_inside"),
+    ("reboot_refused", "reboot_comes_back"),
+    (
+        "no_escape_through_proc_or_devices",
+        "no_host_files_or_devices",
+    ),
+    ("agent_cannot_be_replaced", "agent_disk_read_only"),
+];
+
+fn host_mounts() -> usize {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .count()
+}
+
+pub async fn mounts_stay_inside(h: Harness) {
+    let (id, _g, dog) = setup(&h, "mount").await;
+    let before = host_mounts();
+    let out = attack(
+        &h,
+        &id,
+        "mkdir -p /mnt/a /mnt/b /mnt/c; mount -t tmpfs none /mnt/a && echo tmpfs; \
+         mount -t proc proc /mnt/b && echo proc; mount --bind / /mnt/c && echo bind; \
+         grep -c . /proc/mounts",
+        Duration::from_secs(20),
+    )
+    .await;
+    let probes = dog.finish("mounting filesystems").await;
+    let said = text(&out.stdout);
+    assert!(
+        said.contains("tmpfs"),
+        "root mounts in its own kernel: {out:?}"
+    );
+    assert_eq!(host_mounts(), before, "the host's mount table unchanged");
+    probes.assert_prompt();
+}
+
+pub async fn modules_stay_inside(h: Harness) {
+    let (id, _g, dog) = setup(&h, "module").await;
+    let before = std::fs::read_to_string("/proc/modules").unwrap_or_default();
+    let out = attack(
+        &h,
+        &id,
+        "printf 'not a module' > /tmp/m.ko; insmod /tmp/m.ko; modprobe dummy; \
+         cat /proc/modules | wc -l; echo done",
+        Duration::from_secs(20),
+    )
+    .await;
+    let probes = dog.finish("loading a kernel module").await;
+    assert!(text(&out.stdout).contains("done"), "{out:?}");
+    let after = std::fs::read_to_string("/proc/modules").unwrap_or_default();
+    assert_eq!(before, after, "the host's modules unchanged");
+    probes.assert_prompt();
+}
+
+pub async fn sysctls_stay_inside(h: Harness) {
+    let (id, _g, dog) = setup(&h, "procsys").await;
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let files = [
+        "/proc/sys/kernel/sysrq",
+        "/proc/sys/kernel/hostname",
+        "/proc/sys/kernel/core_pattern",
+        "/sys/class/net/lo/mtu",
+    ];
+    let before: Vec<String> = files.iter().map(|f| read(f)).collect();
+    let out = attack(
+        &h,
+        &id,
+        "echo 1 > /proc/sys/kernel/sysrq; echo pwned > /proc/sys/kernel/hostname; \
+         echo '|/tmp/x' > /proc/sys/kernel/core_pattern; echo 1000 > /sys/class/net/lo/mtu; \
+         echo 3 > /proc/sys/vm/drop_caches; cat /proc/sys/kernel/hostname",
+        Duration::from_secs(20),
+    )
+    .await;
+    let probes = dog.finish("writing /proc/sys and /sys").await;
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "pwned",
+        "root tunes its own kernel: {out:?}"
+    );
+    let after: Vec<String> = files.iter().map(|f| read(f)).collect();
+    assert_eq!(before, after, "the host's sysctls unchanged");
+    probes.assert_prompt();
+}
+
+/// Retries `script` until it succeeds or `patience` runs out (a machine rebooting).
+async fn sh_eventually(h: &Harness, id: &str, script: &str, patience: Duration) -> String {
+    let deadline = Instant::now() + patience;
+    loop {
+        let req = ExecRequest::new(
+            ExecSpec::new(["/bin/sh", "-c", script]),
+            Duration::from_secs(20),
+        );
+        match collect(h.driver.as_ref(), id, req).await {
+            Ok(out) if out.exit_code == Some(0) => return text(&out.stdout),
+            other => {
+                assert!(
+                    Instant::now() < deadline,
+                    "{id} did not come back within {patience:?}: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+pub async fn reboot_comes_back(h: Harness) {
+    let (id, _g, dog) = setup(&h, "reboot").await;
+    let boot_id = |s: &str| s.trim().to_string();
+    let first = sh_eventually(
+        &h,
+        &id,
+        "echo kept > /root/mark; sync; cat /proc/sys/kernel/random/boot_id",
+        Duration::from_secs(5),
+    )
+    .await;
+    // The exec dies with the machine's kernel: its outcome is no matter.
+    let _ = collect(
+        h.driver.as_ref(),
+        &id,
+        ExecRequest::new(
+            ExecSpec::new(["/bin/sh", "-c", "reboot -f"]),
+            Duration::from_secs(10),
+        ),
+    )
+    .await;
+    let after = sh_eventually(
+        &h,
+        &id,
+        "cat /root/mark /proc/sys/kernel/random/boot_id",
+        Duration::from_secs(180),
+    )
+    .await;
+    let probes = dog.finish("rebooting").await;
+    let mut lines = after.lines();
+    assert_eq!(lines.next(), Some("kept"), "the disk survives: {after:?}");
+    assert_ne!(
+        lines.next().map(boot_id),
+        Some(boot_id(&first)),
+        "the kernel rebooted"
+    );
+    let info = h.driver.inspect(&id).await.expect("inspect");
+    assert_eq!(info.status, crate::MachineStatus::Running);
+    probes.assert_prompt();
+}
+
+pub async fn no_host_files_or_devices(h: Harness) {
+    let (id, _g, dog) = setup(&h, "escape").await;
+    let dir = tempfile_dir();
+    let secret = format!("secret-{}-{}", std::process::id(), id);
+    let secret_path = dir.join("secret");
+    std::fs::write(&secret_path, &secret).unwrap();
+    let p = secret_path.display();
+    let (major, minor) = crate::isolation::root_device();
+    // The host's root device numbers name the VM's own disks in there; memory is its own.
+    let script = format!(
+        "cat /proc/1/root{p} {p}; for d in /proc/[0-9]*; do cat $d/root{p}; done; \
+         mknod /tmp/disk b {major} {minor} && head -c 4194304 /tmp/disk | grep -c secret-; \
+         head -c 4194304 /dev/mem 2>/dev/null | grep -c secret-; echo done"
+    );
+    let out = attack(&h, &id, &script, Duration::from_secs(60)).await;
+    let probes = dog.finish("reading the host's files and devices").await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let said = text(&out.stdout);
+    assert!(said.contains("done"), "{out:?}");
+    assert!(!said.contains(&secret), "a host file read: {said}");
+    probes.assert_prompt();
+}
+
+pub async fn agent_disk_read_only(h: Harness) {
+    let (id, _g, dog) = setup(&h, "agentswap").await;
+    let out = attack(
+        &h,
+        &id,
+        "mkdir -p /tmp/fake && cp /bin/sh /tmp/fake/rnr-agent; \
+         mv /.rnr /rnr-moved 2>/dev/null && echo MOVED; \
+         cp /bin/sh /.rnr/rnr-agent 2>/dev/null && echo REPLACED; \
+         rm -f /.rnr/rnr-agent 2>/dev/null && echo REMOVED; \
+         mount -o remount,rw /.rnr 2>/dev/null && echo REMOUNTED; \
+         mount --bind /tmp/fake /.rnr 2>/dev/null; echo done",
+        Duration::from_secs(20),
+    )
+    .await;
+    let probes = dog.finish("agent replacement").await;
+    let said = text(&out.stdout);
+    assert!(said.contains("done"), "{out:?}");
+    for what in ["MOVED", "REPLACED", "REMOVED", "REMOUNTED"] {
+        assert!(
+            !said.contains(what),
+            "the agent's disk could be {what}: {said}"
+        );
+    }
+    // Covering /.rnr is the learner's kernel's business; the running agent is not on it.
+    crate::isolation::real_agent_answers(&h, &id).await;
+    probes.assert_prompt();
+}
+
+/// Asserts that the shared attacks named plus the ones this suite replaces are the whole
+/// isolation suite: an attack added there fails here until a VM driver runs it.
+pub fn assert_complete(shared: &[&str]) {
+    let mut named: Vec<&str> = shared.to_vec();
+    named.extend(REPLACED.iter().map(|(old, _)| *old));
+    named.sort_unstable();
+    let mut all = crate::isolation::ALL.to_vec();
+    all.sort_unstable();
+    assert_eq!(named, all, "the isolation suite is instantiated in full");
+}
+
+/// Instantiates the isolation suite for a driver whose machines have their own kernel:
+/// the shared attacks, and this module's in place of those a VM's root may carry out.
+#[macro_export]
+macro_rules! own_kernel_isolation_tests {
+    ($setup:path) => {
+        $crate::own_kernel_isolation_tests!(@shared $setup;
+            fork_bomb, memory_hog, disk_fill, cpu_spin, other_machines_unreachable,
+            host_services_unreachable, session_impostor_reaches_nobody);
+        $crate::own_kernel_isolation_tests!(@own $setup;
+            mounts_stay_inside, modules_stay_inside, sysctls_stay_inside, reboot_comes_back,
+            no_host_files_or_devices, agent_disk_read_only);
+    };
+    (@shared $setup:path; $($name:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $crate::isolation::$name($setup().await).await;
+            }
+        )*
+        #[test]
+        fn isolation_suite_is_complete() {
+            $crate::own_kernel::assert_complete(&[$(stringify!($name)),*]);
+        }
+    };
+    (@own $setup:path; $($name:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $crate::own_kernel::$name($setup().await).await;
+            }
+        )*
+    };
+}
