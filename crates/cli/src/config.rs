@@ -90,6 +90,28 @@ pub struct Config {
     /// The web terminal gateway.
     pub terminal: rnr_terminal::TerminalSettings,
     pub checker: CheckerSection,
+    /// Per-API-key quotas.
+    pub quotas: QuotasSection,
+}
+
+/// What each API key may use unless created with limits of its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuotasSection {
+    /// Most machines creating or running at once per key (its links' learners included);
+    /// 0: no limit but the capacity.
+    pub max_machines_per_key: u64,
+    /// Most machine creations per minute per key; 0: no limit.
+    pub creations_per_minute_per_key: u64,
+}
+
+impl Default for QuotasSection {
+    fn default() -> Self {
+        Self {
+            max_machines_per_key: 0,
+            creations_per_minute_per_key: 600,
+        }
+    }
 }
 
 /// The checker's settings (exercises, check runs, webhooks, live checking).
@@ -104,6 +126,9 @@ pub struct CheckerSection {
     pub webhook_secret: Option<String>,
     /// Quiet time after terminal activity before live checks run.
     pub debounce_ms: u64,
+    /// Finished check runs older than this many days are deleted (each machine keeps its
+    /// latest); 0 keeps them all.
+    pub retention_days: u64,
 }
 
 impl Default for CheckerSection {
@@ -113,6 +138,7 @@ impl Default for CheckerSection {
             workers: 4,
             webhook_secret: None,
             debounce_ms: 1500,
+            retention_days: 30,
         }
     }
 }
@@ -210,6 +236,7 @@ impl Default for Config {
             agent_path: None,
             terminal: rnr_terminal::TerminalSettings::default(),
             checker: CheckerSection::default(),
+            quotas: QuotasSection::default(),
         }
     }
 }
@@ -378,6 +405,9 @@ max_per_machine = 8
 allowed_origins = []
 # Pings every this many seconds; a client silent for three times as long is dropped.
 ping_seconds = 10
+# Largest asciicast recording in bytes; past it, recording stops with a marker while the
+# terminal goes on. Recordings are deleted with their machine.
+max_recording_bytes = 67108864
 
 [checker]
 # Exercise folders (<dir>/<name>/exercise.toml). Default: <data_dir>/exercises.
@@ -389,6 +419,18 @@ workers = 4
 # webhook_secret = "change me"
 # Quiet time after terminal activity before live checks run, in milliseconds.
 debounce_ms = 1500
+# Finished check runs older than this many days are deleted (hourly; each machine keeps
+# its latest run, and runs with an undelivered webhook stay); 0 keeps every run.
+retention_days = 30
+
+[quotas]
+# Per API key, unless the key was created with its own (rnr apikey create NAME
+# --max-machines N --creations-per-minute N). Machines of the learners of a key's links
+# count too. Beyond, 429 quota_exceeded with Retry-After; the message names the limit.
+# Most machines creating or running at once per key; 0: no limit but the capacity.
+max_machines_per_key = 0
+# Most machine creations per minute per key; 0: no limit.
+creations_per_minute_per_key = 600
 "#;
 
 #[cfg(test)]
@@ -484,6 +526,28 @@ mod tests {
             jail.set_env("RNR_DRIVER", "vmware");
             let err = env_error();
             assert!(err.contains("driver") && err.contains("vmware"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn quota_and_retention_settings_layer_like_every_other() {
+        figment::Jail::expect_with(|jail| {
+            let c = load(None, &FlagOverrides::default()).expect("loads");
+            assert_eq!(c.quotas.creations_per_minute_per_key, 600);
+            jail.create_file("q.toml", "[quotas]\nmax_machines_per_key = 7\n")?;
+            jail.set_env("RNR_CHECKER__RETENTION_DAYS", "0");
+            jail.set_env("RNR_TERMINAL__MAX_RECORDING_BYTES", "1000");
+            let c = load(Some(Path::new("q.toml")), &FlagOverrides::default()).expect("loads");
+            assert_eq!(c.quotas.max_machines_per_key, 7);
+            assert_eq!(c.checker.retention_days, 0);
+            assert_eq!(c.terminal.max_recording_bytes, 1000);
+            jail.set_env("RNR_QUOTAS__MAX_MACHINES_PER_KEY", "many");
+            let err = env_error();
+            assert!(
+                err.contains("max_machines_per_key") && err.contains("many"),
+                "{err}"
+            );
             Ok(())
         });
     }

@@ -161,6 +161,10 @@ pub fn policy(cfg: &Config) -> MachinePolicy {
         max_limits: cfg.max_limits,
         allow_outbound: cfg.allow_outbound,
         max_exec_timeout: Duration::from_secs(600),
+        key_quotas: rnr_core::KeyQuotas {
+            max_machines: cfg.quotas.max_machines_per_key,
+            creations_per_minute: cfg.quotas.creations_per_minute_per_key,
+        },
     }
 }
 
@@ -175,6 +179,8 @@ pub fn checker_config(cfg: &Config) -> rnr_checker::CheckerConfig {
         workers: c.workers,
         webhook_secret: c.webhook_secret.clone(),
         debounce: Duration::from_millis(c.debounce_ms),
+        retention: (c.retention_days > 0).then(|| Duration::from_secs(c.retention_days * 86_400)),
+        retention_interval: Duration::from_secs(3600),
     }
 }
 

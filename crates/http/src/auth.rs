@@ -145,7 +145,7 @@ impl FromRequestParts<AppState> for TerminalToken {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, HttpError> {
         let Path(id) = Path::<String>::from_request_parts(parts, state).await?;
         let Query(q) = Query::<TokenQuery>::try_from_uri(&parts.uri)?;
-        Ok(Self(state.terminals.verify(&q.token, &id)?))
+        Ok(Self(state.terminals.verify(&q.token, &id).await?))
     }
 }
 

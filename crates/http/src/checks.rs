@@ -78,7 +78,7 @@ pub struct CheckRunOutput {
     /// `queued`, `running`, `done` or `errored` (the run itself could not be carried out).
     #[schema(value_type = String, example = "done")]
     pub state: CheckRunState,
-    /// `api` or `live`.
+    /// `api`, `live` or `learner` (the learner's Check button).
     #[schema(value_type = String, example = "api")]
     pub trigger: CheckTrigger,
     /// Points of passed checks over all points (0–1), when done.

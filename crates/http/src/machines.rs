@@ -164,6 +164,7 @@ pub struct ExecOutput {
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 422, description = "Invalid field or unknown image", body = ErrorBody),
+        (status = 429, description = "`quota_exceeded`: the key's most machines at once or creations per minute (with `Retry-After`); the message names the limit and its value", body = ErrorBody),
         (status = 503, description = "Capacity reached or driver unavailable", body = ErrorBody),
     ), security(("api_key" = [])), tag = "machines")]
 pub async fn create_machine(
@@ -183,6 +184,8 @@ pub async fn create_machine(
         outbound: req.outbound,
         owner: req.owner,
         api_key_id: Some(caller.key_id),
+        client_addr: None,
+        quotas: Vec::new(),
     };
     let machine = match req.exercise {
         Some(exercise) => state.checker.create_machine(create, &exercise).await?,

@@ -69,7 +69,8 @@ fn base_url(headers: &HeaderMap) -> String {
 /// token before the old one expires, to reconnect with). A page whose `Origin` is neither
 /// the gateway's nor in `[terminal] allowed_origins` is refused with 403 before the upgrade;
 /// every other refusal is a close frame: 1001 going away, 1011 internal error (reconnect);
-/// 4000 bad control message, 4001 invalid token, 4002 token expired, 4004 machine gone,
+/// 4000 bad control message, 4001 invalid token, 4002 token expired, 4003 token revoked
+/// (the terminal was closed through the API), 4004 machine gone,
 /// 4008 idle timeout, 4010 shell exited or terminal closed, 4029 terminal limit reached
 /// (do not reconnect); 4011 agent unavailable (reconnect later); 4012 session connection
 /// lost, 4408 no answer to pings (reconnect). The shell survives reconnects, page reloads
@@ -107,16 +108,18 @@ pub async fn create_terminal(
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 
-/// Close a terminal: hang up its shell and end the session
+/// Close a terminal: hang up its shell, end the session, revoke its tokens
 ///
-/// Connected clients are closed with 4010.
+/// Connected clients are closed with 4010; the terminal's owner and viewer tokens are
+/// revoked, so later connections with them are closed with 4003 and its recording is no
+/// longer readable with them (401 `token_revoked`; the API key still reads it).
 #[utoipa::path(
     delete, path = "/api/v1/terminals/{id}", tag = "terminals",
     params(("id" = String, Path, description = "Terminal id")),
     responses(
-        (status = 204, description = "Closed"),
+        (status = 204, description = "Closed and its tokens revoked"),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
-        (status = 404, description = "`terminal_not_found`: no open terminal with this id", body = ErrorBody),
+        (status = 404, description = "`terminal_not_found`: no terminal with this id, or it was closed already", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
@@ -166,7 +169,7 @@ pub async fn recording_by_key(
     ),
     responses(
         (status = 200, description = "asciicast v2", content_type = "application/x-asciicast", body = String),
-        (status = 401, description = "`invalid_token` or `token_expired`", body = ErrorBody),
+        (status = 401, description = "`invalid_token`, `token_expired` or `token_revoked`", body = ErrorBody),
         (status = 404, description = "`recording_not_found`", body = ErrorBody),
     )
 )]
@@ -208,7 +211,7 @@ async fn socket(
     let accept = handshake(&req)?;
     let deflate = rnr_terminal::negotiate_deflate(req.headers());
     let opened = Opened {
-        access: state.terminals.verify(&q.token, &id),
+        access: state.terminals.verify(&q.token, &id).await,
         terminal: id,
         rows: q.rows,
         cols: q.cols,

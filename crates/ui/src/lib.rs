@@ -139,7 +139,12 @@ impl Ui {
     /// as the pages and the terminal share an origin.
     async fn page_terminal(&self, machine: &str) -> Result<rnr_terminal::TerminalCreated> {
         let platform = &self.inner.platform;
-        let id = match platform.page_terminal(machine).await? {
+        let known = match platform.page_terminal(machine).await? {
+            // Closed through the API (its tokens revoked): the page gets a new one.
+            Some(t) if self.inner.terminals.revoked(&t).await? => None,
+            other => other,
+        };
+        let id = match known {
             Some(t) => t,
             None => {
                 let t = format!("t-{}", rnr_core::random_id(12));
