@@ -200,6 +200,16 @@ impl From<UiError> for HttpError {
                 Self::new(StatusCode::CONFLICT, "extend_limit_reached", message)
             }
             UiError::Invalid { .. } => Self::invalid(message),
+            UiError::Unauthorized(_) => Self::unauthorized(&message),
+            UiError::SessionExpired(_) => {
+                Self::new(StatusCode::UNAUTHORIZED, "token_expired", message)
+            }
+            UiError::AnonymousDisabled => {
+                Self::new(StatusCode::FORBIDDEN, "anonymous_disabled", message)
+            }
+            UiError::WrongExercise { .. } => {
+                Self::new(StatusCode::FORBIDDEN, "wrong_exercise", message)
+            }
             UiError::Core(e) => e.into(),
             UiError::Checker(e) => e.into(),
             UiError::Terminal(e) => e.into(),

@@ -3,12 +3,13 @@
 use crate::auth::Caller;
 use crate::error::{ErrorBody, HttpError};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::routes::{Access::ApiKey, Routes};
 use crate::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use rnr_core::{CreateMachine, ExecCommand, LimitsRequest, Machine, MachineState};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -16,15 +17,20 @@ use std::time::{Duration, Instant};
 use utoipa::{IntoParams, ToSchema};
 
 /// Routes that take an API key.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/machines", post(create_machine).get(list_machines))
+pub(crate) fn routes() -> Routes {
+    Routes::new()
+        .route(
+            "/api/v1/machines",
+            ApiKey,
+            post(create_machine).get(list_machines),
+        )
         .route(
             "/api/v1/machines/{id}",
+            ApiKey,
             get(get_machine).delete(delete_machine),
         )
-        .route("/api/v1/machines/{id}/exec", post(exec_machine))
-        .route("/api/v1/machines/{id}/extend", post(extend_machine))
+        .route("/api/v1/machines/{id}/exec", ApiKey, post(exec_machine))
+        .route("/api/v1/machines/{id}/extend", ApiKey, post(extend_machine))
 }
 
 /// Resource caps; omitted fields take the platform's defaults.

@@ -3,9 +3,14 @@
 //! and the bundled client. The gateway (rnr-terminal) does the work; here the socket's
 //! opening handshake is checked and the connection upgraded, then handed to it.
 
-use crate::auth::TerminalToken;
+use crate::auth::TerminalToken as TerminalTokenClaims;
 use crate::error::{ErrorBody, HttpError};
 use crate::extract::{ApiPath, ApiQuery};
+use crate::routes::{
+    Access::{ApiKey, Public, TerminalToken},
+    Routes,
+};
+use crate::security::PageKind;
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
@@ -13,30 +18,37 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Version};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{delete, get, post};
-use axum::{Json, Router};
+use axum::Json;
 use rnr_terminal::client::{self, PageMode};
 use rnr_terminal::{CreateTerminal, Opened, TerminalCreated};
 use serde::Deserialize;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-/// Routes that take an API key.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/machines/{id}/terminals", post(create_terminal))
-        .route("/api/v1/terminals/{id}", delete(delete_terminal))
-        .route("/api/v1/terminals/{id}/recording", get(recording_by_key))
-}
-
-/// Routes authorised by a terminal token alone (or public): the socket, the pages, the
-/// client.
-pub fn public_routes() -> Router<AppState> {
-    Router::new()
-        .route("/ws/terminals/{id}", get(socket))
-        .route("/terminals/{id}", get(live_page))
-        .route("/terminals/{id}/replay", get(replay_page))
-        .route("/terminals/{id}/recording", get(recording_by_token))
-        .route(client::SCRIPT_PATH, get(script))
-        .route(client::STYLE_PATH, get(style))
+/// The REST calls (API key), the socket and recording (a terminal token), the pages and
+/// the client (public: the page's script reads the token from its URL).
+pub(crate) fn routes() -> Routes {
+    Routes::new()
+        .route(
+            "/api/v1/machines/{id}/terminals",
+            ApiKey,
+            post(create_terminal),
+        )
+        .route("/api/v1/terminals/{id}", ApiKey, delete(delete_terminal))
+        .route(
+            "/api/v1/terminals/{id}/recording",
+            ApiKey,
+            get(recording_by_key),
+        )
+        .route("/ws/terminals/{id}", TerminalToken, get(socket))
+        .route(
+            "/terminals/{id}/recording",
+            TerminalToken,
+            get(recording_by_token),
+        )
+        .route("/terminals/{id}", Public, get(live_page))
+        .route("/terminals/{id}/replay", Public, get(replay_page))
+        .route(client::SCRIPT_PATH, Public, get(script))
+        .route(client::STYLE_PATH, Public, get(style))
 }
 
 /// The gateway's external `http(s)://host[:port]`, as the request reached it.
@@ -175,7 +187,7 @@ pub async fn recording_by_key(
 )]
 pub async fn recording_by_token(
     State(state): State<AppState>,
-    TerminalToken(claims): TerminalToken,
+    TerminalTokenClaims(claims): TerminalTokenClaims,
 ) -> Result<Response, HttpError> {
     recording(&state, &claims.terminal).await
 }
@@ -291,11 +303,14 @@ fn handshake(req: &Request) -> Result<HeaderValue, HttpError> {
 }
 
 fn page(id: &str, mode: PageMode) -> Response {
-    (
+    let mut resp = (
         [(header::CACHE_CONTROL, "no-store")],
         Html(client::page(id, mode)),
     )
-        .into_response()
+        .into_response();
+    // Framed by the learner, embed and operator pages (and an LMS's own page).
+    resp.extensions_mut().insert(PageKind::Terminal);
+    resp
 }
 
 /// The terminal page; its script reads the token from the URL.
