@@ -379,10 +379,11 @@ async fn old_check_runs_are_deleted_but_each_machine_keeps_its_latest() {
     lab.stop().await;
 }
 
-/// A new machine with a recorded terminal: its id, and the terminal as created.
-async fn recorded_terminal(lab: &Lab) -> (String, Value) {
+/// A new machine (created with `machine`) with a recorded terminal: its id, and the
+/// terminal as created.
+async fn recorded_terminal(lab: &Lab, machine: Value) -> (String, Value) {
     let (st, m) = lab
-        .call(Method::POST, "/api/v1/machines", Some(json!({})))
+        .call(Method::POST, "/api/v1/machines", Some(machine))
         .await;
     assert_eq!(st, 201, "{m}");
     let mid = m["id"].as_str().unwrap().to_string();
@@ -422,7 +423,7 @@ async fn recordings_stop_at_their_cap_and_go_with_their_machine() {
     let mut opts = Options::default();
     opts.terminal.max_recording_bytes = 4096;
     let lab = Lab::start(opts).await;
-    let (mid, t) = recorded_terminal(&lab).await;
+    let (mid, t) = recorded_terminal(&lab, json!({})).await;
     let tid = t["id"].as_str().unwrap().to_string();
     let (mut ws, _) = tokio_tungstenite::connect_async(t["ws_url"].as_str().unwrap())
         .await
@@ -486,6 +487,18 @@ async fn recordings_stop_at_their_cap_and_go_with_their_machine() {
         )
         .await;
     assert_eq!((st, code(&v)), (404, "recording_not_found"), "{v}");
+
+    // And when a machine's time is up, its recordings go as it is reaped.
+    let (_, t) = recorded_terminal(&lab, json!({"ttl_seconds": 1})).await;
+    let file = lab
+        .data
+        .path()
+        .join("recordings")
+        .join(format!("{}.cast", t["id"].as_str().unwrap()));
+    assert!(file.exists());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(lab.state.platform.reap_once().await.unwrap(), 1);
+    assert!(!file.exists(), "the recording went with its reaped machine");
     lab.stop().await;
 }
 
@@ -506,7 +519,7 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_terminal_revokes_its_tokens() {
     let lab = Lab::start(Options::default()).await;
-    let (_, t) = recorded_terminal(&lab).await;
+    let (_, t) = recorded_terminal(&lab, json!({})).await;
     let tid = t["id"].as_str().unwrap().to_string();
     let (owner_url, viewer_url) = (
         t["ws_url"].as_str().unwrap().to_string(),
