@@ -15,7 +15,7 @@ const params = new URLSearchParams(location.search);
 let token = params.get('token') || '';
 
 // Close codes after which reconnecting cannot help (see the protocol doc).
-const FINAL = new Set([1002, 1007, 1009, 4001, 4002, 4004, 4008, 4010, 4029]);
+const FINAL = new Set([1002, 1007, 1009, 4001, 4002, 4003, 4004, 4008, 4010, 4029]);
 // Flow control watermarks: bytes handed to xterm.js but not yet rendered.
 const HIGH = 2 << 20;
 const LOW = 256 << 10;

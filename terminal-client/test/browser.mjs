@@ -4,6 +4,7 @@
 // Usage: node test/browser.mjs OWNER_PAGE_URL VIEWER_PAGE_URL [RECORDED_TERMINAL_PAGE_URL]
 // Prints one JSON line of measurements; exits non-zero with a reason on the first failure.
 import { chromium } from 'playwright-core';
+import { watchCsp } from './csp.mjs';
 
 const [ownerUrl, viewerUrl, recordedUrl] = process.argv.slice(2);
 if (!ownerUrl || !viewerUrl) {
@@ -18,6 +19,8 @@ const browser = await chromium.launch({
 });
 const results = {};
 let step = 'start';
+// Content-Security-Policy violations the pages report: any fails the run.
+const { violations: csp } = watchCsp(browser);
 
 async function connected(page) {
   await page.waitForFunction(() => window.rnr && window.rnr.state === 'connected', null, { timeout: 30000 });
@@ -173,6 +176,9 @@ try {
     await rctx.close();
   }
 
+  step = 'no page broke its Content-Security-Policy';
+  if (csp.length) throw new Error(`${csp.length} CSP violations:\n${csp.join('\n')}`);
+  results.csp_violations = 0;
   console.log(JSON.stringify(results));
   await browser.close();
 } catch (e) {

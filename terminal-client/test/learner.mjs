@@ -3,19 +3,39 @@
 //  1. learner A opens /exercises/hello-lama, presses Check on the fresh machine and sees the
 //     author's messages; types the solution into the terminal, presses Check, sees every
 //     check green; the page survives a reload with the same machine;
-//  2. learner B, through an /embed/ link in an LMS-like parent page, gets a machine of
-//     their own, cannot reach A's machine or results, and the parent hears `rnr:passed`;
+//  2. learner B, through an /embed/ link in an LMS page on another origin (one of
+//     [ui] embed_origins, served here), gets a machine of their own, cannot reach A's
+//     machine or results, and the parent hears `rnr:passed`; a page of an origin not in
+//     embed_origins cannot frame the embed page;
 //  3. the operator signs in with an API key, sees both machines and watches A's terminal.
-// Usage: node test/learner.mjs BASE_URL API_KEY SCREENSHOT_DIR
+// Every page runs under rnr's Content-Security-Policy: any violation it reports fails.
+// Usage: node test/learner.mjs BASE_URL API_KEY SCREENSHOT_DIR LMS_PORT OTHER_PORT
 // Prints one JSON line of what it saw; exits non-zero with a reason on the first failure.
 import { chromium } from 'playwright-core';
+import { watchCsp } from './csp.mjs';
 import { mkdirSync } from 'node:fs';
+import http from 'node:http';
 
-const [base, apiKey, shots] = process.argv.slice(2);
-if (!base || !apiKey || !shots) {
-  console.error('usage: node test/learner.mjs BASE_URL API_KEY SCREENSHOT_DIR');
+const [base, apiKey, shots, lmsPort, otherPort] = process.argv.slice(2);
+if (!base || !apiKey || !shots || !lmsPort || !otherPort) {
+  console.error('usage: node test/learner.mjs BASE_URL API_KEY SCREENSHOT_DIR LMS_PORT OTHER_PORT');
   process.exit(2);
 }
+
+// An LMS's page: an iframe of the embed link (?src=) and an ear for rnr:passed.
+function lms(port) {
+  const server = http.createServer((req, res) => {
+    const src = new URL(req.url, 'http://lms').searchParams.get('src') || '';
+    res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
+    res.end(`<!doctype html><html><head><title>LMS</title></head><body style="margin:0">
+<iframe id="lms" src="${src.replace(/"/g, '&quot;')}" style="width:1080px;height:720px;border:0"
+  allow="clipboard-read; clipboard-write"></iframe>
+<script>window.passed = null; window.addEventListener('message', (e) => {
+  if (e.data && e.data.type === 'rnr:passed') window.passed = e.data; });</script></body></html>`);
+  });
+  return new Promise((ok) => server.listen(Number(port), '127.0.0.1', () => ok(server)));
+}
+const lmsServers = [await lms(lmsPort), await lms(otherPort)];
 mkdirSync(shots, { recursive: true });
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
@@ -24,6 +44,8 @@ const browser = await chromium.launch({
 });
 const out = {};
 let step = 'start';
+// Content-Security-Policy violations the pages report: any fails the run.
+const { violations: csp, rawContext } = watchCsp(browser);
 const fail = (msg) => { throw new Error(`${step}: ${msg}`); };
 
 async function api(method, path, body) {
@@ -166,12 +188,7 @@ try {
   const b = await browser.newContext({ viewport: { width: 1100, height: 760 } });
   const parent = await b.newPage();
   parent.on('pageerror', (e) => console.error('page error:', e.message));
-  await parent.goto(`${base}/healthz`);
-  await parent.evaluate((src) => {
-    window.passed = null;
-    window.addEventListener('message', (e) => { if (e.data && e.data.type === 'rnr:passed') window.passed = e.data; });
-    document.body.innerHTML = `<iframe id="lms" src="${src}" style="width:1080px;height:720px;border:0"></iframe>`;
-  }, link.embed_url);
+  await parent.goto(`http://127.0.0.1:${lmsPort}/?src=${encodeURIComponent(link.embed_url)}`);
   let eb = null;
   for (let i = 0; i < 300 && !eb; i++) {
     eb = parent.frames().find((f) => f.url().includes('/embed/'));
@@ -203,6 +220,20 @@ try {
   if (out.post_message.machine !== link.machine_id) fail(`postMessage for ${out.post_message.machine}`);
   await parent.screenshot({ path: `${shots}/embed.png` });
 
+  step = 'a site not in embed_origins cannot frame the embed page';
+  const other = await rawContext({ viewport: { width: 1100, height: 760 } });
+  const refusals = [];
+  other.on('console', (m) => { if (/frame-ancestors/.test(m.text())) refusals.push(m.text()); });
+  const op = await other.newPage();
+  await op.goto(`http://127.0.0.1:${otherPort}/?src=${encodeURIComponent(link.embed_url)}`);
+  await op.waitForTimeout(2000);
+  const framed = op.frames().find((f) => f.url().includes('/embed/'));
+  const loaded = framed ? await framed.evaluate(() => !!window.rnrPage).catch(() => false) : false;
+  if (loaded) fail('a page of an origin not in embed_origins framed the embed page');
+  if (!refusals.length) fail('Chromium reported no frame-ancestors refusal');
+  out.framing = 'refused for an origin not in [ui] embed_origins';
+  await other.close();
+
   // 3. The operator.
   step = 'operator signs in';
   const o = await browser.newContext({ viewport: { width: 1280, height: 900 } });
@@ -232,10 +263,15 @@ try {
   await po.waitForTimeout(500);
   await po.screenshot({ path: `${shots}/operator.png` });
   out.operator = 'sees both machines, watches read-only, history shown';
+  step = 'no page broke its Content-Security-Policy';
+  if (csp.length) fail(`${csp.length} CSP violations:\n${csp.join('\n')}`);
+  out.csp_violations = 0;
   console.log(JSON.stringify(out));
   await browser.close();
+  lmsServers.forEach((s) => s.close());
 } catch (e) {
   console.error(e.message || e);
   await browser.close();
+  lmsServers.forEach((s) => s.close());
   process.exit(1);
 }

@@ -22,7 +22,7 @@ pub use rnr_store::checks::{CheckRunRow, CheckRunState, CheckTrigger, WebhookSta
 pub use wire::Status;
 
 use rnr_core::{CoreError, CreateMachine, LimitsRequest, Machine, Platform};
-use rnr_store::checks::{CheckRuns, Finished, NewCheckRun};
+use rnr_store::checks::{CheckRuns, Enqueued, Finished, NewCheckRun};
 use rnr_store::StoreError;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -90,6 +90,11 @@ pub struct CheckerConfig {
     pub webhook_secret: Option<String>,
     /// Quiet time after terminal activity before a live run.
     pub debounce: Duration,
+    /// Finished runs older than this are deleted (each machine's latest is kept); `None`
+    /// keeps every run.
+    pub retention: Option<Duration>,
+    /// How often the retention task looks for old runs.
+    pub retention_interval: Duration,
 }
 
 impl Default for CheckerConfig {
@@ -99,6 +104,8 @@ impl Default for CheckerConfig {
             workers: 4,
             webhook_secret: None,
             debounce: Duration::from_millis(1500),
+            retention: Some(Duration::from_secs(30 * 86_400)),
+            retention_interval: Duration::from_secs(3600),
         }
     }
 }
@@ -222,6 +229,15 @@ impl Checker {
             .map_err(|e| CheckerError::core(&id, e))
     }
 
+    /// Whom machine `m`'s runs are for in the queue's turns: its owner, else the API key
+    /// that made it.
+    fn queue_owner(m: &Machine) -> String {
+        m.owner
+            .clone()
+            .or_else(|| m.api_key_id.as_ref().map(|k| format!("key:{k}")))
+            .unwrap_or_default()
+    }
+
     /// Queues a check run of `exercise` (or the machine's own) against `machine_id`.
     pub async fn enqueue(
         &self,
@@ -229,8 +245,34 @@ impl Checker {
         exercise: Option<&str>,
         webhook_url: Option<&str>,
     ) -> Result<String> {
+        self.queue(machine_id, exercise, webhook_url, CheckTrigger::Api, &[])
+            .await
+    }
+
+    /// A learner's Check: queues a run of the machine's exercise unless one (the
+    /// learner's, or a live one) is queued already, which is then the answer. However
+    /// often a learner presses, a machine has at most one such run waiting.
+    pub async fn enqueue_for_learner(&self, machine_id: &str) -> Result<String> {
+        self.queue(
+            machine_id,
+            None,
+            None,
+            CheckTrigger::Learner,
+            &[CheckTrigger::Learner, CheckTrigger::Live],
+        )
+        .await
+    }
+
+    async fn queue(
+        &self,
+        machine_id: &str,
+        exercise: Option<&str>,
+        webhook_url: Option<&str>,
+        trigger: CheckTrigger,
+        join: &[CheckTrigger],
+    ) -> Result<String> {
         let platform = &self.inner.platform;
-        platform
+        let machine = platform
             .get(machine_id)
             .await
             .map_err(|e| CheckerError::core(machine_id, e))?;
@@ -261,20 +303,70 @@ impl Checker {
             }
         }
         let id = format!("c-{}", rnr_core::random_id(12));
-        self.inner
+        let owner = Self::queue_owner(&machine);
+        let queued = self
+            .inner
             .runs
             .enqueue(&NewCheckRun {
                 id: &id,
                 machine_id,
+                owner: &owner,
                 exercise: &name,
-                trigger: CheckTrigger::Api,
+                trigger,
                 webhook_url,
                 now_ms: rnr_core::now_ms(),
-                coalesce: false,
+                join,
             })
             .await?;
-        self.inner.wake.notify_one();
-        Ok(id)
+        match queued {
+            Enqueued::New => {
+                self.inner.wake.notify_one();
+                Ok(id)
+            }
+            Enqueued::Joined(existing) => Ok(existing),
+        }
+    }
+
+    /// Deletes finished runs past the retention (each machine's latest stays); returns
+    /// how many.
+    pub async fn prune_once(&self) -> Result<u64> {
+        let Some(keep) = self.inner.config.retention else {
+            return Ok(0);
+        };
+        let keep_ms = i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
+        let n = self
+            .inner
+            .runs
+            .prune(rnr_core::now_ms().saturating_sub(keep_ms))
+            .await?;
+        if n > 0 {
+            self.inner
+                .platform
+                .metrics()
+                .check_runs_deleted
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(
+                deleted = n,
+                days = keep.as_secs() / 86_400,
+                "old check runs deleted"
+            );
+        }
+        Ok(n)
+    }
+
+    async fn retention(&self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(self.inner.config.retention_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {
+                    if let Err(e) = self.prune_once().await {
+                        tracing::warn!(error = %e, "cannot delete old check runs");
+                    }
+                }
+            }
+        }
     }
 
     pub async fn get_run(&self, id: &str) -> Result<CheckRunRow> {
@@ -317,6 +409,11 @@ impl Checker {
         let me = self.clone();
         let token = shutdown.clone();
         tasks.push(tokio::spawn(async move { webhook::run(me, token).await }));
+        if self.inner.config.retention.is_some() {
+            let me = self.clone();
+            let token = shutdown.clone();
+            tasks.push(tokio::spawn(async move { me.retention(token).await }));
+        }
         let me = self.clone();
         tasks.push(tokio::spawn(
             async move { live::debouncer(me, shutdown).await },

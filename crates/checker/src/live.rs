@@ -5,7 +5,7 @@
 
 use crate::wire::Status;
 use crate::{Checker, Result, RunReport};
-use rnr_store::checks::{CheckRuns, CheckTrigger, NewCheckRun};
+use rnr_store::checks::{CheckRuns, CheckTrigger, Enqueued, NewCheckRun};
 use serde::Serialize;
 use std::time::Duration;
 use tokio::sync::broadcast;
@@ -113,24 +113,33 @@ pub(crate) async fn debouncer(checker: Checker, shutdown: CancellationToken) {
                     continue;
                 }
             };
+            let owner = match platform.get(&machine).await {
+                Ok(m) => Checker::queue_owner(&m),
+                Err(e) => {
+                    tracing::warn!(machine = %machine, error = %e, "live check: cannot look up the machine");
+                    continue;
+                }
+            };
             let id = format!("c-{}", rnr_core::random_id(12));
-            // Coalesced: while a live run waits in the queue, more activity adds nothing.
+            // Coalesced: while a live run or a learner's press waits in the queue, more
+            // activity adds nothing.
             match checker
                 .inner
                 .runs
                 .enqueue(&NewCheckRun {
                     id: &id,
                     machine_id: &machine,
+                    owner: &owner,
                     exercise: &exercise,
                     trigger: CheckTrigger::Live,
                     webhook_url: None,
                     now_ms: rnr_core::now_ms(),
-                    coalesce: true,
+                    join: &[CheckTrigger::Live, CheckTrigger::Learner],
                 })
                 .await
             {
-                Ok(true) => checker.inner.wake.notify_one(),
-                Ok(false) => {}
+                Ok(Enqueued::New) => checker.inner.wake.notify_one(),
+                Ok(Enqueued::Joined(_)) => {}
                 Err(e) => {
                     tracing::warn!(machine = %machine, error = %e, "live check: cannot queue")
                 }

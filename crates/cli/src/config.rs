@@ -90,6 +90,89 @@ pub struct Config {
     /// The web terminal gateway.
     pub terminal: rnr_terminal::TerminalSettings,
     pub checker: CheckerSection,
+    /// The HTTP server's limits and the proxies in front of it.
+    pub http: HttpSection,
+    /// Learners and their pages.
+    pub ui: UiSection,
+    /// Per-API-key quotas.
+    pub quotas: QuotasSection,
+}
+
+/// The HTTP server: timeouts, connection cap, trusted reverse proxies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSection {
+    /// A connection must send a whole request head within this long (of opening, and of
+    /// each later request's first byte), else it is closed.
+    pub header_read_timeout_seconds: u64,
+    /// A keep-alive connection with nothing in flight and no traffic this long is closed.
+    pub idle_timeout_seconds: u64,
+    /// Most connections at once (WebSockets included); more get a quick 503.
+    pub max_connections: usize,
+    /// Reverse proxies (IPs or CIDRs) whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<String>,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_seconds: 10,
+            idle_timeout_seconds: 60,
+            max_connections: 1024,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// Learners: anonymous visitors and their caps, learner tokens, embedding.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UiSection {
+    /// Whether visitors without an LMS link get machines.
+    pub anonymous: bool,
+    /// Most anonymous machines at once for one client address; 0: no limit.
+    pub max_anonymous_per_client: u64,
+    /// Most anonymous machines at once in all; 0: no limit.
+    pub max_anonymous: u64,
+    /// Lifetime of a learner page's token (the open page refreshes it).
+    pub learner_token_ttl_seconds: u64,
+    /// Lifetime of an anonymous visitor's cookie.
+    pub visitor_ttl_seconds: u64,
+    /// Origins (`https://lms.example`) whose pages may frame `/embed/…` links.
+    pub embed_origins: Vec<String>,
+}
+
+impl Default for UiSection {
+    fn default() -> Self {
+        Self {
+            anonymous: true,
+            max_anonymous_per_client: 5,
+            max_anonymous: 50,
+            learner_token_ttl_seconds: 14_400,
+            visitor_ttl_seconds: 2_592_000,
+            embed_origins: Vec::new(),
+        }
+    }
+}
+
+/// What each API key may use unless created with limits of its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuotasSection {
+    /// Most machines creating or running at once per key (its links' learners included);
+    /// 0: no limit but the capacity.
+    pub max_machines_per_key: u64,
+    /// Most machine creations per minute per key; 0: no limit.
+    pub creations_per_minute_per_key: u64,
+}
+
+impl Default for QuotasSection {
+    fn default() -> Self {
+        Self {
+            max_machines_per_key: 0,
+            creations_per_minute_per_key: 600,
+        }
+    }
 }
 
 /// The checker's settings (exercises, check runs, webhooks, live checking).
@@ -104,6 +187,9 @@ pub struct CheckerSection {
     pub webhook_secret: Option<String>,
     /// Quiet time after terminal activity before live checks run.
     pub debounce_ms: u64,
+    /// Finished check runs older than this many days are deleted (each machine keeps its
+    /// latest); 0 keeps them all.
+    pub retention_days: u64,
 }
 
 impl Default for CheckerSection {
@@ -113,6 +199,7 @@ impl Default for CheckerSection {
             workers: 4,
             webhook_secret: None,
             debounce_ms: 1500,
+            retention_days: 30,
         }
     }
 }
@@ -210,6 +297,9 @@ impl Default for Config {
             agent_path: None,
             terminal: rnr_terminal::TerminalSettings::default(),
             checker: CheckerSection::default(),
+            http: HttpSection::default(),
+            ui: UiSection::default(),
+            quotas: QuotasSection::default(),
         }
     }
 }
@@ -378,6 +468,9 @@ max_per_machine = 8
 allowed_origins = []
 # Pings every this many seconds; a client silent for three times as long is dropped.
 ping_seconds = 10
+# Largest asciicast recording in bytes; past it, recording stops with a marker while the
+# terminal goes on. Recordings are deleted with their machine.
+max_recording_bytes = 67108864
 
 [checker]
 # Exercise folders (<dir>/<name>/exercise.toml). Default: <data_dir>/exercises.
@@ -389,6 +482,48 @@ workers = 4
 # webhook_secret = "change me"
 # Quiet time after terminal activity before live checks run, in milliseconds.
 debounce_ms = 1500
+# Finished check runs older than this many days are deleted (hourly; each machine keeps
+# its latest run, and runs with an undelivered webhook stay); 0 keeps every run.
+retention_days = 30
+
+[http]
+# A connection must send a complete request head within this many seconds of opening, and
+# of the first byte of each later request; else it is closed (slow clients, slowloris).
+header_read_timeout_seconds = 10
+# A keep-alive connection with no request in flight and no traffic for this long is closed.
+idle_timeout_seconds = 60
+# Most connections at once, WebSockets included. Beyond it a connection is answered at once
+# with 503 too_many_connections (Retry-After: 1) and closed.
+max_connections = 1024
+# Reverse proxies (IP addresses or CIDRs, e.g. "10.0.0.0/8") whose X-Forwarded-For names
+# the client; from any other peer the header is ignored and the peer is the client.
+trusted_proxies = []
+
+[ui]
+# Whether visitors without an LMS link get machines at /exercises/NAME; false: 403
+# anonymous_disabled, and only signed links (POST /api/v1/links) open exercises.
+anonymous = true
+# Most anonymous machines creating or running at once for one client address, and in all;
+# beyond, 429 quota_exceeded with Retry-After. 0: no limit.
+max_anonymous_per_client = 5
+max_anonymous = 50
+# Lifetime of the learner token an exercise page holds (scoped to that one exercise); the
+# open page refreshes it, never past its link's expiry. Expired: 401 token_expired.
+learner_token_ttl_seconds = 14400
+# Lifetime of an anonymous visitor's cookie (how long a browser finds its machines again).
+visitor_ttl_seconds = 2592000
+# Origins whose pages may frame /embed/ links (Content-Security-Policy frame-ancestors),
+# e.g. ["https://lms.example"]; every other page may not be framed by another site.
+embed_origins = []
+
+[quotas]
+# Per API key, unless the key was created with its own (rnr apikey create NAME
+# --max-machines N --creations-per-minute N). Machines of the learners of a key's links
+# count too. Beyond, 429 quota_exceeded with Retry-After; the message names the limit.
+# Most machines creating or running at once per key; 0: no limit but the capacity.
+max_machines_per_key = 0
+# Most machine creations per minute per key; 0: no limit.
+creations_per_minute_per_key = 600
 "#;
 
 #[cfg(test)]
@@ -484,6 +619,49 @@ mod tests {
             jail.set_env("RNR_DRIVER", "vmware");
             let err = env_error();
             assert!(err.contains("driver") && err.contains("vmware"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn abuse_settings_layer_like_every_other() {
+        figment::Jail::expect_with(|jail| {
+            let c = load(None, &FlagOverrides::default()).expect("loads");
+            assert!(c.ui.anonymous);
+            assert_eq!(
+                (
+                    c.http.max_connections,
+                    c.quotas.creations_per_minute_per_key
+                ),
+                (1024, 600)
+            );
+            jail.create_file(
+                "q.toml",
+                "[ui]\nanonymous = false\nembed_origins = [\"https://lms.example\"]\n\
+                 [http]\ntrusted_proxies = [\"10.0.0.0/8\"]\n[quotas]\nmax_machines_per_key = 7\n",
+            )?;
+            jail.set_env("RNR_UI__MAX_ANONYMOUS_PER_CLIENT", "2");
+            jail.set_env("RNR_HTTP__HEADER_READ_TIMEOUT_SECONDS", "3");
+            jail.set_env("RNR_CHECKER__RETENTION_DAYS", "0");
+            jail.set_env("RNR_TERMINAL__MAX_RECORDING_BYTES", "1000");
+            let c = load(Some(Path::new("q.toml")), &FlagOverrides::default()).expect("loads");
+            assert!(!c.ui.anonymous);
+            assert_eq!(c.ui.embed_origins, ["https://lms.example"]);
+            jail.set_env("RNR_UI__EMBED_ORIGINS", "[\"http://127.0.0.1:5555\"]");
+            let c = load(Some(Path::new("q.toml")), &FlagOverrides::default()).expect("loads");
+            assert_eq!(c.ui.embed_origins, ["http://127.0.0.1:5555"]);
+            assert_eq!(c.ui.max_anonymous_per_client, 2);
+            assert_eq!(c.http.trusted_proxies, ["10.0.0.0/8"]);
+            assert_eq!(c.http.header_read_timeout_seconds, 3);
+            assert_eq!(c.quotas.max_machines_per_key, 7);
+            assert_eq!(c.checker.retention_days, 0);
+            assert_eq!(c.terminal.max_recording_bytes, 1000);
+            jail.set_env("RNR_UI__ANONYMOUS", "sometimes");
+            let err = env_error();
+            assert!(
+                err.contains("anonymous") && err.contains("sometimes"),
+                "{err}"
+            );
             Ok(())
         });
     }

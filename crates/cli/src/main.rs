@@ -61,7 +61,17 @@ enum Command {
 #[derive(Subcommand)]
 enum ApikeyCommand {
     /// Create a key and print it (shown only this once).
-    Create { name: String },
+    Create {
+        name: String,
+        /// Most machines creating or running at once for this key (its links' learners
+        /// included); default: `[quotas] max_machines_per_key`. 0: no limit.
+        #[arg(long)]
+        max_machines: Option<u64>,
+        /// Most machine creations per minute for this key; default: `[quotas]
+        /// creations_per_minute_per_key`. 0: no limit.
+        #[arg(long)]
+        creations_per_minute: Option<u64>,
+    },
     /// List keys (without their secrets).
     List,
     /// Revoke a key by id.
@@ -116,9 +126,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let cfg = config::load(cli.config.as_deref(), &flags)?;
             let store = serve::open_store(&cfg).await?;
             match cmd {
-                ApikeyCommand::Create { name } => {
+                ApikeyCommand::Create {
+                    name,
+                    max_machines,
+                    creations_per_minute,
+                } => {
                     anyhow::ensure!(!name.trim().is_empty(), "the key needs a name");
-                    let key = rnr_core::new_api_key(&store, &name).await?;
+                    let limits = rnr_core::KeyLimits {
+                        max_machines,
+                        creations_per_minute,
+                    };
+                    let key = rnr_core::new_api_key(&store, &name, limits).await?;
                     println!("{}", key.key);
                     eprintln!(
                         "created API key {} ({}); it is shown only this once",
@@ -126,14 +144,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     );
                 }
                 ApikeyCommand::List => {
-                    println!("{:<14} {:<24} {:<8}", "ID", "NAME", "STATE");
+                    println!(
+                        "{:<14} {:<24} {:<8} {:<13} {:<14}",
+                        "ID", "NAME", "STATE", "MAX_MACHINES", "CREATIONS/MIN"
+                    );
+                    let own = |v: Option<i64>| v.map_or("default".to_string(), |v| v.to_string());
                     for k in store.list_api_keys().await? {
                         let state = if k.revoked_at.is_some() {
                             "revoked"
                         } else {
                             "active"
                         };
-                        println!("{:<14} {:<24} {:<8}", k.id, k.name, state);
+                        println!(
+                            "{:<14} {:<24} {:<8} {:<13} {:<14}",
+                            k.id,
+                            k.name,
+                            state,
+                            own(k.max_machines),
+                            own(k.creations_per_minute)
+                        );
                     }
                 }
                 ApikeyCommand::Revoke { id } => {

@@ -162,8 +162,39 @@ pub fn policy(cfg: &Config) -> MachinePolicy {
         max_limits: cfg.max_limits,
         allow_outbound: cfg.allow_outbound,
         max_exec_timeout: Duration::from_secs(600),
+        key_quotas: rnr_core::KeyQuotas {
+            max_machines: cfg.quotas.max_machines_per_key,
+            creations_per_minute: cfg.quotas.creations_per_minute_per_key,
+        },
         ..MachinePolicy::default()
     }
+}
+
+/// The web UI's settings.
+pub fn ui_config(cfg: &Config) -> rnr_ui::UiConfig {
+    let u = &cfg.ui;
+    rnr_ui::UiConfig {
+        anonymous: u.anonymous,
+        max_anonymous_per_client: u.max_anonymous_per_client,
+        max_anonymous: u.max_anonymous,
+        learner_token_ttl: Duration::from_secs(u.learner_token_ttl_seconds.max(60)),
+        visitor_ttl: Duration::from_secs(u.visitor_ttl_seconds.max(60)),
+        ..rnr_ui::UiConfig::default()
+    }
+}
+
+/// The HTTP layer's settings; a bad origin or proxy is refused naming it.
+pub fn http_config(cfg: &Config) -> anyhow::Result<rnr_http::HttpConfig> {
+    let h = &cfg.http;
+    Ok(rnr_http::HttpConfig::new(
+        &cfg.ui.embed_origins,
+        &h.trusted_proxies,
+        rnr_http::ServerLimits {
+            header_read_timeout: Duration::from_secs(h.header_read_timeout_seconds),
+            idle_timeout: Duration::from_secs(h.idle_timeout_seconds),
+            max_connections: h.max_connections,
+        },
+    )?)
 }
 
 pub fn checker_config(cfg: &Config) -> rnr_checker::CheckerConfig {
@@ -177,6 +208,8 @@ pub fn checker_config(cfg: &Config) -> rnr_checker::CheckerConfig {
         workers: c.workers,
         webhook_secret: c.webhook_secret.clone(),
         debounce: Duration::from_millis(c.debounce_ms),
+        retention: (c.retention_days > 0).then(|| Duration::from_secs(c.retention_days * 86_400)),
+        retention_interval: Duration::from_secs(3600),
     }
 }
 
@@ -219,6 +252,8 @@ fn raise_nofile_limit() {
 
 pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     raise_nofile_limit();
+    // Refused before anything starts: a typo in an origin or CIDR names itself.
+    let http = http_config(&cfg).context("invalid configuration")?;
     if cfg.agent().is_none() {
         tracing::warn!(
             "no in-machine agent: set agent_path / RNR_AGENT_PATH (scripts/build-agent.sh) or put \
@@ -275,16 +310,18 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         platform.clone(),
         checker.clone(),
         terminals.clone(),
-        rnr_ui::UiConfig::default(),
+        ui_config(&cfg),
     )
     .await?;
+    let limits = http.limits();
     let app = rnr_http::app(rnr_http::AppState {
         platform,
         checker,
         terminals,
         ui,
+        http,
     });
-    let res = rnr_http::run(listener, app, shutdown_signal(token.clone())).await;
+    let res = rnr_http::run(listener, app, limits, shutdown_signal(token.clone())).await;
     token.cancel();
     let _ = reaper.await;
     for t in checker_tasks {

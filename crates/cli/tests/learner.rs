@@ -21,7 +21,8 @@ command = "true"
 message = "the machine has no shell"
 "#;
 
-/// A new anonymous learner's session token, as the exercise page's cookie carries it.
+/// A new anonymous learner's token for the exercise, as the exercise page holds it (the
+/// page also sets the visitor cookie that names the browser).
 fn learner_token(s: &Server) -> String {
     let resp = s
         .client()
@@ -30,11 +31,15 @@ fn learner_token(s: &Server) -> String {
         .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
     let cookie = resp.headers()["set-cookie"].to_str().unwrap().to_string();
-    let value = cookie
-        .strip_prefix("rnr_learner=")
-        .and_then(|c| c.split(';').next())
-        .unwrap_or_else(|| panic!("learner cookie: {cookie}"));
-    value.to_string()
+    assert!(
+        cookie.starts_with("rnr_learner="),
+        "visitor cookie: {cookie}"
+    );
+    let page = resp.text().unwrap();
+    let (_, rest) = page
+        .split_once("data-learner=\"")
+        .unwrap_or_else(|| panic!("no learner token in the page: {page}"));
+    rest.split('"').next().unwrap().to_string()
 }
 
 /// `POST /learn/api/…` as the learner holding `token` (none: no session at all).

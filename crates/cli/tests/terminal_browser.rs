@@ -2,7 +2,8 @@
 //! from terminal-client/node_modules, which the gateway's build installed):
 //! terminal-client/test/browser.mjs types, resizes, reloads (also inside vi), watches as a
 //! viewer, copies and pastes, cats 100 MB and interrupts `yes`, replays a recording,
-//! against a real `rnr serve` and a real Docker machine.
+//! against a real `rnr serve` and a real Docker machine, with no Content-Security-Policy
+//! violation.
 
 mod common;
 
@@ -39,4 +40,6 @@ fn terminal_page_in_chromium() {
     );
     assert!(results["cat_100mb"]["mb_per_s"].as_f64().unwrap() > 0.0);
     assert_eq!(results["replay"], "ok");
+    // The terminal and replay pages ran under rnr's Content-Security-Policy.
+    assert_eq!(results["csp_violations"], 0);
 }

@@ -1,7 +1,7 @@
 //! API keys: generated once, shown once, stored only as a SHA-256 hash.
 
 use crate::{now_ms, random_id, Result};
-use rnr_store::Store;
+use rnr_store::{KeyLimits, Store};
 use sha2::{Digest, Sha256};
 
 /// Hex SHA-256 of a whole key, as stored.
@@ -17,13 +17,14 @@ pub struct NewApiKey {
     pub key: String,
 }
 
-/// Creates and stores a new key named `name`.
-pub async fn new_api_key(store: &Store, name: &str) -> Result<NewApiKey> {
+/// Creates and stores a new key named `name`, with its own quotas where `limits` sets
+/// them.
+pub async fn new_api_key(store: &Store, name: &str, limits: KeyLimits) -> Result<NewApiKey> {
     let id = format!("k-{}", random_id(10));
     // 32 base-32 chars = 160 bits of secret.
     let key = format!("rnr_{}", random_id(32));
     store
-        .insert_api_key(&id, name, &hash_key(&key), now_ms())
+        .insert_api_key(&id, name, &hash_key(&key), limits, now_ms())
         .await?;
     Ok(NewApiKey {
         id,

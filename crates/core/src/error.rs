@@ -9,6 +9,14 @@ pub enum CoreError {
     NotFound(String),
     #[error("capacity reached: {active} of {capacity} machines are in use; try again when one is deleted or expires")]
     Capacity { active: u64, capacity: u64 },
+    /// A quota (an API key's, anonymous learners') is reached; room is expected in
+    /// `retry_after` seconds.
+    #[error("{what}: {limit}; try again in {retry_after} s")]
+    Quota {
+        what: String,
+        limit: String,
+        retry_after: u64,
+    },
     #[error("invalid {field}: {message}")]
     Invalid { field: String, message: String },
     #[error(

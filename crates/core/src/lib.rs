@@ -17,11 +17,13 @@ pub use auth::{hash_key, new_api_key, NewApiKey};
 pub use error::{CoreError, Result};
 pub use metrics::{Histogram, Metrics, SampledGauge};
 pub use platform::{
-    CreateMachine, ExecCommand, LimitsRequest, Machine, MachinePolicy, Platform, ReconcileReport,
+    CreateMachine, DeleteHook, ExecCommand, KeyQuotas, LimitsRequest, Machine, MachinePolicy,
+    Platform, QuotaLimit, ReconcileReport,
 };
-pub use records::ApiKey;
+pub use records::{ApiKey, Terminal};
 pub use rnr_driver::{MachineInfo, MachineStats};
 pub use rnr_store::MachineState;
+pub use rnr_store::{KeyLimits, Quota};
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {

@@ -76,6 +76,7 @@ pub struct Metrics {
     pub machines_created: AtomicU64,
     pub machine_create_failures: AtomicU64,
     pub machines_refused_capacity: AtomicU64,
+    pub machines_refused_quota: AtomicU64,
     pub machines_reaped: AtomicU64,
     pub driver_errors: AtomicU64,
     pub create_latency: Histogram,
@@ -84,6 +85,9 @@ pub struct Metrics {
     pub checks_passed: AtomicU64,
     pub checks_failed: AtomicU64,
     pub check_queue_depth: AtomicI64,
+    /// Check runs deleted by the retention task.
+    pub check_runs_deleted: AtomicU64,
+    pub check_runs_stored: AtomicI64,
 }
 
 fn counter(out: &mut String, name: &str, help: &str, v: u64) {
@@ -135,6 +139,12 @@ impl Metrics {
         );
         counter(
             &mut out,
+            "rnr_machines_refused_quota_total",
+            "Creations refused by a quota (an API key's, anonymous learners').",
+            load(&self.machines_refused_quota),
+        );
+        counter(
+            &mut out,
             "rnr_machines_reaped_total",
             "Machines deleted when their TTL ran out.",
             load(&self.machines_reaped),
@@ -179,6 +189,18 @@ impl Metrics {
             "rnr_check_queue_depth",
             "Check runs waiting in the queue.",
             self.check_queue_depth.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "rnr_check_runs_deleted_total",
+            "Check runs deleted by the retention task ([checker] retention_days).",
+            load(&self.check_runs_deleted),
+        );
+        gauge(
+            &mut out,
+            "rnr_check_runs_stored",
+            "Check runs kept in the store, any state.",
+            self.check_runs_stored.load(Ordering::Relaxed),
         );
         out
     }

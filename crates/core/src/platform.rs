@@ -13,8 +13,10 @@ use rnr_driver::{
     MachineSpec, MachineStats, MachineStatus, NetworkSpec,
 };
 use rnr_store::checks::CheckRunState;
-use rnr_store::{MachineRow, MachineState, Store};
+use rnr_store::{Inserted, MachineRow, MachineState, Quota, Store};
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -42,7 +44,34 @@ pub struct MachinePolicy {
     pub delete_timeout: Duration,
     /// Expired machines the reaper deletes at once.
     pub parallel_deletes: usize,
+    /// What every API key may use unless it was created with limits of its own.
+    pub key_quotas: KeyQuotas,
 }
+
+/// Per-API-key quotas; 0 is no limit. A key's own limits (`rnr apikey create
+/// --max-machines N --creations-per-minute N`) replace these.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyQuotas {
+    /// Most machines creating or running at once for one key (links' learners included).
+    pub max_machines: u64,
+    /// Most machine creations per minute for one key.
+    pub creations_per_minute: u64,
+}
+
+/// A quota a caller adds to a create request (the UI's caps on anonymous learners), with
+/// the words that say which limit refused it.
+#[derive(Debug, Clone)]
+pub struct QuotaLimit {
+    pub quota: Quota,
+    /// What is counted, e.g. "anonymous machines from 10.0.0.1".
+    pub what: String,
+    /// The setting and its value, e.g. "[ui] max_anonymous_per_client = 3".
+    pub setting: String,
+}
+
+/// Runs after a machine is deleted or reaped (with its id), e.g. to remove what other
+/// parts kept for it.
+pub type DeleteHook = Arc<dyn Fn(String) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 impl Default for MachinePolicy {
     fn default() -> Self {
@@ -61,6 +90,7 @@ impl Default for MachinePolicy {
             max_exec_timeout: Duration::from_secs(600),
             delete_timeout: Duration::from_secs(60),
             parallel_deletes: 4,
+            key_quotas: KeyQuotas::default(),
         }
     }
 }
@@ -82,8 +112,13 @@ pub struct CreateMachine {
     pub outbound: Option<bool>,
     /// Who the machine is for (a learner id, an operator name).
     pub owner: Option<String>,
-    /// The API key that asked for it.
+    /// The API key that asked for it (directly, or through a link it made); its quotas
+    /// apply.
     pub api_key_id: Option<String>,
+    /// The client address it is for (recorded; quotas may count by it).
+    pub client_addr: Option<String>,
+    /// Further quotas the machine must stay within.
+    pub quotas: Vec<QuotaLimit>,
 }
 
 /// A one-shot command.
@@ -117,6 +152,7 @@ pub struct Platform {
     metrics: Arc<Metrics>,
     /// Machines whose driver delete is still running (perhaps past its timeout).
     deleting: Arc<Mutex<HashSet<String>>>,
+    on_delete: Arc<Mutex<Vec<DeleteHook>>>,
 }
 
 /// Takes a machine off [`Platform::deleting`] when its delete ends, however it ends.
@@ -133,6 +169,9 @@ impl Drop for Deleting {
             .remove(&self.id);
     }
 }
+
+/// The window of the per-key creation rate.
+const RATE_WINDOW_MS: i64 = 60_000;
 
 fn check_limit(field: &str, asked: Option<u64>, default: u64, max: u64) -> Result<u64> {
     let v = asked.unwrap_or(default);
@@ -164,7 +203,94 @@ impl Platform {
             policy: Arc::new(policy),
             metrics: Arc::new(Metrics::default()),
             deleting: Arc::default(),
+            on_delete: Arc::default(),
         }
+    }
+
+    /// Calls `hook(id)` after every deletion of a machine (by request or when its time is
+    /// up), and waits for it: what it removes is gone when the deletion returns.
+    pub fn on_delete<F, Fut>(&self, hook: F)
+    where
+        F: Fn(String) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let hook: DeleteHook = Arc::new(move |id| Box::pin(hook(id)));
+        self.on_delete
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(hook);
+    }
+
+    async fn deleted(&self, id: &str) {
+        let hooks: Vec<DeleteHook> = self
+            .on_delete
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        for hook in hooks {
+            hook(id.to_string()).await;
+        }
+    }
+
+    /// The quotas of a machine asked for by API key `key`: its own limits, else the
+    /// policy's.
+    async fn key_quotas(&self, key: &str, now: i64) -> Result<Vec<QuotaLimit>> {
+        let row = self.store.api_key(key).await?;
+        let name = row.as_ref().map_or("?", |k| k.name.as_str());
+        let own = |v: Option<i64>| v.and_then(|v| u64::try_from(v).ok());
+        let max = row
+            .as_ref()
+            .and_then(|k| own(k.max_machines))
+            .unwrap_or(self.policy.key_quotas.max_machines);
+        let rate = row
+            .as_ref()
+            .and_then(|k| own(k.creations_per_minute))
+            .unwrap_or(self.policy.key_quotas.creations_per_minute);
+        let source = |own: bool, flag: &str, setting: &str, value: u64| {
+            if own {
+                format!("this key's own limit (rnr apikey create --{flag} {value})")
+            } else {
+                format!("[quotas] {setting} = {value}")
+            }
+        };
+        let mut out = Vec::new();
+        if max > 0 {
+            let own = row.as_ref().is_some_and(|k| k.max_machines.is_some());
+            out.push(QuotaLimit {
+                quota: Quota::KeyActive {
+                    key: key.to_string(),
+                    max,
+                },
+                what: format!("API key {key} ({name}) has {max} machines creating or running"),
+                setting: format!(
+                    "the most at once is {max}, {}",
+                    source(own, "max-machines", "max_machines_per_key", max)
+                ),
+            });
+        }
+        if rate > 0 {
+            let own = row
+                .as_ref()
+                .is_some_and(|k| k.creations_per_minute.is_some());
+            out.push(QuotaLimit {
+                quota: Quota::KeyCreatedSince {
+                    key: key.to_string(),
+                    since_ms: now - RATE_WINDOW_MS,
+                    max: rate,
+                },
+                what: format!("API key {key} ({name}) created {rate} machines in the last minute"),
+                setting: format!(
+                    "the most per minute is {rate}, {}",
+                    source(
+                        own,
+                        "creations-per-minute",
+                        "creations_per_minute_per_key",
+                        rate
+                    )
+                ),
+            });
+        }
+        Ok(out)
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -180,10 +306,14 @@ impl Platform {
             MachineState::Deleted,
         ];
         let counts = self.store.count_by_state().await?;
-        let queued = self.store.check_runs().count(CheckRunState::Queued).await?;
+        let runs = self.store.check_runs();
+        let queued = runs.count(CheckRunState::Queued).await?;
         self.metrics
             .check_queue_depth
             .store(queued, Ordering::Relaxed);
+        self.metrics
+            .check_runs_stored
+            .store(runs.count_all().await?, Ordering::Relaxed);
         let by_state: Vec<(&str, u64)> = all
             .iter()
             .map(|s| {
@@ -288,20 +418,53 @@ impl Platform {
             deleted_at: None,
         };
         let started = std::time::Instant::now();
-        if !self.store.insert_if_capacity(&row, p.capacity).await? {
-            self.metrics
-                .machines_refused_capacity
-                .fetch_add(1, Ordering::Relaxed);
-            let active = self.store.count_active().await?;
-            tracing::warn!(
-                capacity = p.capacity,
-                active,
-                "machine refused: capacity reached"
-            );
-            return Err(CoreError::Capacity {
-                active,
-                capacity: p.capacity,
-            });
+        let mut limits_in_force = match &row.api_key_id {
+            Some(key) => self.key_quotas(key, now).await?,
+            None => Vec::new(),
+        };
+        limits_in_force.extend(req.quotas);
+        let quotas: Vec<Quota> = limits_in_force.iter().map(|l| l.quota.clone()).collect();
+        match self
+            .store
+            .insert_within(&row, req.client_addr.as_deref(), p.capacity, &quotas)
+            .await?
+        {
+            Inserted::Yes => {}
+            Inserted::Full => {
+                self.metrics
+                    .machines_refused_capacity
+                    .fetch_add(1, Ordering::Relaxed);
+                let active = self.store.count_active().await?;
+                tracing::warn!(
+                    capacity = p.capacity,
+                    active,
+                    "machine refused: capacity reached"
+                );
+                return Err(CoreError::Capacity {
+                    active,
+                    capacity: p.capacity,
+                });
+            }
+            Inserted::OverQuota(i) => {
+                let limit = &limits_in_force[i];
+                self.metrics
+                    .machines_refused_quota
+                    .fetch_add(1, Ordering::Relaxed);
+                let frees_at = self
+                    .store
+                    .quota_frees_at(&limit.quota, RATE_WINDOW_MS)
+                    .await?
+                    .unwrap_or(now + 1000);
+                let retry_after = u64::try_from((frees_at - now_ms() + 999) / 1000)
+                    .unwrap_or(1)
+                    .max(1);
+                tracing::warn!(what = %limit.what, limit = %limit.setting, "machine refused: quota reached");
+                return Err(CoreError::Quota {
+                    what: limit.what.clone(),
+                    limit: limit.setting.clone(),
+                    retry_after,
+                });
+            }
         }
         let spec = MachineSpec {
             id: id.clone(),
@@ -364,6 +527,7 @@ impl Platform {
         })?;
         self.store.set_deleted(id, now_ms()).await?;
         tracing::info!(machine = %id, "machine deleted");
+        self.deleted(id).await;
         Ok(())
     }
 
@@ -543,6 +707,7 @@ impl Platform {
                     self.store.set_deleted(&id, now_ms()).await?;
                     self.metrics.machines_reaped.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(machine = %id, "machine expired and was deleted");
+                    self.deleted(&id).await;
                     n += 1;
                 }
                 Err(e) => {

@@ -3,10 +3,12 @@
 //! machine was made for, and what the learner's pages keep per machine.
 
 use crate::{hash_key, Machine, Platform, Result};
-use rnr_store::ApiKeyRow;
+use rnr_store::{ApiKeyRow, TerminalRow};
 
 /// An API key as the platform knows it (never the secret itself).
 pub type ApiKey = ApiKeyRow;
+/// A terminal as the platform records it.
+pub type Terminal = TerminalRow;
 
 impl Platform {
     /// The unrevoked API key whose secret is `presented`, if there is one.
@@ -18,10 +20,37 @@ impl Platform {
     pub async fn api_key_active(&self, id: &str) -> Result<bool> {
         Ok(self
             .store
-            .list_api_keys()
+            .api_key(id)
             .await?
-            .iter()
-            .any(|k| k.id == id && k.revoked_at.is_none()))
+            .is_some_and(|k| k.revoked_at.is_none()))
+    }
+
+    /// Records terminal `id` of machine `machine` (once).
+    pub async fn add_terminal(&self, id: &str, machine: &str) -> Result<()> {
+        Ok(self
+            .store
+            .add_terminal(id, machine, crate::now_ms())
+            .await?)
+    }
+
+    /// Terminal `id`, if it was ever recorded.
+    pub async fn terminal(&self, id: &str) -> Result<Option<Terminal>> {
+        Ok(self.store.terminal(id).await?)
+    }
+
+    /// Revokes terminal `id`'s tokens; `false` if it is unknown or already revoked.
+    pub async fn revoke_terminal(&self, id: &str) -> Result<bool> {
+        Ok(self.store.revoke_terminal(id, crate::now_ms()).await?)
+    }
+
+    /// The terminals machine `id` ever had.
+    pub async fn terminals_of(&self, id: &str) -> Result<Vec<Terminal>> {
+        Ok(self.store.terminals_of(id).await?)
+    }
+
+    /// Live machines whose owner starts with `prefix` (anonymous learners: `anon-`).
+    pub async fn machines_of_owners(&self, prefix: &str) -> Result<Vec<Machine>> {
+        Ok(self.store.machines_with_owner_prefix(prefix).await?)
     }
 
     /// The instance's secret named `name` (random the first time, then kept), so that what

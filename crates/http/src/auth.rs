@@ -3,17 +3,20 @@
 //! parameter or cookie), operators (a signed session cookie of a still-active API key),
 //! terminal tokens (for recordings; the socket's token is checked in `terminals`, to be
 //! refused with a close code) and signed LMS links. The signatures are the UI's and the
-//! gateway's; the checks happen here, once, for every route.
+//! gateway's; the checks happen here, once, for every route. Also who the client is
+//! ([`ClientAddr`]): the socket's peer, or behind a trusted proxy its `X-Forwarded-For`.
 
 use crate::{html, AppState, HttpError};
+use axum::extract::ConnectInfo;
 use axum::extract::{FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use rnr_terminal::Claims;
-use rnr_ui::LinkClaims;
+use rnr_ui::{LearnerClaims, LinkClaims};
 use serde::Deserialize;
+use std::net::{IpAddr, SocketAddr};
 
 /// The API key a request was authenticated with.
 #[derive(Debug, Clone)]
@@ -64,6 +67,7 @@ pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> 
         .map(|(_, v)| v)
 }
 
+/// The anonymous visitor cookie (names the browser to `/exercises/{name}` only).
 pub(crate) const LEARNER_COOKIE: &str = "rnr_learner";
 const LEARNER_HEADER: &str = "x-rnr-learner";
 pub(crate) const OPERATOR_COOKIE: &str = "rnr_operator";
@@ -73,11 +77,12 @@ struct LearnerQuery {
     learner: Option<String>,
 }
 
-/// The learner a request speaks for: the `X-Rnr-Learner` header (pages in an LMS iframe,
-/// where cookies may be blocked), a `learner` query parameter (EventSource cannot set
-/// headers), or the anonymous session cookie; signed by this instance.
+/// The learner a request speaks for, and the one exercise it may touch: a learner token
+/// from the `X-Rnr-Learner` header (what the page sends) or a `learner` query parameter
+/// (EventSource cannot set headers); genuine, unexpired, of a learner this platform
+/// accepts. The visitor cookie is not one: it only names a browser to its exercise page.
 #[derive(Debug, Clone)]
-pub struct Learner(pub String);
+pub struct Learner(pub LearnerClaims);
 
 impl FromRequestParts<AppState> for Learner {
     type Rejection = HttpError;
@@ -91,14 +96,41 @@ impl FromRequestParts<AppState> for Learner {
             .get(LEARNER_HEADER)
             .and_then(|v| v.to_str().ok())
             .or(query.as_deref())
-            .or_else(|| cookie(&parts.headers, LEARNER_COOKIE))
             .ok_or_else(|| HttpError::unauthorized("no learner session: open the exercise page"))?;
-        state
-            .ui
-            .signer()
-            .verify_learner(token)
-            .map(Learner)
-            .ok_or_else(|| HttpError::unauthorized("invalid learner session"))
+        Ok(Learner(state.ui.learner(token).await?))
+    }
+}
+
+/// The address the request came from: the socket's peer, or, when that is one of
+/// `[http] trusted_proxies`, the client `X-Forwarded-For` names. `None` where the request
+/// did not come through [`crate::run`] (in-process tests).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub Option<IpAddr>);
+
+impl ClientAddr {
+    /// As text for the store ("unknown" when not known).
+    pub fn text(&self) -> Option<String> {
+        self.0.map(|ip| ip.to_string())
+    }
+}
+
+impl FromRequestParts<AppState> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, std::convert::Infallible> {
+        let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() else {
+            return Ok(Self(None));
+        };
+        let forwarded: Vec<&str> = parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        Ok(Self(Some(state.http.client_addr(peer.ip(), &forwarded))))
     }
 }
 
@@ -145,7 +177,7 @@ impl FromRequestParts<AppState> for TerminalToken {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, HttpError> {
         let Path(id) = Path::<String>::from_request_parts(parts, state).await?;
         let Query(q) = Query::<TokenQuery>::try_from_uri(&parts.uri)?;
-        Ok(Self(state.terminals.verify(&q.token, &id)?))
+        Ok(Self(state.terminals.verify(&q.token, &id).await?))
     }
 }
 
@@ -161,12 +193,21 @@ impl FromRequestParts<AppState> for SignedLink {
         let Path(token) = Path::<String>::from_request_parts(parts, state)
             .await
             .map_err(IntoResponse::into_response)?;
-        state.ui.verify_link(&token).map(Self).map_err(|why| {
+        // In an LMS's iframe, "link expired" must show there rather than be refused.
+        let embedded = parts.uri.path().starts_with("/embed/");
+        state.ui.verify_link(&token).await.map(Self).map_err(|why| {
             let status = match why {
-                rnr_ui::LinkRefused::Invalid => StatusCode::FORBIDDEN,
+                rnr_ui::LinkRefused::Invalid | rnr_ui::LinkRefused::Revoked => {
+                    StatusCode::FORBIDDEN
+                }
                 rnr_ui::LinkRefused::Expired => StatusCode::GONE,
             };
-            html(status, why.page())
+            let mut page = html(status, why.page());
+            if embedded {
+                page.extensions_mut()
+                    .insert(crate::security::PageKind::Embed);
+            }
+            page
         })
     }
 }

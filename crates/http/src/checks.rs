@@ -6,13 +6,14 @@
 use crate::error::{ErrorBody, HttpError};
 use crate::extract::ApiPath;
 use crate::machines::rfc3339;
+use crate::routes::{Access::ApiKey, Routes};
 use crate::AppState;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use bytes::Bytes;
 use rnr_checker::{CheckRunRow, CheckRunState, CheckTrigger, Checker, RunReport, WebhookState};
 use serde::{Deserialize, Serialize};
@@ -20,12 +21,16 @@ use std::convert::Infallible;
 use utoipa::ToSchema;
 
 /// Routes that take an API key.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/machines/{id}/checks", post(start_checks))
-        .route("/api/v1/machines/{id}/checks/stream", get(stream_checks))
-        .route("/api/v1/machines/{id}/activity", post(activity))
-        .route("/api/v1/checks/{id}", get(get_checks))
+pub(crate) fn routes() -> Routes {
+    Routes::new()
+        .route("/api/v1/machines/{id}/checks", ApiKey, post(start_checks))
+        .route(
+            "/api/v1/machines/{id}/checks/stream",
+            ApiKey,
+            get(stream_checks),
+        )
+        .route("/api/v1/machines/{id}/activity", ApiKey, post(activity))
+        .route("/api/v1/checks/{id}", ApiKey, get(get_checks))
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -78,7 +83,7 @@ pub struct CheckRunOutput {
     /// `queued`, `running`, `done` or `errored` (the run itself could not be carried out).
     #[schema(value_type = String, example = "done")]
     pub state: CheckRunState,
-    /// `api` or `live`.
+    /// `api`, `live` or `learner` (the learner's Check button).
     #[schema(value_type = String, example = "api")]
     pub trigger: CheckTrigger,
     /// Points of passed checks over all points (0–1), when done.

@@ -107,6 +107,10 @@ impl From<CoreError> for HttpError {
                     message,
                 )
             },
+            CoreError::Quota { retry_after, .. } => Self {
+                retry_after: Some(retry_after),
+                ..Self::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", message)
+            },
             CoreError::Invalid { .. } => Self::invalid(message),
             CoreError::ImageNotFound(_) => {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "image_not_found", message)
@@ -171,6 +175,7 @@ impl From<GatewayError> for HttpError {
             }
             GatewayError::TokenInvalid(_) => (StatusCode::UNAUTHORIZED, "invalid_token"),
             GatewayError::TokenExpired(_) => (StatusCode::UNAUTHORIZED, "token_expired"),
+            GatewayError::TokenRevoked(_) => (StatusCode::UNAUTHORIZED, "token_revoked"),
             GatewayError::Agent { .. } => (StatusCode::SERVICE_UNAVAILABLE, "agent_unavailable"),
             GatewayError::TerminalNotFound(_) => (StatusCode::NOT_FOUND, "terminal_not_found"),
             GatewayError::OriginRejected(_) => (StatusCode::FORBIDDEN, "origin_rejected"),
@@ -195,6 +200,16 @@ impl From<UiError> for HttpError {
                 Self::new(StatusCode::CONFLICT, "extend_limit_reached", message)
             }
             UiError::Invalid { .. } => Self::invalid(message),
+            UiError::Unauthorized(_) => Self::unauthorized(&message),
+            UiError::SessionExpired(_) => {
+                Self::new(StatusCode::UNAUTHORIZED, "token_expired", message)
+            }
+            UiError::AnonymousDisabled => {
+                Self::new(StatusCode::FORBIDDEN, "anonymous_disabled", message)
+            }
+            UiError::WrongExercise { .. } => {
+                Self::new(StatusCode::FORBIDDEN, "wrong_exercise", message)
+            }
             UiError::Core(e) => e.into(),
             UiError::Checker(e) => e.into(),
             UiError::Terminal(e) => e.into(),

@@ -5,19 +5,30 @@
 //! type and body ([`HttpError`]). Handlers only parse and check the wire format and call
 //! the libraries: the platform core, the checker, the terminal gateway and the UI. The
 //! OpenAPI document is generated from these same handlers and types.
+//!
+//! Every response carries the security headers ([`security`]); every route is in one
+//! table with the access it takes ([`route_table`]); the server under the router has
+//! header read and idle timeouts and a connection cap ([`run`]).
 
 pub mod auth;
 mod checks;
+mod config;
 mod error;
 mod extract;
 mod learner;
 mod machines;
 mod openapi;
 mod operator;
+mod routes;
+pub mod security;
+mod server;
 mod terminals;
 
+pub use config::{HttpConfig, HttpConfigError, ServerLimits};
 pub use error::{ErrorBody, ErrorDetail, HttpError};
 pub use openapi::{references as openapi_references, ApiDoc};
+pub use routes::{route_table, Access, RouteInfo};
+pub use server::run;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -30,8 +41,7 @@ use rnr_checker::Checker;
 use rnr_core::Platform;
 use rnr_terminal::Gateway;
 use rnr_ui::Ui;
-use std::future::Future;
-use tokio::net::TcpListener;
+use routes::Routes;
 use utoipa::OpenApi;
 
 /// Largest request body accepted; exec stdin is the only large field.
@@ -44,6 +54,7 @@ pub struct AppState {
     pub checker: Checker,
     pub terminals: Gateway,
     pub ui: Ui,
+    pub http: HttpConfig,
 }
 
 /// An HTML page that is never cached (it holds session tokens).
@@ -59,13 +70,21 @@ pub(crate) fn html(status: StatusCode, body: String) -> Response {
         .into_response()
 }
 
-async fn healthz() -> &'static str {
+/// Liveness: the process answers
+#[utoipa::path(get, path = "/healthz", tag = "ops",
+    responses((status = 200, description = "`ok`", content_type = "text/plain", body = String)))]
+pub(crate) async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Ready when the store and the driver both answer; load balancers stop sending work
-/// otherwise.
-async fn readyz(State(state): State<AppState>) -> Response {
+/// Readiness: the store and the driver both answer; load balancers stop sending work
+/// otherwise
+#[utoipa::path(get, path = "/readyz", tag = "ops",
+    responses(
+        (status = 200, description = "`ready`", content_type = "text/plain", body = String),
+        (status = 503, description = "The store or the driver does not answer", body = ErrorBody),
+    ))]
+pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
     match state.platform.ready().await {
         Ok(()) => "ready".into_response(),
         Err(e) => {
@@ -76,7 +95,10 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn metrics(State(state): State<AppState>) -> Result<Response, HttpError> {
+/// Prometheus metrics
+#[utoipa::path(get, path = "/metrics", tag = "ops",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
+pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, HttpError> {
     let text = state.platform.render_metrics().await?;
     Ok((
         [(
@@ -88,51 +110,48 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, HttpError> {
         .into_response())
 }
 
+/// This document
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "ops",
+    responses((status = 200, description = "The OpenAPI 3 document of this API", content_type = "application/json", body = Object)))]
+pub(crate) async fn openapi_json() -> Response {
+    // Rendered once: the document only changes with the code.
+    static DOC: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    let doc = DOC.get_or_init(|| {
+        Bytes::from(
+            serde_json::to_vec(&ApiDoc::openapi()).expect("an OpenAPI document is plain JSON"),
+        )
+    });
+    ([(header::CONTENT_TYPE, "application/json")], doc.clone()).into_response()
+}
+
 async fn not_found() -> HttpError {
     HttpError::not_found("no such endpoint")
 }
 
-/// The whole HTTP application: every route, each behind its authentication.
-pub fn app(state: AppState) -> Router {
-    // Rendered once: the document only changes with the code.
-    let doc = Bytes::from(
-        serde_json::to_vec(&ApiDoc::openapi()).expect("an OpenAPI document is plain JSON"),
-    );
-    let openapi_json = move || {
-        let doc = doc.clone();
-        async move { ([(header::CONTENT_TYPE, "application/json")], doc) }
-    };
-    let keyed = Router::new()
+/// Every route, each with the access it takes.
+pub(crate) fn all_routes() -> Routes {
+    use routes::Access::Public;
+    Routes::new()
         .merge(machines::routes())
         .merge(checks::routes())
         .merge(terminals::routes())
-        .merge(learner::api_routes())
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_api_key,
-        ));
-    Router::new()
-        .merge(keyed)
-        .merge(terminals::public_routes())
         .merge(learner::routes())
         .merge(operator::routes())
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/api/v1/openapi.json", get(openapi_json))
-        .fallback(not_found)
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
-        .with_state(state)
+        .route("/healthz", Public, get(healthz))
+        .route("/readyz", Public, get(readyz))
+        .route("/metrics", Public, get(metrics))
+        .route("/api/v1/openapi.json", Public, get(openapi_json))
 }
 
-/// Serves `app` on `listener` until `shutdown` completes.
-pub async fn run(
-    listener: TcpListener,
-    app: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+/// The whole HTTP application: every route, each behind its authentication, every
+/// response with the security headers.
+pub fn app(state: AppState) -> Router {
+    let policies = security::Policies::new(&state.http);
+    all_routes()
+        .into_router(&state)
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(policies, security::headers))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
 }

@@ -3,12 +3,13 @@
 use crate::auth::Caller;
 use crate::error::{ErrorBody, HttpError};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::routes::{Access::ApiKey, Routes};
 use crate::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use rnr_core::{CreateMachine, ExecCommand, LimitsRequest, Machine, MachineState};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -16,15 +17,20 @@ use std::time::{Duration, Instant};
 use utoipa::{IntoParams, ToSchema};
 
 /// Routes that take an API key.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/machines", post(create_machine).get(list_machines))
+pub(crate) fn routes() -> Routes {
+    Routes::new()
+        .route(
+            "/api/v1/machines",
+            ApiKey,
+            post(create_machine).get(list_machines),
+        )
         .route(
             "/api/v1/machines/{id}",
+            ApiKey,
             get(get_machine).delete(delete_machine),
         )
-        .route("/api/v1/machines/{id}/exec", post(exec_machine))
-        .route("/api/v1/machines/{id}/extend", post(extend_machine))
+        .route("/api/v1/machines/{id}/exec", ApiKey, post(exec_machine))
+        .route("/api/v1/machines/{id}/extend", ApiKey, post(extend_machine))
 }
 
 /// Resource caps; omitted fields take the platform's defaults.
@@ -164,6 +170,7 @@ pub struct ExecOutput {
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 422, description = "Invalid field or unknown image", body = ErrorBody),
+        (status = 429, description = "`quota_exceeded`: the key's most machines at once or creations per minute (with `Retry-After`); the message names the limit and its value", body = ErrorBody),
         (status = 503, description = "Capacity reached or driver unavailable", body = ErrorBody),
     ), security(("api_key" = [])), tag = "machines")]
 pub async fn create_machine(
@@ -183,6 +190,8 @@ pub async fn create_machine(
         outbound: req.outbound,
         owner: req.owner,
         api_key_id: Some(caller.key_id),
+        client_addr: None,
+        quotas: Vec::new(),
     };
     let machine = match req.exercise {
         Some(exercise) => state.checker.create_machine(create, &exercise).await?,

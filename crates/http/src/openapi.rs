@@ -1,17 +1,22 @@
 //! The OpenAPI document, generated from the handlers' annotations and the wire types:
-//! one document for every route that is part of the API, terminals and links included.
+//! one document for every route that is part of the API — machines, checks, terminals,
+//! links, the learner API the pages call, health and metrics. Only the pages, their
+//! assets and the operator page's own calls are left out (the route table lists them).
 
 use crate::checks::{
     CheckResultOutput, CheckRunOutput, StartChecksOutput, StartChecksRequest, WebhookOutput,
 };
 use crate::error::{ErrorBody, ErrorDetail};
-use crate::learner::{LinkRequest, LinkResponse};
+use crate::learner::{
+    CheckInfo, LearnerToken, LinkRequest, LinkResponse, Session, SessionMachine, SessionTerminal,
+    Started,
+};
 use crate::machines::{
     CreateMachineRequest, ExecInput, ExecOutput, ExtendInput, LimitsInput, LimitsOutput,
     MachineList, MachineOutput,
 };
 use rnr_terminal::{CreateTerminal, TerminalCreated};
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 struct BearerAuth;
@@ -27,6 +32,14 @@ impl Modify for BearerAuth {
                     .description(Some("An API key from `rnr apikey create NAME`"))
                     .build(),
             ),
+        );
+        components.add_security_scheme(
+            "learner",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "X-Rnr-Learner",
+                "The learner token of the exercise page (data-learner): one learner, one \
+                 exercise, an expiry; `?learner=` on the event stream",
+            ))),
         );
     }
 }
@@ -50,16 +63,30 @@ impl Modify for BearerAuth {
         crate::terminals::recording_by_key,
         crate::terminals::recording_by_token,
         crate::learner::create_link,
+        crate::learner::session,
+        crate::learner::refresh_token,
+        crate::learner::reset,
+        crate::learner::extend,
+        crate::learner::start_checks,
+        crate::learner::get_checks,
+        crate::learner::events,
+        crate::healthz,
+        crate::readyz,
+        crate::metrics,
+        crate::openapi_json,
     ),
     components(schemas(
         CreateMachineRequest, LimitsInput, LimitsOutput, MachineOutput, MachineList,
         ExecInput, ExecOutput, ExtendInput, ErrorBody, ErrorDetail,
         StartChecksRequest, StartChecksOutput, CheckRunOutput, CheckResultOutput, WebhookOutput,
-        CreateTerminal, TerminalCreated, LinkRequest, LinkResponse
+        CreateTerminal, TerminalCreated, LinkRequest, LinkResponse,
+        Session, SessionMachine, SessionTerminal, CheckInfo, LearnerToken, Started
     )),
     tags(
         (name = "terminals", description = "Root shells in the browser (docs/terminal-protocol.md)"),
         (name = "links", description = "Signed learner links for an LMS (docs/embedding.md)"),
+        (name = "learner", description = "What the exercise page calls, with its learner token (docs/embedding.md)"),
+        (name = "ops", description = "Health, readiness, metrics and this document (public)"),
     ),
     modifiers(&BearerAuth),
 )]
@@ -115,6 +142,9 @@ mod tests {
             ("/api/v1/terminals/{id}/recording", "get"),
             ("/terminals/{id}/recording", "get"),
             ("/api/v1/links", "post"),
+            ("/learn/api/exercises/{name}/session", "post"),
+            ("/learn/api/token", "post"),
+            ("/healthz", "get"),
         ] {
             assert!(doc["paths"][path][method].is_object(), "{method} {path}");
         }

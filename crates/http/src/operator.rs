@@ -2,35 +2,41 @@
 //! cookie afterwards), the overview of machines with owner, exercise, age, state, CPU and
 //! memory, a read-only view of any terminal, deleting machines, check history.
 
-use crate::auth::{operator, Operator, OPERATOR_COOKIE};
+use crate::auth::{operator, Operator as OperatorSession, OPERATOR_COOKIE};
 use crate::checks::{output as check_run_output, CheckRunOutput};
 use crate::error::HttpError;
 use crate::extract::ApiPath;
 use crate::learner::asset;
+use crate::routes::{
+    Access::{Operator, Public},
+    Routes,
+};
 use crate::{html, AppState};
 use axum::extract::{Form, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use rnr_ui::pages;
 use serde::{Deserialize, Serialize};
 
 /// How long an operator stays signed in.
 const SESSION_SECONDS: i64 = 12 * 3600;
 
-/// The page, sign-in and -out, and the operator API (authenticated by the session cookie).
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/operator", get(page))
-        .route("/operator/login", post(login))
-        .route("/operator/logout", post(logout))
-        .route("/operator/api/overview", get(overview))
-        .route("/operator/api/machines/{id}/delete", post(delete))
-        .route("/operator/api/machines/{id}/checks", get(checks))
-        .route("/operator/api/machines/{id}/watch", post(watch))
+/// The page, sign-in and -out (public: the page shows the sign-in form until then), and
+/// the operator API (authenticated by the session cookie).
+pub(crate) fn routes() -> Routes {
+    Routes::new()
+        .route("/operator", Public, get(page))
+        .route("/operator/login", Public, post(login))
+        .route("/operator/logout", Public, post(logout))
+        .route("/operator/api/overview", Operator, get(overview))
+        .route("/operator/api/machines/{id}/delete", Operator, post(delete))
+        .route("/operator/api/machines/{id}/checks", Operator, get(checks))
+        .route("/operator/api/machines/{id}/watch", Operator, post(watch))
         .route(
             pages::OPERATOR_JS.path,
+            Public,
             get(|| async { asset(&pages::OPERATOR_JS) }),
         )
 }
@@ -131,7 +137,10 @@ fn machine_row(u: rnr_ui::MachineUse, now: i64) -> MachineRow {
 }
 
 /// `GET /operator/api/overview`: live and failed machines with their resource use.
-async fn overview(State(state): State<AppState>, _: Operator) -> Result<Json<Overview>, HttpError> {
+async fn overview(
+    State(state): State<AppState>,
+    _: OperatorSession,
+) -> Result<Json<Overview>, HttpError> {
     let o = state.ui.overview().await?;
     let now = rnr_core::now_ms();
     Ok(Json(Overview {
@@ -150,7 +159,7 @@ async fn overview(State(state): State<AppState>, _: Operator) -> Result<Json<Ove
 async fn delete(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
-    Operator(key): Operator,
+    OperatorSession(key): OperatorSession,
 ) -> Result<StatusCode, HttpError> {
     state.platform.delete(&id).await?;
     tracing::info!(machine = %id, key = %key, "operator deleted the machine");
@@ -160,7 +169,7 @@ async fn delete(
 async fn checks(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
-    _: Operator,
+    _: OperatorSession,
 ) -> Result<Json<Vec<CheckRunOutput>>, HttpError> {
     let runs = state.ui.check_history(&id).await?;
     Ok(Json(runs.into_iter().map(check_run_output).collect()))
@@ -178,7 +187,7 @@ pub struct Watch {
 async fn watch(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
-    _: Operator,
+    _: OperatorSession,
 ) -> Result<Json<Watch>, HttpError> {
     let t = state.ui.watch(&id).await?;
     Ok(Json(Watch {

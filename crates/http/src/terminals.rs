@@ -3,9 +3,14 @@
 //! and the bundled client. The gateway (rnr-terminal) does the work; here the socket's
 //! opening handshake is checked and the connection upgraded, then handed to it.
 
-use crate::auth::TerminalToken;
+use crate::auth::TerminalToken as TerminalTokenClaims;
 use crate::error::{ErrorBody, HttpError};
 use crate::extract::{ApiPath, ApiQuery};
+use crate::routes::{
+    Access::{ApiKey, Public, TerminalToken},
+    Routes,
+};
+use crate::security::PageKind;
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
@@ -13,30 +18,37 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Version};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{delete, get, post};
-use axum::{Json, Router};
+use axum::Json;
 use rnr_terminal::client::{self, PageMode};
 use rnr_terminal::{CreateTerminal, Opened, TerminalCreated};
 use serde::Deserialize;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-/// Routes that take an API key.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/machines/{id}/terminals", post(create_terminal))
-        .route("/api/v1/terminals/{id}", delete(delete_terminal))
-        .route("/api/v1/terminals/{id}/recording", get(recording_by_key))
-}
-
-/// Routes authorised by a terminal token alone (or public): the socket, the pages, the
-/// client.
-pub fn public_routes() -> Router<AppState> {
-    Router::new()
-        .route("/ws/terminals/{id}", get(socket))
-        .route("/terminals/{id}", get(live_page))
-        .route("/terminals/{id}/replay", get(replay_page))
-        .route("/terminals/{id}/recording", get(recording_by_token))
-        .route(client::SCRIPT_PATH, get(script))
-        .route(client::STYLE_PATH, get(style))
+/// The REST calls (API key), the socket and recording (a terminal token), the pages and
+/// the client (public: the page's script reads the token from its URL).
+pub(crate) fn routes() -> Routes {
+    Routes::new()
+        .route(
+            "/api/v1/machines/{id}/terminals",
+            ApiKey,
+            post(create_terminal),
+        )
+        .route("/api/v1/terminals/{id}", ApiKey, delete(delete_terminal))
+        .route(
+            "/api/v1/terminals/{id}/recording",
+            ApiKey,
+            get(recording_by_key),
+        )
+        .route("/ws/terminals/{id}", TerminalToken, get(socket))
+        .route(
+            "/terminals/{id}/recording",
+            TerminalToken,
+            get(recording_by_token),
+        )
+        .route("/terminals/{id}", Public, get(live_page))
+        .route("/terminals/{id}/replay", Public, get(replay_page))
+        .route(client::SCRIPT_PATH, Public, get(script))
+        .route(client::STYLE_PATH, Public, get(style))
 }
 
 /// The gateway's external `http(s)://host[:port]`, as the request reached it.
@@ -69,7 +81,8 @@ fn base_url(headers: &HeaderMap) -> String {
 /// token before the old one expires, to reconnect with). A page whose `Origin` is neither
 /// the gateway's nor in `[terminal] allowed_origins` is refused with 403 before the upgrade;
 /// every other refusal is a close frame: 1001 going away, 1011 internal error (reconnect);
-/// 4000 bad control message, 4001 invalid token, 4002 token expired, 4004 machine gone,
+/// 4000 bad control message, 4001 invalid token, 4002 token expired, 4003 token revoked
+/// (the terminal was closed through the API), 4004 machine gone,
 /// 4008 idle timeout, 4010 shell exited or terminal closed, 4029 terminal limit reached
 /// (do not reconnect); 4011 agent unavailable (reconnect later); 4012 session connection
 /// lost, 4408 no answer to pings (reconnect). The shell survives reconnects, page reloads
@@ -107,16 +120,18 @@ pub async fn create_terminal(
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 
-/// Close a terminal: hang up its shell and end the session
+/// Close a terminal: hang up its shell, end the session, revoke its tokens
 ///
-/// Connected clients are closed with 4010.
+/// Connected clients are closed with 4010; the terminal's owner and viewer tokens are
+/// revoked, so later connections with them are closed with 4003 and its recording is no
+/// longer readable with them (401 `token_revoked`; the API key still reads it).
 #[utoipa::path(
     delete, path = "/api/v1/terminals/{id}", tag = "terminals",
     params(("id" = String, Path, description = "Terminal id")),
     responses(
-        (status = 204, description = "Closed"),
+        (status = 204, description = "Closed and its tokens revoked"),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
-        (status = 404, description = "`terminal_not_found`: no open terminal with this id", body = ErrorBody),
+        (status = 404, description = "`terminal_not_found`: no terminal with this id, or it was closed already", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
@@ -166,13 +181,13 @@ pub async fn recording_by_key(
     ),
     responses(
         (status = 200, description = "asciicast v2", content_type = "application/x-asciicast", body = String),
-        (status = 401, description = "`invalid_token` or `token_expired`", body = ErrorBody),
+        (status = 401, description = "`invalid_token`, `token_expired` or `token_revoked`", body = ErrorBody),
         (status = 404, description = "`recording_not_found`", body = ErrorBody),
     )
 )]
 pub async fn recording_by_token(
     State(state): State<AppState>,
-    TerminalToken(claims): TerminalToken,
+    TerminalTokenClaims(claims): TerminalTokenClaims,
 ) -> Result<Response, HttpError> {
     recording(&state, &claims.terminal).await
 }
@@ -208,7 +223,7 @@ async fn socket(
     let accept = handshake(&req)?;
     let deflate = rnr_terminal::negotiate_deflate(req.headers());
     let opened = Opened {
-        access: state.terminals.verify(&q.token, &id),
+        access: state.terminals.verify(&q.token, &id).await,
         terminal: id,
         rows: q.rows,
         cols: q.cols,
@@ -288,11 +303,14 @@ fn handshake(req: &Request) -> Result<HeaderValue, HttpError> {
 }
 
 fn page(id: &str, mode: PageMode) -> Response {
-    (
+    let mut resp = (
         [(header::CACHE_CONTROL, "no-store")],
         Html(client::page(id, mode)),
     )
-        .into_response()
+        .into_response();
+    // Framed by the learner, embed and operator pages (and an LMS's own page).
+    resp.extensions_mut().insert(PageKind::Terminal);
+    resp
 }
 
 /// The terminal page; its script reads the token from the URL.

@@ -46,6 +46,8 @@ pub enum CheckTrigger {
     Api,
     /// Live checking, after terminal activity.
     Live,
+    /// A learner's Check button: at most one queued per machine, a second press joins it.
+    Learner,
 }
 
 impl CheckTrigger {
@@ -53,6 +55,7 @@ impl CheckTrigger {
         match self {
             Self::Api => "api",
             Self::Live => "live",
+            Self::Learner => "learner",
         }
     }
 }
@@ -84,6 +87,8 @@ impl WebhookState {
 pub struct CheckRunRow {
     pub id: String,
     pub machine_id: String,
+    /// Whom the run is for (the queue serves owners in turn).
+    pub owner: String,
     pub exercise: String,
     pub state: CheckRunState,
     pub trigger: CheckTrigger,
@@ -105,14 +110,28 @@ pub struct CheckRunRow {
 pub struct NewCheckRun<'a> {
     pub id: &'a str,
     pub machine_id: &'a str,
+    /// Whom it is for: the machine's owner, else the API key that made the machine.
+    pub owner: &'a str,
     pub exercise: &'a str,
     pub trigger: CheckTrigger,
     pub webhook_url: Option<&'a str>,
     pub now_ms: i64,
-    pub coalesce: bool,
+    /// When the machine already has a queued run of one of these triggers, nothing is
+    /// queued and that run is the answer (live checking and the learner's Check button
+    /// never pile up runs).
+    pub join: &'a [CheckTrigger],
 }
 
-const RUN_COLUMNS: &str = "id, machine_id, exercise, state, trigger, attempts, report, error, \
+/// What [`CheckRuns::enqueue`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enqueued {
+    /// The run was queued under its own id.
+    New,
+    /// A queued run of the machine was there already: this one.
+    Joined(String),
+}
+
+const RUN_COLUMNS: &str = "id, machine_id, owner, exercise, state, trigger, attempts, report, error, \
      created_at, started_at, finished_at, webhook_url, webhook_state, webhook_attempts, webhook_error";
 
 /// The checker's handle on its queue: check runs, their webhooks and sticky passes, in the
@@ -153,47 +172,92 @@ impl Store {
 }
 
 impl CheckRuns {
-    /// Queues a run. With `coalesce`, nothing is queued when the machine already has a
-    /// queued run of the same trigger (live checking asks often); returns whether a row
-    /// was inserted.
-    pub async fn enqueue(&self, run: &NewCheckRun<'_>) -> Result<bool> {
+    /// Queues a run, unless the machine has a queued run of a trigger in `join` (then
+    /// that run is returned). Atomic: two presses at once queue one run.
+    pub async fn enqueue(&self, run: &NewCheckRun<'_>) -> Result<Enqueued> {
         let NewCheckRun {
             id,
             machine_id,
+            owner,
             exercise,
             trigger,
             webhook_url,
             now_ms,
-            coalesce,
+            join,
         } = *run;
-        let r = sqlx::query(
-            "INSERT INTO check_runs (id, machine_id, exercise, state, trigger, webhook_url, created_at) \
-             SELECT ?, ?, ?, ?, ?, ?, ? \
-             WHERE NOT ? OR NOT EXISTS (SELECT 1 FROM check_runs \
-                 WHERE machine_id = ? AND trigger = ? AND state = ?)",
-        )
-        .bind(id)
-        .bind(machine_id)
-        .bind(exercise)
-        .bind(CheckRunState::Queued)
-        .bind(trigger)
-        .bind(webhook_url)
-        .bind(now_ms)
-        .bind(coalesce)
-        .bind(machine_id)
-        .bind(trigger)
-        .bind(CheckRunState::Queued)
-        .execute(&self.pool)
-        .await
-        .map_err(q(format!("queue check run {id}")))?;
-        Ok(r.rows_affected() == 1)
+        let marks = vec!["?"; join.len()].join(", ");
+        let unless = if join.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " WHERE NOT EXISTS (SELECT 1 FROM check_runs WHERE machine_id = ? \
+                 AND state = ? AND trigger IN ({marks}))"
+            )
+        };
+        let insert = format!(
+            "INSERT INTO check_runs (id, machine_id, owner, exercise, state, trigger, webhook_url, \
+             created_at) SELECT ?, ?, ?, ?, ?, ?, ?, ?{unless}"
+        );
+        let pending = format!(
+            "SELECT id FROM check_runs WHERE machine_id = ? AND state = ? AND trigger IN ({marks}) \
+             ORDER BY seq LIMIT 1"
+        );
+        // A joined run can be claimed between the two statements; then queue anew.
+        for _ in 0..8 {
+            let mut query = sqlx::query(&insert)
+                .bind(id)
+                .bind(machine_id)
+                .bind(owner)
+                .bind(exercise)
+                .bind(CheckRunState::Queued)
+                .bind(trigger)
+                .bind(webhook_url)
+                .bind(now_ms);
+            if !join.is_empty() {
+                query = query.bind(machine_id).bind(CheckRunState::Queued);
+                for t in join {
+                    query = query.bind(*t);
+                }
+            }
+            let r = query
+                .execute(&self.pool)
+                .await
+                .map_err(q(format!("queue check run {id}")))?;
+            if r.rows_affected() == 1 {
+                return Ok(Enqueued::New);
+            }
+            let mut query = sqlx::query_scalar::<_, String>(&pending)
+                .bind(machine_id)
+                .bind(CheckRunState::Queued);
+            for t in join {
+                query = query.bind(*t);
+            }
+            if let Some(existing) = query
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(q(format!("queued check run of {machine_id}")))?
+            {
+                return Ok(Enqueued::Joined(existing));
+            }
+        }
+        Err(crate::StoreError::Corrupt {
+            id: machine_id.to_string(),
+            message: "its queued check run kept vanishing while a new one was queued".into(),
+        })
     }
 
-    /// Takes the oldest queued run and marks it running; `None` when the queue is empty.
+    /// Takes a queued run and marks it running; `None` when the queue is empty. Owners are
+    /// served in turn: the one served longest ago (or never) goes first, and of its runs
+    /// the oldest, so one owner's many runs cannot starve another's one.
     pub async fn claim(&self, now_ms: i64) -> Result<Option<CheckRunRow>> {
         let sql = format!(
-            "UPDATE check_runs SET state = ?1, started_at = ?2, attempts = attempts + 1 \
-             WHERE seq = (SELECT seq FROM check_runs WHERE state = ?3 ORDER BY seq LIMIT 1) \
+            "UPDATE check_runs SET state = ?1, started_at = ?2, attempts = attempts + 1, \
+                 claim_seq = (SELECT COALESCE(MAX(claim_seq), 0) + 1 FROM check_runs) \
+             WHERE seq = (SELECT seq FROM check_runs WHERE state = ?3 AND owner = ( \
+                     SELECT q.owner FROM check_runs q WHERE q.state = ?3 GROUP BY q.owner \
+                     ORDER BY (SELECT COALESCE(MAX(s.claim_seq), 0) FROM check_runs s \
+                               WHERE s.owner = q.owner), MIN(q.seq) LIMIT 1) \
+                 ORDER BY seq LIMIT 1) \
              AND state = ?3 RETURNING {RUN_COLUMNS}"
         );
         sqlx::query_as(&sql)
@@ -203,6 +267,34 @@ impl CheckRuns {
             .fetch_optional(&self.pool)
             .await
             .map_err(q("claim check run"))
+    }
+
+    /// Deletes finished runs created before `before_ms`, except each machine's latest
+    /// finished run (what its pages show) and runs whose webhook is still to be delivered.
+    /// Returns how many went.
+    pub async fn prune(&self, before_ms: i64) -> Result<u64> {
+        let r = sqlx::query(
+            "DELETE FROM check_runs WHERE state IN (?1, ?2) AND created_at < ?3 \
+             AND (webhook_state IS NULL OR webhook_state != ?4) \
+             AND seq NOT IN (SELECT MAX(seq) FROM check_runs WHERE state IN (?1, ?2) \
+                             GROUP BY machine_id)",
+        )
+        .bind(CheckRunState::Done)
+        .bind(CheckRunState::Errored)
+        .bind(before_ms)
+        .bind(WebhookState::Pending)
+        .execute(&self.pool)
+        .await
+        .map_err(q("delete old check runs"))?;
+        Ok(r.rows_affected())
+    }
+
+    /// How many runs are stored, in any state.
+    pub async fn count_all(&self) -> Result<i64> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM check_runs")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(q("count check runs"))
     }
 
     /// Records the end of a running run (once: a second call changes nothing). With a
@@ -369,11 +461,12 @@ mod tests {
         NewCheckRun {
             id,
             machine_id: "m",
+            owner: "o",
             exercise: "ex",
             trigger,
             webhook_url: None,
             now_ms: 0,
-            coalesce,
+            join: if coalesce { &[CheckTrigger::Live] } else { &[] },
         }
     }
 
@@ -385,20 +478,26 @@ mod tests {
             let runs = Store::open(&path).await.unwrap().check_runs();
             for i in 0..50 {
                 let id = format!("r{i}");
-                assert!(runs
-                    .enqueue(&run(&id, CheckTrigger::Api, false))
-                    .await
-                    .unwrap());
+                assert_eq!(
+                    runs.enqueue(&run(&id, CheckTrigger::Api, false))
+                        .await
+                        .unwrap(),
+                    Enqueued::New
+                );
             }
             // Coalescing: a second queued live run for the same machine is not added.
-            assert!(runs
-                .enqueue(&run("l1", CheckTrigger::Live, true))
-                .await
-                .unwrap());
-            assert!(!runs
-                .enqueue(&run("l2", CheckTrigger::Live, true))
-                .await
-                .unwrap());
+            assert_eq!(
+                runs.enqueue(&run("l1", CheckTrigger::Live, true))
+                    .await
+                    .unwrap(),
+                Enqueued::New
+            );
+            assert_eq!(
+                runs.enqueue(&run("l2", CheckTrigger::Live, true))
+                    .await
+                    .unwrap(),
+                Enqueued::Joined("l1".into())
+            );
             let claimed = runs.claim(1).await.unwrap().unwrap();
             assert_eq!(
                 (claimed.id.as_str(), claimed.state),
@@ -479,5 +578,126 @@ mod tests {
             .await
             .unwrap();
         assert!(runs.get("w").await.is_err());
+    }
+
+    fn for_owner<'a>(id: &'a str, machine: &'a str, owner: &'a str) -> NewCheckRun<'a> {
+        NewCheckRun {
+            id,
+            machine_id: machine,
+            owner,
+            exercise: "ex",
+            trigger: CheckTrigger::Api,
+            webhook_url: None,
+            now_ms: 0,
+            join: &[],
+        }
+    }
+
+    #[tokio::test]
+    async fn owners_are_served_in_turn() {
+        let dir = tempfile::tempdir().unwrap();
+        let runs = Store::open(&dir.path().join("rnr.db"))
+            .await
+            .unwrap()
+            .check_runs();
+        // One owner floods the queue first; two others queue one run each after it.
+        let flood: Vec<String> = (0..500).map(|i| format!("a{i}")).collect();
+        for id in &flood {
+            runs.enqueue(&for_owner(id, "ma", "alice")).await.unwrap();
+        }
+        runs.enqueue(&for_owner("b0", "mb", "bob")).await.unwrap();
+        runs.enqueue(&for_owner("c0", "mc", "carol")).await.unwrap();
+        runs.enqueue(&for_owner("b1", "mb", "bob")).await.unwrap();
+        let mut order = Vec::new();
+        for _ in 0..6 {
+            order.push(runs.claim(1).await.unwrap().unwrap().id);
+        }
+        // Nobody was served yet: oldest first (alice), then those never served (bob,
+        // carol), then in turn; bob's second run waits for alice's turn, not her 500.
+        assert_eq!(order, ["a0", "b0", "c0", "a1", "b1", "a2"]);
+        let owner = runs.get("b0").await.unwrap().unwrap().owner;
+        assert_eq!(owner, "bob");
+    }
+
+    #[tokio::test]
+    async fn a_learner_press_joins_the_queued_run_and_retention_keeps_the_latest() {
+        let dir = tempfile::tempdir().unwrap();
+        let runs = Store::open(&dir.path().join("rnr.db"))
+            .await
+            .unwrap()
+            .check_runs();
+        let press = |id: &'static str| NewCheckRun {
+            id,
+            machine_id: "m",
+            owner: "anon-a",
+            exercise: "ex",
+            trigger: CheckTrigger::Learner,
+            webhook_url: None,
+            now_ms: 10,
+            join: &[CheckTrigger::Learner, CheckTrigger::Live],
+        };
+        assert_eq!(runs.enqueue(&press("p1")).await.unwrap(), Enqueued::New);
+        // Ten more presses, at once: all join p1.
+        let joins: Vec<_> = ["p2", "p3", "p4", "p5", "p6", "p7", "p8", "p9", "p10", "p11"]
+            .into_iter()
+            .map(|id| {
+                let runs = runs.clone();
+                tokio::spawn(async move { runs.enqueue(&press(id)).await.unwrap() })
+            })
+            .collect();
+        for j in joins {
+            assert_eq!(j.await.unwrap(), Enqueued::Joined("p1".into()));
+        }
+        assert_eq!(runs.count(CheckRunState::Queued).await.unwrap(), 1);
+        // A queued live run is joined by a press too, and an API run joins nothing.
+        let p1 = runs.claim(11).await.unwrap().unwrap();
+        assert_eq!(p1.id, "p1");
+        let mut live = press("l1");
+        live.trigger = CheckTrigger::Live;
+        assert_eq!(runs.enqueue(&live).await.unwrap(), Enqueued::New);
+        assert_eq!(
+            runs.enqueue(&press("p12")).await.unwrap(),
+            Enqueued::Joined("l1".into())
+        );
+        let mut api = press("x1");
+        api.trigger = CheckTrigger::Api;
+        api.join = &[];
+        assert_eq!(runs.enqueue(&api).await.unwrap(), Enqueued::New);
+
+        // Retention: old finished runs go, but each machine's latest finished one stays,
+        // as do queued runs and undelivered webhooks.
+        let done = Finished::Done { report: "{}" };
+        runs.finish("p1", done, 12).await.unwrap();
+        let l1 = runs.claim(13).await.unwrap().unwrap();
+        runs.finish(&l1.id, done, 14).await.unwrap();
+        let mut hooked = for_owner("h1", "m", "o");
+        hooked.webhook_url = Some("http://lms.example/hook");
+        runs.enqueue(&hooked).await.unwrap();
+        for other in [for_owner("o1", "m2", "o"), for_owner("o2", "m2", "o")] {
+            runs.enqueue(&other).await.unwrap();
+        }
+        while let Some(r) = runs.claim(15).await.unwrap() {
+            runs.finish(&r.id, done, 16).await.unwrap();
+        }
+        runs.enqueue(&for_owner("q1", "m3", "o")).await.unwrap();
+        assert_eq!(runs.count_all().await.unwrap(), 7);
+        assert_eq!(runs.prune(0).await.unwrap(), 0, "nothing is that old");
+        assert_eq!(runs.prune(1_000).await.unwrap(), 4);
+        let mut left = Vec::new();
+        for id in ["p1", "l1", "x1", "h1", "o1", "o2", "q1"] {
+            if runs.get(id).await.unwrap().is_some() {
+                left.push(id);
+            }
+        }
+        // m keeps h1 (its latest, webhook pending), m2 its latest o2, m3 its queued q1.
+        assert_eq!(left, ["h1", "o2", "q1"]);
+        assert_eq!(
+            runs.last_finished("m2")
+                .await
+                .unwrap()
+                .map(|r| r.id)
+                .as_deref(),
+            Some("o2")
+        );
     }
 }

@@ -44,28 +44,15 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use crate::{MachineRow, MachineState, Store};
+    use crate::{MachineRow, Store};
 
     #[tokio::test]
     async fn learner_machine_is_scoped_to_owner_and_exercise() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("rnr.db")).await.unwrap();
         let row = |id: &str, owner: &str| MachineRow {
-            id: id.into(),
-            image: "tiny".into(),
-            state: MachineState::Creating,
-            address: None,
-            hostname: id.into(),
-            memory_mib: 64,
-            cpu_millis: 500,
-            pids: 64,
-            outbound: false,
             owner: Some(owner.into()),
-            api_key_id: None,
-            error: None,
-            created_at: 1,
-            expires_at: 100,
-            deleted_at: None,
+            ..crate::test_row(id)
         };
         for (id, owner) in [("a", "alice"), ("b", "bob")] {
             assert!(store.insert_if_capacity(&row(id, owner), 10).await.unwrap());

@@ -4,6 +4,11 @@
 
 pub mod checks;
 mod learners;
+mod quotas;
+mod terminals;
+
+pub use quotas::{Inserted, Quota};
+pub use terminals::TerminalRow;
 
 use serde::Serialize;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -160,7 +165,20 @@ pub struct ApiKeyRow {
     pub name: String,
     pub created_at: i64,
     pub revoked_at: Option<i64>,
+    /// Most machines creating or running at once for this key; `None`: the default.
+    pub max_machines: Option<i64>,
+    /// Most machine creations per minute for this key; `None`: the default.
+    pub creations_per_minute: Option<i64>,
 }
+
+/// Per-key quota overrides given when a key is created; `None` keeps the default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyLimits {
+    pub max_machines: Option<u64>,
+    pub creations_per_minute: Option<u64>,
+}
+
+const KEY_COLUMNS: &str = "id, name, created_at, revoked_at, max_machines, creations_per_minute";
 
 /// Handle to the database; cheap to clone.
 #[derive(Debug, Clone)]
@@ -222,38 +240,10 @@ impl Store {
 
     /// Inserts a machine in state `creating` unless `capacity` machines are already active
     /// (creating or running). Atomic: concurrent callers can never exceed the capacity.
-    /// Returns `false` when the platform is full.
+    /// Returns `false` when the platform is full. [`Store::insert_within`] also checks
+    /// quotas.
     pub async fn insert_if_capacity(&self, m: &MachineRow, capacity: u64) -> Result<bool> {
-        let sql = format!(
-            "INSERT INTO machines ({MACHINE_COLUMNS}) \
-             SELECT ?, ?, 'creating', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? \
-             WHERE (SELECT COUNT(*) FROM machines WHERE state IN ('creating', 'running')) < ?"
-        );
-        let res = sqlx::query(&sql)
-            .bind(&m.id)
-            .bind(&m.image)
-            .bind(&m.address)
-            .bind(&m.hostname)
-            .bind(to_i64(m.memory_mib))
-            .bind(to_i64(m.cpu_millis))
-            .bind(to_i64(m.pids))
-            .bind(m.outbound)
-            .bind(&m.owner)
-            .bind(&m.api_key_id)
-            .bind(&m.error)
-            .bind(m.created_at)
-            .bind(m.expires_at)
-            .bind(m.deleted_at)
-            .bind(to_i64(capacity))
-            .execute(&self.pool)
-            .await;
-        match res {
-            Ok(r) => Ok(r.rows_affected() == 1),
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                Err(StoreError::Duplicate(m.id.clone()))
-            }
-            Err(e) => Err(q(format!("insert machine {}", m.id))(e)),
-        }
+        Ok(self.insert_within(m, None, capacity, &[]).await? == Inserted::Yes)
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<MachineRow>> {
@@ -377,35 +367,52 @@ impl Store {
         id: &str,
         name: &str,
         key_hash: &str,
+        limits: KeyLimits,
         now_ms: i64,
     ) -> Result<()> {
-        sqlx::query("INSERT INTO api_keys (id, name, key_hash, created_at) VALUES (?, ?, ?, ?)")
-            .bind(id)
-            .bind(name)
-            .bind(key_hash)
-            .bind(now_ms)
-            .execute(&self.pool)
-            .await
-            .map_err(q(format!("insert api key {name}")))?;
+        sqlx::query(
+            "INSERT INTO api_keys (id, name, key_hash, created_at, max_machines, \
+             creations_per_minute) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(key_hash)
+        .bind(now_ms)
+        .bind(limits.max_machines.map(to_i64))
+        .bind(limits.creations_per_minute.map(to_i64))
+        .execute(&self.pool)
+        .await
+        .map_err(q(format!("insert api key {name}")))?;
         Ok(())
     }
 
     /// The unrevoked key with this hash.
     pub async fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKeyRow>> {
-        sqlx::query_as(
-            "SELECT id, name, created_at, revoked_at FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
-        )
-        .bind(key_hash)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(q("look up api key"))
+        let sql =
+            format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL");
+        sqlx::query_as(&sql)
+            .bind(key_hash)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q("look up api key"))
     }
 
     pub async fn list_api_keys(&self) -> Result<Vec<ApiKeyRow>> {
-        sqlx::query_as("SELECT id, name, created_at, revoked_at FROM api_keys ORDER BY created_at")
+        let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at");
+        sqlx::query_as(&sql)
             .fetch_all(&self.pool)
             .await
             .map_err(q("list api keys"))
+    }
+
+    /// The key with this id, revoked or not.
+    pub async fn api_key(&self, id: &str) -> Result<Option<ApiKeyRow>> {
+        let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?");
+        sqlx::query_as(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q(format!("get api key {id}")))
     }
 
     /// Revokes a key; `false` if no unrevoked key has this id.
@@ -425,28 +432,34 @@ impl Store {
     }
 }
 
+/// A machine row for the store's tests: `creating`, created at 1, expiring at 100.
+#[cfg(test)]
+pub(crate) fn test_row(id: &str) -> MachineRow {
+    MachineRow {
+        id: id.into(),
+        image: "tiny".into(),
+        state: MachineState::Creating,
+        address: None,
+        hostname: id.into(),
+        memory_mib: 64,
+        cpu_millis: 500,
+        pids: 64,
+        outbound: false,
+        owner: None,
+        api_key_id: None,
+        error: None,
+        created_at: 1,
+        expires_at: 100,
+        deleted_at: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn row(id: &str) -> MachineRow {
-        MachineRow {
-            id: id.into(),
-            image: "tiny".into(),
-            state: MachineState::Creating,
-            address: None,
-            hostname: id.into(),
-            memory_mib: 64,
-            cpu_millis: 500,
-            pids: 64,
-            outbound: false,
-            owner: None,
-            api_key_id: None,
-            error: None,
-            created_at: 1,
-            expires_at: 100,
-            deleted_at: None,
-        }
+        test_row(id)
     }
 
     #[tokio::test]
@@ -520,7 +533,21 @@ mod tests {
     async fn api_keys_hash_lookup_and_revoke() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("rnr.db")).await.unwrap();
-        store.insert_api_key("k1", "lms", "h1", 1).await.unwrap();
+        store
+            .insert_api_key(
+                "k1",
+                "lms",
+                "h1",
+                KeyLimits {
+                    max_machines: Some(3),
+                    creations_per_minute: None,
+                },
+                1,
+            )
+            .await
+            .unwrap();
+        let k = store.api_key("k1").await.unwrap().unwrap();
+        assert_eq!((k.max_machines, k.creations_per_minute), (Some(3), None));
         assert_eq!(
             store.api_key_by_hash("h1").await.unwrap().unwrap().name,
             "lms"

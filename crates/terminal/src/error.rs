@@ -14,6 +14,8 @@ pub enum GatewayError {
     TokenInvalid(String),
     #[error("terminal {0}: token expired; ask the API for a new one")]
     TokenExpired(String),
+    #[error("terminal {0} was closed: its tokens are revoked")]
+    TokenRevoked(String),
     #[error(
         "terminal {terminal} on machine {machine}: the agent cannot hold the session: {message}"
     )]
@@ -49,6 +51,7 @@ impl GatewayError {
         let code = match self {
             Self::TokenInvalid(_) => crate::close::TOKEN_INVALID,
             Self::TokenExpired(_) => crate::close::TOKEN_EXPIRED,
+            Self::TokenRevoked(_) => crate::close::TOKEN_REVOKED,
             Self::MachineNotFound(_) | Self::MachineNotRunning { .. } => crate::close::MACHINE_GONE,
             Self::Core(rnr_core::CoreError::NotFound(_)) => crate::close::MACHINE_GONE,
             Self::LimitReached { .. } => crate::close::LIMIT_REACHED,

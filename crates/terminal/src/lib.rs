@@ -48,6 +48,8 @@ pub mod close {
     pub const TOKEN_INVALID: u16 = 4001;
     /// The token is past its expiry: ask the API for a new one.
     pub const TOKEN_EXPIRED: u16 = 4002;
+    /// The terminal was closed through the API: its tokens are revoked.
+    pub const TOKEN_REVOKED: u16 = 4003;
     /// The machine was deleted, expired or stopped.
     pub const MACHINE_GONE: u16 = 4004;
     /// No input for the idle timeout; the session was ended.
@@ -90,6 +92,8 @@ pub struct GatewayConfig {
     pub ping_timeout: Duration,
     /// Where asciicast recordings are kept.
     pub recordings_dir: PathBuf,
+    /// Largest recording; past it, recording stops with a marker and the terminal goes on.
+    pub max_recording_bytes: u64,
 }
 
 /// The `[terminal]` section of rnr's configuration file (env `RNR_TERMINAL__<KEY>`).
@@ -102,6 +106,9 @@ pub struct TerminalSettings {
     /// Origins besides the gateway's own whose pages may open terminals; "*" for any.
     pub allowed_origins: Vec<String>,
     pub ping_seconds: u64,
+    /// Largest asciicast recording in bytes; past it, recording stops with a marker (the
+    /// terminal goes on).
+    pub max_recording_bytes: u64,
 }
 
 impl Default for TerminalSettings {
@@ -112,6 +119,7 @@ impl Default for TerminalSettings {
             max_per_machine: 8,
             allowed_origins: Vec::new(),
             ping_seconds: 10,
+            max_recording_bytes: 64 << 20,
         }
     }
 }
@@ -132,6 +140,7 @@ impl GatewayConfig {
             ping_interval: Duration::from_secs(ping),
             ping_timeout: Duration::from_secs(ping * 3),
             recordings_dir: data_dir.join("recordings"),
+            max_recording_bytes: s.max_recording_bytes,
         }
     }
 }
@@ -222,7 +231,59 @@ impl Gateway {
             }),
         };
         gw.spawn_idle_sweeper();
+        // A deleted machine's terminals end and their recordings go with it.
+        let weak = Arc::downgrade(&gw.inner);
+        gw.inner.platform.on_delete(move |machine| {
+            let weak = weak.clone();
+            async move {
+                if let Some(inner) = weak.upgrade() {
+                    Gateway { inner }.machine_deleted(&machine).await;
+                }
+            }
+        });
         Ok(gw)
+    }
+
+    /// The terminals attached to machine `machine` now.
+    fn attached_to(&self, machine: &str) -> Vec<Arc<Terminal>> {
+        self.inner
+            .terminals
+            .lock()
+            .expect("terminals lock")
+            .values()
+            .filter(|t| t.machine == machine)
+            .cloned()
+            .collect()
+    }
+
+    /// Ends machine `machine`'s live terminals and deletes their recordings.
+    async fn machine_deleted(&self, machine: &str) {
+        for t in self.attached_to(machine) {
+            t.kill(Closed {
+                code: close::MACHINE_GONE,
+                reason: format!("machine {machine} was deleted"),
+            })
+            .await;
+        }
+        let recorded = match self.inner.platform.terminals_of(machine).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(machine, error = %e, "cannot list the terminals of a deleted machine");
+                return;
+            }
+        };
+        for t in recorded {
+            let file = record::path(&self.inner.cfg.recordings_dir, &t.id);
+            match tokio::fs::remove_file(&file).await {
+                Ok(()) => {
+                    tracing::info!(machine, terminal = %t.id, "recording deleted with its machine")
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(machine, file = %file.display(), error = %e, "cannot delete a recording")
+                }
+            }
+        }
     }
 
     /// Calls `f(machine_id)` on every burst of the owner's input (it must be cheap: the
@@ -287,8 +348,24 @@ impl Gateway {
         (tok, exp)
     }
 
-    pub fn verify(&self, token: &str, terminal: &str) -> Result<Claims, GatewayError> {
-        self.inner.signer.verify(token, terminal, now_s())
+    /// The claims of a genuine, unexpired token of terminal `terminal` whose tokens were
+    /// not revoked (`DELETE /api/v1/terminals/{id}`).
+    pub async fn verify(&self, token: &str, terminal: &str) -> Result<Claims, GatewayError> {
+        let claims = self.inner.signer.verify(token, terminal, now_s())?;
+        match self.inner.platform.terminal(terminal).await? {
+            Some(t) if t.revoked_at.is_some() => Err(GatewayError::TokenRevoked(terminal.into())),
+            _ => Ok(claims),
+        }
+    }
+
+    /// Whether terminal `id`'s tokens were revoked.
+    pub async fn revoked(&self, id: &str) -> Result<bool, GatewayError> {
+        Ok(self
+            .inner
+            .platform
+            .terminal(id)
+            .await?
+            .is_some_and(|t| t.revoked_at.is_some()))
     }
 
     async fn running_machine(&self, machine: &str) -> Result<(), GatewayError> {
@@ -344,15 +421,12 @@ impl Gateway {
             return Ok(t);
         }
         self.running_machine(machine).await?;
+        // An ended terminal (closed through the API, idle) frees its place at once, not
+        // when its session's link has wound down.
         let open = self
-            .inner
-            .terminals
-            .lock()
-            .expect("terminals lock")
-            .values()
-            // An ended terminal (closed through the API, idle) frees its place at once,
-            // not when its session's link has wound down.
-            .filter(|t| t.machine == machine && t.closed().is_none())
+            .attached_to(machine)
+            .iter()
+            .filter(|t| t.closed().is_none())
             .count();
         if open >= self.inner.cfg.max_per_machine {
             return Err(GatewayError::LimitReached {
@@ -364,7 +438,7 @@ impl Gateway {
         // A terminal created with recording on keeps recording after a gateway restart.
         let recorder = if record || file.exists() {
             Some(
-                record::Recorder::start(file, size.0, size.1)
+                record::Recorder::start(file, size.0, size.1, self.inner.cfg.max_recording_bytes)
                     .await
                     .map_err(|source| GatewayError::Recording {
                         terminal: id.into(),
@@ -427,6 +501,18 @@ impl Gateway {
                 return Err(GatewayError::TerminalNotFound(id.into()));
             }
         }
+        match self.inner.platform.terminal(id).await? {
+            // A closed terminal stays closed: its tokens are revoked, and so would be new
+            // ones.
+            Some(t) if t.revoked_at.is_some() || t.machine_id != machine => {
+                return Err(GatewayError::TerminalNotFound(id.into()))
+            }
+            Some(_) => {}
+            None => {
+                self.running_machine(machine).await?;
+                self.inner.platform.add_terminal(id, machine).await?;
+            }
+        }
         let size = (
             req.rows.unwrap_or(24).clamp(1, 1000),
             req.cols.unwrap_or(80).clamp(1, 1000),
@@ -452,16 +538,23 @@ impl Gateway {
         })
     }
 
-    /// Ends terminal `id`'s session.
+    /// Ends terminal `id`'s session and revokes its tokens: its connected clients are
+    /// closed (4010) and every later use of its owner and viewer tokens is refused (4003
+    /// on the socket). Refused for a terminal never opened, or one already closed.
     pub async fn kill(&self, id: &str) -> Result<(), GatewayError> {
-        let t = self
-            .live(id)
-            .ok_or_else(|| GatewayError::TerminalNotFound(id.into()))?;
-        t.kill(Closed {
-            code: close::SESSION_ENDED,
-            reason: "the terminal was closed through the API".into(),
-        })
-        .await;
+        let live = self.live(id);
+        let revoked = self.inner.platform.revoke_terminal(id).await?;
+        if live.is_none() && !revoked {
+            return Err(GatewayError::TerminalNotFound(id.into()));
+        }
+        if let Some(t) = live {
+            t.kill(Closed {
+                code: close::SESSION_ENDED,
+                reason: "the terminal was closed through the API; its tokens are revoked".into(),
+            })
+            .await;
+        }
+        tracing::info!(terminal = id, "terminal closed and its tokens revoked");
         Ok(())
     }
 

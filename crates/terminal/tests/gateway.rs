@@ -26,6 +26,7 @@ fn config(tp: &TestPlatform) -> GatewayConfig {
         ping_interval: Duration::from_secs(10),
         ping_timeout: Duration::from_secs(30),
         recordings_dir: tp.dir().join("recordings"),
+        max_recording_bytes: 64 << 20,
     }
 }
 
@@ -76,21 +77,22 @@ async fn connect(gw: &Gateway, id: &str, token: &str) -> Client {
     let (gw, terminal, key) = (gw.clone(), id.to_string(), token.to_string());
     let service =
         hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-            let opened = Opened {
-                access: gw.verify(&key, &terminal),
-                terminal: terminal.clone(),
-                rows: None,
-                cols: None,
-                deflate: rnr_terminal::negotiate_deflate(req.headers()),
-            };
+            let deflate = rnr_terminal::negotiate_deflate(req.headers());
             let accept = req
                 .headers()
                 .get("sec-websocket-key")
                 .map(|k| derive_accept_key(k.as_bytes()))
                 .unwrap_or_default();
             let upgrade = hyper::upgrade::on(&mut req);
-            let gw = gw.clone();
+            let (gw, key, terminal) = (gw.clone(), key.clone(), terminal.clone());
             tokio::spawn(async move {
+                let opened = Opened {
+                    access: gw.verify(&key, &terminal).await,
+                    terminal,
+                    rows: None,
+                    cols: None,
+                    deflate,
+                };
                 if let Ok(upgraded) = upgrade.await {
                     gw.serve_socket(upgraded, opened).await;
                 }

@@ -2,15 +2,19 @@
 // runs checks, shows live results, time left, extend and reset, and every state a learner
 // can meet (starting, out of capacity, expired, connection lost). In an LMS iframe it
 // posts {type: "rnr:passed"} to the parent once every check passes (docs/embedding.md).
+// Its learner token (for this one exercise) expires: the page gets a fresh one while open.
+// No inline script or style anywhere: the pages run under a strict Content-Security-Policy.
 (() => {
   const data = document.body.dataset;
   const exercise = data.exercise;
-  const learner = data.learner;
+  let learner = data.learner;
   const embed = data.embed === '1';
   const $ = (id) => document.getElementById(id);
   const statusEl = $('status'), timerEl = $('timer'), overlay = $('overlay'), frame = $('term');
   const tasks = $('tasks'), summary = $('summary');
   let session = null, events = null, polling = null, passedPosted = false, countdown = null;
+  let refreshTimer = null;
+  const esc = (t) => String(t).replace(/&/g, '&amp;').replace(/</g, '&lt;');
   const rnr = { state: 'starting', session: null, lastRun: null };
   window.rnrPage = rnr;
 
@@ -100,9 +104,33 @@
     };
   }
 
+  // A fresh token once two thirds of this one's life are gone; the event stream follows.
+  function scheduleRefresh(expiresAt) {
+    clearTimeout(refreshTimer);
+    const left = expiresAt - Math.floor(Date.now() / 1000);
+    refreshTimer = setTimeout(async () => {
+      try {
+        const t = await api('POST', '/learn/api/token');
+        learner = t.token;
+        if (session) subscribe();
+        scheduleRefresh(t.expires_at);
+      } catch (e) { refused(e, 'Your session could not be renewed'); }
+    }, Math.max(5, Math.floor(left * 2 / 3)) * 1000);
+  }
+
+  // Refusals a learner can act on, in words (the API's message names the limit).
+  function refused(e, what) {
+    if (e.code === 'capacity_exceeded' || e.code === 'quota_exceeded') return limited(e);
+    let text = `${what}: ${esc(e.message)}`;
+    if (e.code === 'token_expired' || e.status === 401) text = 'Your session has ended. Reload the page to continue.';
+    else if (e.code === 'anonymous_disabled') text = `Open this exercise from your course's link. ${esc(e.message)}`;
+    setState('error', 'Error', text);
+  }
+
   function apply(s) {
     session = s;
     rnr.session = s;
+    scheduleRefresh(s.token_expires_at);
     passedPosted = false;
     if (frame.dataset.src !== s.terminal.page_url) { frame.dataset.src = s.terminal.page_url; frame.src = s.terminal.page_url; }
     renderTasks(s.last_run);
@@ -129,11 +157,15 @@
     timerEl.title = left <= 120 ? 'Your machine is about to expire: press "+ time" to keep it' : '';
   }
 
-  function capacity(e) {
+  // Out of capacity, or a quota reached: say which, and try again when it may have room.
+  function limited(e) {
     let wait = Math.max(e.retry || 10, 1);
     clearInterval(countdown);
-    const show = () => setState('capacity', 'Out of capacity',
-      `All machines are busy — out of capacity. Trying again in ${wait} s…`);
+    const why = e.code === 'quota_exceeded'
+      ? `No machine for now — ${esc(e.message)}.`
+      : 'All machines are busy — out of capacity.';
+    const show = () => setState('capacity', e.code === 'quota_exceeded' ? 'Limit reached' : 'Out of capacity',
+      `${why} Trying again in ${wait} s…`);
     show();
     countdown = setInterval(() => { wait -= 1; if (wait <= 0) { clearInterval(countdown); start(); } else show(); }, 1000);
   }
@@ -141,10 +173,7 @@
   async function start() {
     setState('starting', 'Starting your machine…', 'Starting your machine…');
     try { apply(await api('POST', `/learn/api/exercises/${encodeURIComponent(exercise)}/session`)); }
-    catch (e) {
-      if (e.code === 'capacity_exceeded') capacity(e);
-      else setState('error', 'Error', `Could not start a machine: ${e.message.replace(/</g, '&lt;')}`);
-    }
+    catch (e) { refused(e, 'Could not start a machine'); }
   }
 
   async function reset() {
@@ -155,9 +184,8 @@
       apply(session ? await api('POST', `/learn/api/machines/${session.machine.id}/reset`)
         : await api('POST', `/learn/api/exercises/${encodeURIComponent(exercise)}/session`));
     } catch (e) {
-      if (e.code === 'capacity_exceeded') capacity(e);
-      else if (e.status === 404) { session = null; start(); }
-      else setState('error', 'Error', `Could not reset: ${e.message.replace(/</g, '&lt;')}`);
+      if (e.status === 404) { session = null; start(); }
+      else refused(e, 'Could not reset');
     }
   }
 

@@ -2,6 +2,11 @@
 //! LMS through a signed link) and operators (signed in with an API key). Everything is an
 //! HMAC-SHA256 over a purpose-tagged payload with the instance's web secret, so a token made
 //! for one purpose is never accepted for another.
+//!
+//! A learner's page holds a learner token: one learner, one exercise, an expiry, and the
+//! API key whose link it came from, if any. It opens, checks and reaches only that
+//! exercise's machine. An anonymous browser is recognised by a visitor cookie, which only
+//! names the learner (and expires); it is no credential for the learner API.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -29,7 +34,39 @@ pub struct LinkClaims {
     pub exercise: String,
     #[serde(rename = "x")]
     pub expires_at: i64,
+    /// The API key that made the link: its learners' machines count against its quotas,
+    /// and revoking it ends the link.
+    #[serde(rename = "k", default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
+
+/// What a learner token says: `learner` may work on `exercise` until `expires_at`
+/// (unix s). Refreshed tokens never outlive `until` (the link's or the visitor cookie's
+/// expiry).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LearnerClaims {
+    #[serde(rename = "l")]
+    pub learner: String,
+    #[serde(rename = "e")]
+    pub exercise: String,
+    #[serde(rename = "x")]
+    pub expires_at: i64,
+    #[serde(rename = "u")]
+    pub until: i64,
+    /// The API key whose link the learner came through.
+    #[serde(rename = "k", default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+impl LearnerClaims {
+    /// Whether the learner is an anonymous visitor (no LMS named them).
+    pub fn anonymous(&self) -> bool {
+        self.learner.starts_with(ANONYMOUS_PREFIX)
+    }
+}
+
+/// The owner prefix of anonymous learners' machines.
+pub const ANONYMOUS_PREFIX: &str = "anon-";
 
 /// Learner ids the LMS may name: letters, digits and `_@.:-`, at most 100 bytes.
 pub fn valid_learner(id: &str) -> bool {
@@ -42,7 +79,7 @@ pub fn valid_learner(id: &str) -> bool {
 
 /// A new anonymous learner's id, for a browser that has no session yet.
 pub fn anonymous_learner() -> String {
-    format!("anon-{}", rnr_core::random_id(16))
+    format!("{ANONYMOUS_PREFIX}{}", rnr_core::random_id(16))
 }
 
 impl Signer {
@@ -67,30 +104,56 @@ impl Signer {
         hex::decode(mac).is_ok_and(|mac| m.verify_slice(&mac).is_ok())
     }
 
-    /// `<learner>.<mac>`: the learner's identity for the learner API.
-    pub fn learner_token(&self, learner: &str) -> String {
-        format!("{learner}.{}", self.mac("learner", learner))
+    /// `<base64url(json)>.<mac>` for `purpose`.
+    fn sign_json<T: Serialize>(&self, purpose: &str, claims: &T) -> String {
+        let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).expect("claims serialize"));
+        let mac = self.mac(purpose, &payload);
+        format!("{payload}.{mac}")
     }
 
-    pub fn verify_learner(&self, token: &str) -> Option<String> {
-        let (learner, mac) = token.rsplit_once('.')?;
-        (valid_learner(learner) && self.check("learner", learner, mac)).then(|| learner.into())
+    fn verify_json<T: serde::de::DeserializeOwned>(&self, purpose: &str, token: &str) -> Option<T> {
+        let (payload, mac) = token.split_once('.')?;
+        if !self.check(purpose, payload, mac) {
+            return None;
+        }
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()
+    }
+
+    /// The learner page's token for the learner API.
+    pub fn learner_token(&self, claims: &LearnerClaims) -> String {
+        self.sign_json("learner", claims)
+    }
+
+    /// The claims of a genuine learner token; expiry is the caller's to judge.
+    pub fn verify_learner(&self, token: &str) -> Option<LearnerClaims> {
+        self.verify_json::<LearnerClaims>("learner", token)
+            .filter(|c| valid_learner(&c.learner))
+    }
+
+    /// `<learner>.<expires_at>.<mac>`: the anonymous visitor cookie.
+    pub fn visitor_token(&self, learner: &str, expires_at: i64) -> String {
+        let payload = format!("{learner}.{expires_at}");
+        let mac = self.mac("visitor", &payload);
+        format!("{payload}.{mac}")
+    }
+
+    /// The learner and expiry of a genuine, unexpired visitor cookie.
+    pub fn verify_visitor(&self, token: &str, now: i64) -> Option<(String, i64)> {
+        let (payload, mac) = token.rsplit_once('.')?;
+        let (learner, exp) = payload.rsplit_once('.')?;
+        let exp: i64 = exp.parse().ok()?;
+        (exp > now && valid_learner(learner) && self.check("visitor", payload, mac))
+            .then(|| (learner.to_string(), exp))
     }
 
     /// `<base64url(json claims)>.<mac>`
     pub fn link_token(&self, claims: &LinkClaims) -> String {
-        let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).expect("claims serialize"));
-        let mac = self.mac("link", &payload);
-        format!("{payload}.{mac}")
+        self.sign_json("link", claims)
     }
 
     /// The link's claims if it is genuine; expiry is the caller's to judge.
     pub fn verify_link(&self, token: &str) -> Option<LinkClaims> {
-        let (payload, mac) = token.split_once('.')?;
-        if !self.check("link", payload, mac) {
-            return None;
-        }
-        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()
+        self.verify_json("link", token)
     }
 
     /// `<key id>.<expires_at>.<mac>`: an operator's session cookie.
@@ -117,16 +180,45 @@ mod tests {
     fn tokens_verify_only_for_their_purpose_and_key() {
         let s = Signer::new(b"k1");
         let other = Signer::new(b"k2");
-        let t = s.learner_token("anon-abc");
-        assert_eq!(s.verify_learner(&t).as_deref(), Some("anon-abc"));
+        let lc = LearnerClaims {
+            learner: "anon-abc".into(),
+            exercise: "cron".into(),
+            expires_at: 100,
+            until: 200,
+            key: None,
+        };
+        let t = s.learner_token(&lc);
+        assert_eq!(s.verify_learner(&t), Some(lc.clone()));
+        assert!(lc.anonymous());
         assert_eq!(other.verify_learner(&t), None);
-        assert_eq!(s.verify_learner(&t.replace("anon-abc", "anon-abd")), None);
+        let (payload, mac) = t.split_once('.').unwrap();
+        let forged = URL_SAFE_NO_PAD.encode(
+            serde_json::to_vec(&LearnerClaims {
+                exercise: "archives".into(),
+                ..lc.clone()
+            })
+            .unwrap(),
+        );
+        assert_eq!(
+            s.verify_learner(&format!("{forged}.{mac}")),
+            None,
+            "{payload}"
+        );
         assert_eq!(s.verify_learner("anon-abc"), None);
+
+        let v = s.visitor_token("anon-abc", 50);
+        assert_eq!(s.verify_visitor(&v, 49), Some(("anon-abc".into(), 50)));
+        assert_eq!(s.verify_visitor(&v, 50), None, "expired");
+        assert_eq!(other.verify_visitor(&v, 0), None);
+        // A visitor cookie is no learner token, and the reverse.
+        assert_eq!(s.verify_learner(&v), None);
+        assert_eq!(s.verify_visitor(&t, 0), None);
 
         let c = LinkClaims {
             learner: "lms:42".into(),
             exercise: "cron".into(),
             expires_at: 100,
+            key: Some("k-1".into()),
         };
         let l = s.link_token(&c);
         assert_eq!(s.verify_link(&l), Some(c));

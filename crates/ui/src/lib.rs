@@ -16,8 +16,10 @@ mod learn;
 mod operator;
 pub mod pages;
 
-pub use identity::{anonymous_learner, valid_learner, LinkClaims, Signer};
-pub use learn::{Link, LinkRefused, Session};
+pub use identity::{
+    anonymous_learner, valid_learner, LearnerClaims, LinkClaims, Signer, ANONYMOUS_PREFIX,
+};
+pub use learn::{Link, LinkRefused, Session, Visitor};
 pub use operator::{MachineUse, Overview};
 
 use rnr_checker::{Checker, CheckerError};
@@ -37,6 +39,18 @@ pub enum UiError {
     ExtendLimit(String),
     #[error("invalid {field}: {message}")]
     Invalid { field: String, message: String },
+    /// No learner session, or one this instance did not sign.
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("the learner session expired at {0} (unix time): reload the page")]
+    SessionExpired(i64),
+    #[error(
+        "anonymous learners are turned off on this platform ([ui] anonymous = false): open \
+         the exercise through your learning platform's link"
+    )]
+    AnonymousDisabled,
+    #[error("this learner session is for exercise {session:?}, not {asked:?}")]
+    WrongExercise { session: String, asked: String },
     #[error(transparent)]
     Core(#[from] CoreError),
     #[error(transparent)]
@@ -56,6 +70,16 @@ pub struct UiConfig {
     pub link_ttl: Duration,
     /// External base URL (`https://labs.example.org`) for links; else taken from `Host`.
     pub public_url: Option<String>,
+    /// Whether visitors without an LMS link get machines.
+    pub anonymous: bool,
+    /// Most anonymous machines creating or running for one client address; 0: no limit.
+    pub max_anonymous_per_client: u64,
+    /// Most anonymous machines creating or running in all; 0: no limit.
+    pub max_anonymous: u64,
+    /// Lifetime of a learner page's token (refreshed by the page while it is open).
+    pub learner_token_ttl: Duration,
+    /// Lifetime of an anonymous visitor's cookie: how long a browser keeps its machines.
+    pub visitor_ttl: Duration,
 }
 
 impl Default for UiConfig {
@@ -64,6 +88,11 @@ impl Default for UiConfig {
             extend: Duration::from_secs(15 * 60),
             link_ttl: Duration::from_secs(24 * 3600),
             public_url: None,
+            anonymous: true,
+            max_anonymous_per_client: 5,
+            max_anonymous: 50,
+            learner_token_ttl: Duration::from_secs(4 * 3600),
+            visitor_ttl: Duration::from_secs(30 * 86_400),
         }
     }
 }
@@ -139,7 +168,12 @@ impl Ui {
     /// as the pages and the terminal share an origin.
     async fn page_terminal(&self, machine: &str) -> Result<rnr_terminal::TerminalCreated> {
         let platform = &self.inner.platform;
-        let id = match platform.page_terminal(machine).await? {
+        let known = match platform.page_terminal(machine).await? {
+            // Closed through the API (its tokens revoked): the page gets a new one.
+            Some(t) if self.inner.terminals.revoked(&t).await? => None,
+            other => other,
+        };
+        let id = match known {
             Some(t) => t,
             None => {
                 let t = format!("t-{}", rnr_core::random_id(12));
