@@ -13,6 +13,9 @@ pkgs=(docker.io debootstrap busybox-static crun runc iptables iproute2 sqlite3 c
       btrfs-progs
       python3-pytest python3-requests
       curl python3 gcc libc6-dev pkg-config
+      # The isolation suite's probe: gcc -static (libc.a) with the kernel's system call
+      # tables (asm/unistd_{64,32,x32}.h).
+      linux-libc-dev
       # Chromium runs the browser tests.
       chromium fonts-dejavu-core)
 missing=()

@@ -9,6 +9,8 @@
 //! A driver crate instantiates it with `rnr_driver::isolation_tests!(setup);`, `setup`
 //! being the same `async fn() -> Harness` as for the conformance suite.
 
+pub mod probe;
+
 use crate::conformance::{read_until, spec, Cleanup, Harness};
 use crate::{collect, ExecOutcome, ExecRequest, ExecSpec, TtySize};
 use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream};
