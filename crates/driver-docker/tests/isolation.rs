@@ -22,4 +22,5 @@ rnr_driver::isolation_tests!(setup; contained: [
     proc_sys_and_sys_read_only,
     reboot_refused,
     no_escape_through_proc_or_devices,
+    syscalls_refused_on_every_entry_point,
 ]; not_contained: []);

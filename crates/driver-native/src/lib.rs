@@ -57,6 +57,7 @@ mod net;
 mod netlink;
 mod oci;
 mod runtime;
+mod seccomp;
 mod setup;
 mod sys;
 mod users;
