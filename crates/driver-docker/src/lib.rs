@@ -20,7 +20,9 @@ use bollard::container::{
     RemoveContainerOptions, StatsOptions,
 };
 use bollard::exec::{CreateExecOptions, ResizeExecOptions, StartExecOptions, StartExecResults};
-use bollard::models::{ContainerInspectResponse, ContainerSummary, EndpointSettings, HostConfig};
+use bollard::models::{
+    ContainerInspectResponse, ContainerSummary, EndpointSettings, HostConfig, ResourcesUlimits,
+};
 use bollard::network::{CreateNetworkOptions, ListNetworksOptions};
 use bollard::Docker;
 use futures::{StreamExt, TryStreamExt};
@@ -446,6 +448,13 @@ impl Driver for DockerDriver {
             network_mode: Some(self.network_for(spec.network.outbound)),
             // The learner's own processes must not make the host's OOM killer pick others.
             oom_score_adj: Some(500),
+            // No core dumps: a crash must not write a learner's process's memory anywhere,
+            // nor fill the disk; hard 0, and without CAP_SYS_RESOURCE it stays 0.
+            ulimits: Some(vec![ResourcesUlimits {
+                name: Some("core".into()),
+                soft: Some(0),
+                hard: Some(0),
+            }]),
             init: Some(false),
             binds: self
                 .cfg

@@ -23,4 +23,5 @@ rnr_driver::isolation_tests!(setup; contained: [
     reboot_refused,
     no_escape_through_proc_or_devices,
     syscalls_refused_on_every_entry_point,
+    core_dumps_off,
 ]; not_contained: []);

@@ -184,7 +184,12 @@ pub fn config(i: &ConfigInput<'_>) -> Value {
                 "inheritable": [],
                 "ambient": [],
             },
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": i.nofile, "soft": i.nofile}],
+            // No core dumps: a crash must not write the memory of a learner's process
+            // anywhere, nor fill the disk; hard 0, and without CAP_SYS_RESOURCE it stays 0.
+            "rlimits": [
+                {"type": "RLIMIT_NOFILE", "hard": i.nofile, "soft": i.nofile},
+                {"type": "RLIMIT_CORE", "hard": 0, "soft": 0},
+            ],
             "noNewPrivileges": false,
             // The learner's processes must not make the host's OOM killer pick others.
             "oomScoreAdj": 500,
@@ -235,6 +240,21 @@ mod tests {
             uid_base: None,
             agent: None,
         }
+    }
+
+    #[test]
+    fn no_core_dumps() {
+        let c = config(&input(true));
+        let core: Vec<&Value> = c["process"]["rlimits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["type"] == "RLIMIT_CORE")
+            .collect();
+        assert_eq!(
+            core,
+            [&json!({"type": "RLIMIT_CORE", "hard": 0, "soft": 0})]
+        );
     }
 
     #[test]

@@ -25,7 +25,20 @@ rnr_driver::isolation_tests!(setup; contained: [
     reboot_refused,
     no_escape_through_proc_or_devices,
     syscalls_refused_on_every_entry_point,
+    core_dumps_off,
 ]; not_contained: []);
+
+/// The same suite's attacks on what only the native driver has: the `crun exec` fallback
+/// of machines without an agent (users resolved and rlimits set by the driver itself), and
+/// the system calls its profile refuses beyond Docker 20.10's.
+async fn runtime_setup() -> rnr_driver::conformance::Harness {
+    common::runtime_harness().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn core_dumps_off_through_crun_exec() {
+    rnr_driver::isolation::core_dumps_off(runtime_setup().await).await;
+}
 
 /// Refused by the native profile, allowed by Docker 20.10's (so not in the shared set):
 /// io_uring (a kernel surface of its own, with its own history of escapes) and

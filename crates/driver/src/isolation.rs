@@ -652,6 +652,56 @@ pub async fn syscalls_refused_on_every_entry_point(h: Harness) {
     probes.assert_prompt();
 }
 
+pub async fn core_dumps_off(h: Harness) {
+    let (id, _g, dog) = setup(&h, "core").await;
+    probe::install(&h, &id).await;
+    let out = attack(
+        &h,
+        &id,
+        &format!(
+            "echo soft-shell=$(ulimit -c) hard-shell=$(ulimit -Hc); \
+             ulimit -c unlimited 2>/dev/null && echo raised-shell; \
+             mkdir -p /tmp/cores && cd /tmp/cores && {} core; \
+             sh -c 'kill -SEGV $$'; echo files=$(ls -A /tmp/cores | wc -l)",
+            probe::PATH
+        ),
+        Duration::from_secs(20),
+    )
+    .await;
+    let probes = dog.finish("dumping core").await;
+    let stdout = text(&out.stdout);
+    for want in [
+        "soft-shell=0 ",
+        "hard-shell=0\n",
+        "soft=0 hard=0\n",
+        "files=0\n",
+    ] {
+        assert!(stdout.contains(want), "{want:?} in {stdout:?}");
+    }
+    assert!(
+        !stdout.contains("raised-shell"),
+        "the hard limit stays 0: {stdout:?}"
+    );
+    assert!(
+        !stdout.contains("raise=0\n"),
+        "RLIMIT_CORE cannot be raised: {stdout:?}"
+    );
+    assert!(
+        stdout.contains("signal=11 "),
+        "the probe's child crashed: {stdout:?}"
+    );
+    // With a pipe in core_pattern the kernel hands every crash to the host's helper
+    // whatever RLIMIT_CORE says (the helper is told the limit and must honour it).
+    let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
+    if !pattern.starts_with('|') {
+        assert!(
+            stdout.contains("dumped=0\n"),
+            "no core dumped (core_pattern {pattern:?}): {stdout:?}"
+        );
+    }
+    probes.assert_prompt();
+}
+
 fn tempfile_dir() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "rnr-isolation-{}-{}",
@@ -683,6 +733,7 @@ pub const ALL: &[&str] = &[
     "reboot_refused",
     "no_escape_through_proc_or_devices",
     "syscalls_refused_on_every_entry_point",
+    "core_dumps_off",
 ];
 
 /// Asserts that a driver's instantiation names every attack exactly once.
@@ -714,7 +765,8 @@ macro_rules! isolation_tests {
             proc_sys_and_sys_read_only,
             reboot_refused,
             no_escape_through_proc_or_devices,
-            syscalls_refused_on_every_entry_point
+            syscalls_refused_on_every_entry_point,
+            core_dumps_off
         ]; not_contained: []);
     };
     ($setup:path; contained: [$($name:ident),* $(,)?];
