@@ -115,7 +115,7 @@ impl NativeDriver {
             rootfs: &rootfs,
             limits: spec.limits,
             cgroups_path: &format!("{}/{id}", self.cgroup_parent()),
-            memsw: self.inner.memsw,
+            swap_limit: self.inner.swap_limit,
             nofile: oci::nofile_limit(),
             uid_base,
             agent: cfg.agent.as_deref(),

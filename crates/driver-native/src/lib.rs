@@ -84,7 +84,8 @@ struct Inner {
     subnet: Subnet,
     /// cgroup v1 with a cgroup2 mount beside it: hide its controllers from crun.
     hybrid: bool,
-    memsw: bool,
+    /// Machines' swap can be capped (cgroup v1 with swap accounting, or v2).
+    swap_limit: bool,
     empty_file: PathBuf,
     alloc: Mutex<alloc::Alloc>,
     userns_fds: Mutex<HashMap<u32, Arc<OwnedFd>>>,

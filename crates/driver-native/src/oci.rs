@@ -72,8 +72,9 @@ pub struct ConfigInput<'a> {
     pub rootfs: &'a Path,
     pub limits: Limits,
     pub cgroups_path: &'a str,
-    /// Whether the host's memory cgroup has memory.memsw.* (swap accounting).
-    pub memsw: bool,
+    /// Whether the host can cap the machine's swap: cgroup v1 with memory.memsw.* (swap
+    /// accounting), or cgroup v2 (memory.swap.max; crun skips it where swap is off).
+    pub swap_limit: bool,
     /// RLIMIT_NOFILE of the machine's processes (at most the platform's own hard limit).
     pub nofile: u64,
     /// Host uid/gid that root in the machine maps to; `None` without a user namespace.
@@ -103,8 +104,9 @@ pub fn config(i: &ConfigInput<'_>) -> Value {
     };
     let memory = i.limits.memory_mib.saturating_mul(1 << 20);
     let mut memory_res = json!({"limit": memory});
-    if i.memsw {
-        // OCI "swap" is memory + swap: equal to the limit means no swap beyond the cap.
+    if i.swap_limit {
+        // OCI "swap" is memory + swap: equal to the limit means no swap beyond the cap
+        // (memory.memsw.limit_in_bytes = limit on v1; crun writes memory.swap.max = 0 on v2).
         memory_res["swap"] = json!(memory);
     }
     let period: u64 = 100_000;
@@ -223,7 +225,7 @@ pub fn nofile_limit() -> u64 {
 mod tests {
     use super::*;
 
-    fn input(memsw: bool) -> ConfigInput<'static> {
+    fn input(swap_limit: bool) -> ConfigInput<'static> {
         ConfigInput {
             id: "m1",
             owner: "o",
@@ -235,11 +237,23 @@ mod tests {
                 pids: 64,
             },
             cgroups_path: "rnr-o/m1",
-            memsw,
+            swap_limit,
             nofile: 4096,
             uid_base: None,
             agent: None,
         }
+    }
+
+    #[test]
+    fn swap_is_capped_at_the_memory_limit_where_the_host_can() {
+        // Both a v1 host with memsw and a v2 host: OCI swap (memory + swap) = the limit,
+        // which crun writes as memsw.limit_in_bytes = 64 MiB (v1) or swap.max = 0 (v2).
+        let c = config(&input(true));
+        assert_eq!(c["linux"]["resources"]["memory"]["limit"], 64 << 20);
+        assert_eq!(c["linux"]["resources"]["memory"]["swap"], 64 << 20);
+        // v1 without swap accounting (swapaccount=0): no memsw file to write.
+        let c = config(&input(false));
+        assert!(c["linux"]["resources"]["memory"].get("swap").is_none());
     }
 
     #[test]
