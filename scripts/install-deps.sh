@@ -32,6 +32,20 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# Every machine's terminals draw their ptys from the host's kernel.pty.max, of which
+# kernel.pty.reserve (1024) is kept for the host's own /dev/pts: 4096 by default leaves
+# 3072 to all machines together. Each machine is capped at its max_ptys (256) on its own
+# /dev/pts; room for 250 machines at that cap (never lowered, kept across reboots).
+pty_max=65536
+if [ "$(cat /proc/sys/kernel/pty/max)" -lt "$pty_max" ]; then
+  log "raising kernel.pty.max to $pty_max (machines' terminals share it)"
+  echo "$pty_max" >/proc/sys/kernel/pty/max
+fi
+if [ -d /etc/sysctl.d ] && [ ! -e /etc/sysctl.d/60-rnr-pty.conf ]; then
+  printf '# rootnroll: ptys for every machine (each capped by its own /dev/pts max)\nkernel.pty.max = %s\n' \
+    "$pty_max" >/etc/sysctl.d/60-rnr-pty.conf
+fi
+
 if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
   export PATH="$HOME/.cargo/bin:$PATH"
 fi

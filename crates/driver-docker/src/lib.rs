@@ -1,10 +1,10 @@
 //! The Docker driver: each machine is a container on a Docker Engine, reached with bollard.
 //!
-//! Machines get memory/CPU/pids limits, a hostname, labels marking their owner, and an
-//! address on a platform-owned bridge network with inter-container traffic disabled. A
-//! machine without outbound access sits on an `internal` network; one with it on a second
-//! network that is NATed out. Images are imported root filesystems named `rnr/<name>`
-//! (`images.rs`).
+//! Machines get memory/CPU/pids limits, no core dumps, a pty quota (`ptys.rs`), a
+//! hostname, labels marking their owner, and an address on a platform-owned bridge
+//! network with inter-container traffic disabled. A machine without outbound access sits
+//! on an `internal` network; one with it on a second network that is NATed out. Images
+//! are imported root filesystems named `rnr/<name>` (`images.rs`).
 //!
 //! Each machine's filesystem is capped at [`DockerConfig::disk_mib`] (`--storage-opt size=`)
 //! when the engine's storage driver can do it (btrfs, zfs, overlay2 on xfs with pquota; see
@@ -13,6 +13,7 @@
 mod disk;
 mod firewall;
 mod images;
+mod ptys;
 
 use async_trait::async_trait;
 use bollard::container::{
@@ -61,7 +62,14 @@ pub struct DockerConfig {
     /// btrfs, whose qgroup limit is on everything the container's subvolume references);
     /// `None`: no disk quota.
     pub disk_mib: Option<u64>,
+    /// Most ptys a machine may hold open at once (its /dev/pts's `max`; 0: no quota).
+    /// Setting it needs root (see `ptys.rs`).
+    pub max_ptys: u32,
 }
+
+/// The pty quota machines get unless configured otherwise: every machine's terminals
+/// draw from the host's `kernel.pty.max`.
+pub const DEFAULT_MAX_PTYS: u32 = 256;
 
 /// A driver bound to one engine and one owner.
 #[derive(Clone)]
@@ -72,6 +80,11 @@ pub struct DockerDriver {
     /// Whether creates pass the disk size to the engine: configured, and not (or not yet)
     /// refused by its storage driver.
     quota: Arc<AtomicBool>,
+    /// Whether machines get the pty quota: configured, and not (or not yet) found
+    /// impossible on this host (warned about once).
+    pty_quota: Arc<AtomicBool>,
+    /// Host pids of machines' init (their `/proc/<pid>/root`), learnt once per machine.
+    init_pids: Arc<std::sync::Mutex<HashMap<String, u32>>>,
     images: images::DockerImages,
 }
 
@@ -120,6 +133,7 @@ impl DockerDriver {
             .await
             .map_err(|e| DriverError::Unavailable(format!("docker engine at {socket}: {e}")))?;
         let storage = disk::Storage::of(&info);
+        let cfg_max_ptys = cfg.max_ptys;
         let quota = cfg.disk_mib.is_some() && storage.size_opt() != disk::SizeOpt::Unsupported;
         if cfg.disk_mib.is_some() && !quota {
             tracing::warn!("{}", storage.no_quota_warning());
@@ -130,6 +144,8 @@ impl DockerDriver {
             cfg: Arc::new(cfg),
             storage: Arc::new(storage),
             quota: Arc::new(AtomicBool::new(quota)),
+            pty_quota: Arc::new(AtomicBool::new(cfg_max_ptys > 0)),
+            init_pids: Arc::default(),
         };
         driver.ensure_network(&driver.cfg.network, true).await?;
         driver
@@ -144,6 +160,73 @@ impl DockerDriver {
         self.cfg
             .disk_mib
             .filter(|_| self.quota.load(Ordering::Relaxed))
+    }
+
+    /// Each machine's pty quota when machines get one on this host.
+    pub fn pty_quota(&self) -> Option<u32> {
+        Some(self.cfg.max_ptys).filter(|_| self.pty_quota.load(Ordering::Relaxed))
+    }
+
+    /// Caps the ptys of the just started machine `id` (see `ptys.rs`); on a host where
+    /// that cannot be done, warns once and machines go without.
+    async fn limit_ptys(&self, id: &str) -> Result<()> {
+        let Some(max) = self.pty_quota() else {
+            return Ok(());
+        };
+        let pid = self.init_pid(id).await?;
+        let proc_root = self.cfg.proc_root.clone();
+        let res = match is_root() {
+            true => tokio::task::spawn_blocking(move || ptys::limit(&proc_root, pid, max))
+                .await
+                .map_err(|e| DriverError::backend(id, e))?,
+            false => Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "rnr is not running as root",
+            )),
+        };
+        if let Err(e) = res {
+            if self.pty_quota.swap(false, Ordering::Relaxed) {
+                tracing::warn!(
+                    machine = id,
+                    error = %e,
+                    "machines get no pty quota on this host: one can exhaust kernel.pty.max \
+                     for all (raise it: scripts/install-deps.sh does)"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The host pid of machine `id`'s init.
+    async fn init_pid(&self, id: &str) -> Result<u32> {
+        let known = self
+            .init_pids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .copied();
+        if let Some(pid) = known {
+            return Ok(pid);
+        }
+        let c = self
+            .docker
+            .inspect_container(&container_name(id), None::<InspectContainerOptions>)
+            .await
+            .map_err(|e| map_err(id, e))?;
+        let pid = c.state.and_then(|s| s.pid).unwrap_or(0);
+        let pid =
+            u32::try_from(pid)
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| DriverError::NotRunning {
+                    id: id.to_string(),
+                    state: "stopped".into(),
+                })?;
+        self.init_pids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), pid);
+        Ok(pid)
     }
 
     /// The engine's storage driver, e.g. `btrfs` or `overlay2`.
@@ -327,6 +410,12 @@ impl DockerDriver {
     }
 }
 
+/// Whether rnr runs as root (what reaching into a machine from the host takes).
+fn is_root() -> bool {
+    // SAFETY: geteuid(2) has no arguments and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// The machine's address: a machine sits on exactly one of the platform's networks.
 fn first_address(networks: Option<HashMap<String, EndpointSettings>>) -> Option<IpAddr> {
     networks?
@@ -491,6 +580,10 @@ impl Driver for DockerDriver {
             let _ = self.delete(id).await;
             return Err(map_err(id, e));
         }
+        if let Err(e) = self.limit_ptys(id).await {
+            let _ = self.delete(id).await;
+            return Err(e);
+        }
         self.inspect(id).await
     }
 
@@ -611,6 +704,10 @@ impl Driver for DockerDriver {
     }
 
     async fn delete(&self, id: &str) -> Result<()> {
+        self.init_pids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
         // Refuse to touch a container of the same name that another owner has.
         match self.inspect(id).await {
             Ok(_) => {}

@@ -24,4 +24,5 @@ rnr_driver::isolation_tests!(setup; contained: [
     no_escape_through_proc_or_devices,
     syscalls_refused_on_every_entry_point,
     core_dumps_off,
+    pty_quota,
 ]; not_contained: []);

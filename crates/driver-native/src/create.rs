@@ -116,6 +116,7 @@ impl NativeDriver {
             limits: spec.limits,
             cgroups_path: &format!("{}/{id}", self.cgroup_parent()),
             swap_limit: self.inner.swap_limit,
+            max_ptys: cfg.max_ptys,
             nofile: oci::nofile_limit(),
             uid_base,
             agent: cfg.agent.as_deref(),

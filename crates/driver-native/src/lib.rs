@@ -65,7 +65,7 @@ mod users;
 pub use config::{preflight, DiskMode, NativeConfig};
 pub use error::{NResult, NativeError};
 pub use net::Subnet;
-pub use oci::seccomp as seccomp_profile;
+pub use oci::{seccomp as seccomp_profile, DEFAULT_MAX_PTYS};
 
 use async_trait::async_trait;
 use rnr_driver::{

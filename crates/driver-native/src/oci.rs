@@ -63,6 +63,11 @@ pub fn seccomp() -> Value {
     crate::seccomp::profile(CAPABILITIES)
 }
 
+/// Ptys one machine may have open at once by default: its devpts instance's `max`, so that
+/// a learner holding thousands cannot exhaust the host's `kernel.pty.max`, which every
+/// other machine's terminals draw from.
+pub const DEFAULT_MAX_PTYS: u32 = 256;
+
 /// Inputs of [`config`].
 #[derive(Debug)]
 pub struct ConfigInput<'a> {
@@ -75,6 +80,8 @@ pub struct ConfigInput<'a> {
     /// Whether the host can cap the machine's swap: cgroup v1 with memory.memsw.* (swap
     /// accounting), or cgroup v2 (memory.swap.max; crun skips it where swap is off).
     pub swap_limit: bool,
+    /// Most ptys open at once in the machine (its devpts instance's `max`); 0: no quota.
+    pub max_ptys: u32,
     /// RLIMIT_NOFILE of the machine's processes (at most the platform's own hard limit).
     pub nofile: u64,
     /// Host uid/gid that root in the machine maps to; `None` without a user namespace.
@@ -150,13 +157,25 @@ pub fn config(i: &ConfigInput<'_>) -> Value {
         linux["gidMappings"] = map;
     }
     linux["namespaces"] = json!(namespaces);
+    // A devpts instance of its own, with the machine's pty quota (0: none).
+    let mut pts_options = vec![
+        "nosuid".to_string(),
+        "noexec".into(),
+        "newinstance".into(),
+        "ptmxmode=0666".into(),
+        "mode=0620".into(),
+        "gid=5".into(),
+    ];
+    if i.max_ptys > 0 {
+        pts_options.push(format!("max={}", i.max_ptys));
+    }
     let mut mounts = json!([
         {"destination": "/proc", "type": "proc", "source": "proc",
          "options": ["nosuid", "noexec", "nodev"]},
         {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
          "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
         {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
-         "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+         "options": pts_options},
         {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
          "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
         {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
@@ -238,6 +257,7 @@ mod tests {
             },
             cgroups_path: "rnr-o/m1",
             swap_limit,
+            max_ptys: 77,
             nofile: 4096,
             uid_base: None,
             agent: None,
@@ -269,6 +289,28 @@ mod tests {
             core,
             [&json!({"type": "RLIMIT_CORE", "hard": 0, "soft": 0})]
         );
+    }
+
+    #[test]
+    fn devpts_has_the_pty_quota() {
+        let c = config(&input(true));
+        let pts = c["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == "/dev/pts")
+            .expect("a /dev/pts mount");
+        assert_eq!(pts["type"], "devpts");
+        let opts = pts["options"].as_array().unwrap();
+        assert!(opts.contains(&json!("max=77")), "{opts:?}");
+        assert!(
+            opts.contains(&json!("newinstance")),
+            "its own instance: {opts:?}"
+        );
+        let mut unlimited = input(true);
+        unlimited.max_ptys = 0;
+        let text = config(&unlimited)["mounts"].to_string();
+        assert!(!text.contains("max="), "0: no quota: {text}");
     }
 
     #[test]

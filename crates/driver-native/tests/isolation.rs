@@ -26,6 +26,7 @@ rnr_driver::isolation_tests!(setup; contained: [
     no_escape_through_proc_or_devices,
     syscalls_refused_on_every_entry_point,
     core_dumps_off,
+    pty_quota,
 ]; not_contained: []);
 
 /// The same suite's attacks on what only the native driver has: the `crun exec` fallback

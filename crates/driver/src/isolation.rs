@@ -579,6 +579,7 @@ const fn call(name: &'static str, args: &'static [&'static str]) -> probe::Call 
 
 const EPERM: i32 = 1;
 const ENOSYS: i32 = 38;
+const ENOSPC: i32 = 28;
 
 /// Issues each of `calls` on the 64-bit (`syscall`), i386 (`int $0x80`) and x32 entry
 /// points in machine `id` and asserts each is refused: EPERM (the filter; or a capability
@@ -702,6 +703,81 @@ pub async fn core_dumps_off(h: Harness) {
     probes.assert_prompt();
 }
 
+/// Reads `output` until a whole line containing `needle` has arrived; returns it.
+async fn read_line_with(output: &mut crate::OutputStream, needle: &str, what: &str) -> String {
+    use futures::StreamExt;
+    let mut seen = String::new();
+    let found = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            // Only whole lines (a tty ends them with \r\n).
+            let whole = &seen[..seen.rfind('\n').map_or(0, |i| i + 1)];
+            if let Some(line) = whole.lines().find(|l| l.contains(needle)) {
+                return Some(line.trim_end_matches('\r').to_string());
+            }
+            match output.next().await {
+                Some(Ok(crate::OutputChunk::Stdout(b))) => seen.push_str(&text(&b)),
+                Some(Ok(crate::OutputChunk::Stderr(b))) => seen.push_str(&text(&b)),
+                Some(Err(_)) | None => return None,
+            }
+        }
+    })
+    .await;
+    match found {
+        Ok(Some(line)) => line,
+        Ok(None) => panic!("{what}: output ended without {needle:?}: {seen:?}"),
+        Err(_) => panic!("{what}: no {needle:?} within 60 s: {seen:?}"),
+    }
+}
+
+pub async fn pty_quota(h: Harness) {
+    let (id, _g, dog) = setup(&h, "ptys").await;
+    probe::install(&h, &id).await;
+    // 4,000 ptys held open at once: more than the host's whole kernel.pty.max (4096, of
+    // which 1024 are reserved for the host's own /dev/pts) leaves to machines by default.
+    let mut held = h
+        .driver
+        .exec(&id, ExecSpec::new([probe::PATH, "ptys", "4000", "120"]))
+        .await
+        .expect("start the pty probe");
+    let line = read_line_with(&mut held.output, "opened=", "opening 4,000 ptys").await;
+    eprintln!("machine {id}: {line}");
+    // While they are held, another machine's new terminal opens, and works.
+    let other = spec(&h, "ptyother");
+    let _go = Cleanup::new(&h, &other.id);
+    h.driver
+        .create(&other)
+        .await
+        .expect("create another machine");
+    let mut es = ExecSpec::new(["/bin/sh"]);
+    es.tty = Some(TtySize { rows: 24, cols: 80 });
+    let terminal =
+        tokio::time::timeout(Duration::from_secs(20), h.driver.exec(&other.id, es)).await;
+    let mut terminal = match terminal {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => panic!("a terminal to another machine while {line}: {e}"),
+        Err(_) => panic!("a terminal to another machine while {line}: no answer in 20 s"),
+    };
+    let _ = terminal.stdin.write_all(b"echo pty-$((40+2))\n").await;
+    let what = format!("a terminal to another machine while {line}");
+    read_line_with(&mut terminal.output, "pty-42", &what).await;
+    let _ = terminal.stdin.write_all(b"exit\n").await;
+    let probes = dog.finish("holding 4,000 ptys").await;
+    let _ = held.stdin.write_all(b"x\n").await;
+    drop(held);
+    let opened: u64 = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("opened="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("probe said {line:?}"));
+    assert!(
+        opened < 4000 && line.contains(&format!("errno={ENOSPC} ")),
+        "the machine's ptys stop at its quota with ENOSPC: {line}"
+    );
+    assert!(opened > 0, "the machine can open a pty at all: {line}");
+    eprintln!("pty quota: {line}");
+    probes.assert_prompt();
+}
+
 fn tempfile_dir() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "rnr-isolation-{}-{}",
@@ -734,6 +810,7 @@ pub const ALL: &[&str] = &[
     "no_escape_through_proc_or_devices",
     "syscalls_refused_on_every_entry_point",
     "core_dumps_off",
+    "pty_quota",
 ];
 
 /// Asserts that a driver's instantiation names every attack exactly once.
@@ -766,7 +843,8 @@ macro_rules! isolation_tests {
             reboot_refused,
             no_escape_through_proc_or_devices,
             syscalls_refused_on_every_entry_point,
-            core_dumps_off
+            core_dumps_off,
+            pty_quota
         ]; not_contained: []);
     };
     ($setup:path; contained: [$($name:ident),* $(,)?];

@@ -58,6 +58,7 @@ async fn connect(suite: &str) -> DockerDriver {
         proc_root: "/proc".into(),
         agent: Some(rnr_driver::conformance::agent_path()),
         disk_mib: Some(DISK_MIB),
+        max_ptys: rnr_driver_docker::DEFAULT_MAX_PTYS,
     })
     .await
     .expect("docker engine reachable at /var/run/docker.sock")
