@@ -9,6 +9,15 @@
 //! Each machine's filesystem is capped at [`DockerConfig::disk_mib`] (`--storage-opt size=`)
 //! when the engine's storage driver can do it (btrfs, zfs, overlay2 on xfs with pquota; see
 //! `disk.rs`); on any other engine the driver warns once and machines have no disk quota.
+//!
+//! The machine's /etc/passwd and /etc/group are the learner's to break, and the engine
+//! reads them for every exec: dockerd from the host to resolve a user name, runc inside
+//! the machine before starting anything, even as root. A FIFO there blocks either for good,
+//! /dev/zero fails every exec. So an exec as another user than root goes through the
+//! machine's agent (which resolves users inside, regular files only, size-capped), and
+//! before any exec the driver (as root) looks from the host, without following anything out
+//! of the machine, whether they are regular files: if not, the exec is refused at once,
+//! saying why, instead of hanging.
 
 mod disk;
 mod firewall;
@@ -227,6 +236,33 @@ impl DockerDriver {
             .unwrap_or_else(|p| p.into_inner())
             .insert(id.to_string(), pid);
         Ok(pid)
+    }
+
+    /// Refuses an exec into machine `id` whose /etc/passwd or /etc/group the engine could
+    /// not read without blocking or failing (see the crate's header). Only as root: the
+    /// host's view of a machine's files needs it.
+    async fn check_accounts(&self, id: &str) -> Result<()> {
+        if !is_root() {
+            return Ok(());
+        }
+        let pid = self.init_pid(id).await?;
+        let root = self.cfg.proc_root.join(pid.to_string()).join("root");
+        for path in ["/etc/passwd", "/etc/group"] {
+            // Missing, or anything a lookup inside the machine cannot reach, is the
+            // engine's to report; only what it would block or choke on is refused here.
+            if let Ok((_, md)) = rnr_driver::files::lookup(&root, path) {
+                rnr_driver::files::require_regular(path, &md).map_err(|e| {
+                    DriverError::Invalid {
+                        id: id.to_string(),
+                        message: format!(
+                            "the machine's {e}: the engine reads it before every exec into the \
+                         machine (a FIFO would block it for good); make it a regular file again"
+                        ),
+                    }
+                })?;
+            }
+        }
+        Ok(())
     }
 
     /// The engine's storage driver, e.g. `btrfs` or `overlay2`.
@@ -594,6 +630,13 @@ impl Driver for DockerDriver {
                 message: "argv must not be empty".into(),
             });
         }
+        self.check_accounts(id).await?;
+        if spec.user.is_some() && self.cfg.agent.is_some() {
+            // The agent resolves the user from inside (regular files only, size-capped);
+            // the engine would open the machine's /etc/passwd from the host, and a FIFO
+            // there blocks it for good.
+            return self.agent(id).await?.exec(spec).await;
+        }
         let tty = spec.tty;
         let env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let created = self
@@ -673,6 +716,12 @@ impl Driver for DockerDriver {
             .output
             .filter_map(move |chunk| {
                 let item = match chunk {
+                    // The engine's runtime could not start `serve` at all and says so on
+                    // stdout (e.g. a machine's /etc/passwd it chokes on): no frame, a reason.
+                    Ok(OutputChunk::Stdout(b)) if b.starts_with(b"OCI runtime") => {
+                        let text = String::from_utf8_lossy(&b[..b.len().min(512)]);
+                        Some(Err(std::io::Error::other(text.trim().to_string())))
+                    }
                     Ok(OutputChunk::Stdout(b)) => Some(Ok(b)),
                     Ok(OutputChunk::Stderr(b)) => {
                         let text = String::from_utf8_lossy(&b[..b.len().min(512)])

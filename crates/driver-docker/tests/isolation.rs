@@ -25,4 +25,5 @@ rnr_driver::isolation_tests!(setup; contained: [
     syscalls_refused_on_every_entry_point,
     core_dumps_off,
     pty_quota,
+    hostile_account_files,
 ]; not_contained: []);

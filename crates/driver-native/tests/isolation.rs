@@ -27,6 +27,7 @@ rnr_driver::isolation_tests!(setup; contained: [
     syscalls_refused_on_every_entry_point,
     core_dumps_off,
     pty_quota,
+    hostile_account_files,
 ]; not_contained: []);
 
 /// The same suite's attacks on what only the native driver has: the `crun exec` fallback
@@ -34,6 +35,11 @@ rnr_driver::isolation_tests!(setup; contained: [
 /// the system calls its profile refuses beyond Docker 20.10's.
 async fn runtime_setup() -> rnr_driver::conformance::Harness {
     common::runtime_harness().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_account_files_through_crun_exec() {
+    rnr_driver::isolation::hostile_account_files(runtime_setup().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -778,6 +778,141 @@ pub async fn pty_quota(h: Harness) {
     probes.assert_prompt();
 }
 
+/// What an exec as `nobody` may come to while /etc/passwd is hostile: the machine's own
+/// user (65534), or a clear refusal (an error, or exit 127, naming the user or the file).
+fn assert_clear(case: &str, id: &str, res: &crate::Result<ExecOutcome>, took: Duration) {
+    assert!(
+        took < Duration::from_secs(10),
+        "{case}: an exec as nobody in {id} took {took:?}: {res:?}"
+    );
+    match res {
+        Ok(out) if out.exit_code == Some(0) => assert_eq!(
+            text(&out.stdout),
+            "65534\n",
+            "{case}: the machine's own nobody, never an account read elsewhere"
+        ),
+        Ok(out) => {
+            let err = text(&out.stderr);
+            assert!(
+                out.exit_code == Some(127) && (err.contains("user") || err.contains("passwd")),
+                "{case}: a clear refusal: {out:?}"
+            );
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(
+                !msg.contains("timeout") && (msg.contains("user") || msg.contains("passwd")),
+                "{case}: a clear error: {msg}"
+            );
+        }
+    }
+}
+
+pub async fn hostile_account_files(h: Harness) {
+    use rnr_agent_proto::check::{Check, CheckKind, Suite, UserCheck};
+    let (id, _g, dog) = setup(&h, "passwd").await;
+    // A host file that would make `nobody` uid 4242, were the host to follow a symlink
+    // out of the machine; /etc/shadow, read as a passwd file, would give its own uids.
+    let dir = tempfile_dir();
+    let fake = dir.join("passwd");
+    std::fs::write(&fake, "nobody:x:4242:4242:host:/:/bin/sh\n").unwrap();
+    let cases = [
+        (
+            "a symlink to /dev/zero",
+            "ln -s /dev/zero /etc/passwd".to_string(),
+        ),
+        ("a FIFO", "mkfifo /etc/passwd".to_string()),
+        (
+            "a 1 GiB sparse file",
+            "echo 'nobody:x:65534:65534:nobody:/:/bin/sh' > /etc/passwd \
+             && truncate -s 1G /etc/passwd"
+                .to_string(),
+        ),
+        // The host's path, which the machine (rid of its own) then lacks.
+        (
+            "a symlink to the host's /etc/shadow",
+            "rm -f /etc/shadow && ln -s /etc/shadow /etc/passwd".to_string(),
+        ),
+        (
+            "a symlink to a host file",
+            format!("ln -s {} /etc/passwd", fake.display()),
+        ),
+        (
+            "a relative symlink climbing out",
+            format!(
+                "ln -s ../../../../../../../..{} /etc/passwd",
+                fake.display()
+            ),
+        ),
+    ];
+    let suite = Suite {
+        checks: vec![Check::new(
+            "nobody",
+            CheckKind::User(UserCheck {
+                user: "nobody".into(),
+                exists: true,
+                uid: Some(65534),
+                shell: None,
+                home: None,
+                member_of: Vec::new(),
+            }),
+        )],
+        scripts: Default::default(),
+    };
+    // The learner's root shell, started while /etc/passwd is sane: with it broken, a
+    // runtime may refuse every new exec (runc reads it first, even for root).
+    let mut shell = h
+        .driver
+        .exec(&id, ExecSpec::new(["/bin/sh"]))
+        .await
+        .expect("a root shell");
+    for (n, (case, script)) in cases.iter().enumerate() {
+        let line = format!("rm -f /etc/passwd; {script} && echo made-{n}\n");
+        shell.stdin.write_all(line.as_bytes()).await.unwrap();
+        read_line_with(&mut shell.output, &format!("made-{n}"), case).await;
+        let mut es = ExecSpec::new(["id", "-u"]);
+        es.user = Some("nobody".into());
+        let started = Instant::now();
+        let res = collect(
+            h.driver.as_ref(),
+            &id,
+            ExecRequest::new(es, Duration::from_secs(15)),
+        )
+        .await;
+        let took = started.elapsed();
+        eprintln!("{case}: exec as nobody in {took:?}: {res:?}");
+        assert_clear(case, &id, &res, took);
+        let started = Instant::now();
+        let checked = tokio::time::timeout(Duration::from_secs(10), async {
+            h.driver.agent(&id).await?.check(&suite).await
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{case}: the user check did not end in 10 s"));
+        match checked {
+            Err(crate::DriverError::NoAgent(_)) => {}
+            other => eprintln!(
+                "{case}: user check in {:?}: {:?}",
+                started.elapsed(),
+                other.map(|o| o[0].status)
+            ),
+        }
+        // Whatever did block opening the FIFO (a reader) is let go before going on.
+        let release = format!(
+            "[ -p /etc/passwd ] && timeout 2 sh -c 'echo > /etc/passwd'; echo released-{n}\n"
+        );
+        shell.stdin.write_all(release.as_bytes()).await.unwrap();
+        read_line_with(&mut shell.output, &format!("released-{n}"), case).await;
+    }
+    // Sane again, for whatever runs in the machine until it is deleted.
+    let restore = "rm -f /etc/passwd; printf 'root:x:0:0:root:/root:/bin/sh\\n\
+                   nobody:x:65534:65534:nobody:/:/bin/sh\\n' > /etc/passwd; echo restored\n";
+    shell.stdin.write_all(restore.as_bytes()).await.unwrap();
+    read_line_with(&mut shell.output, "restored", "restoring /etc/passwd").await;
+    let probes = dog.finish("a hostile /etc/passwd").await;
+    let _ = std::fs::remove_dir_all(&dir);
+    probes.assert_prompt();
+}
+
 fn tempfile_dir() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "rnr-isolation-{}-{}",
@@ -811,6 +946,7 @@ pub const ALL: &[&str] = &[
     "syscalls_refused_on_every_entry_point",
     "core_dumps_off",
     "pty_quota",
+    "hostile_account_files",
 ];
 
 /// Asserts that a driver's instantiation names every attack exactly once.
@@ -844,7 +980,8 @@ macro_rules! isolation_tests {
             no_escape_through_proc_or_devices,
             syscalls_refused_on_every_entry_point,
             core_dumps_off,
-            pty_quota
+            pty_quota,
+            hostile_account_files
         ]; not_contained: []);
     };
     ($setup:path; contained: [$($name:ident),* $(,)?];
