@@ -814,6 +814,7 @@ pub async fn hostile_account_files(h: Harness) {
     // A host file that would make `nobody` uid 4242, were the host to follow a symlink
     // out of the machine; /etc/shadow, read as a passwd file, would give its own uids.
     let dir = tempfile_dir();
+    let _remove = RemoveDir(dir.clone());
     let fake = dir.join("passwd");
     std::fs::write(&fake, "nobody:x:4242:4242:host:/:/bin/sh\n").unwrap();
     let cases = [
@@ -909,8 +910,16 @@ pub async fn hostile_account_files(h: Harness) {
     shell.stdin.write_all(restore.as_bytes()).await.unwrap();
     read_line_with(&mut shell.output, "restored", "restoring /etc/passwd").await;
     let probes = dog.finish("a hostile /etc/passwd").await;
-    let _ = std::fs::remove_dir_all(&dir);
     probes.assert_prompt();
+}
+
+/// Removes a host directory of the test's when dropped, a failed assertion included.
+struct RemoveDir(std::path::PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn tempfile_dir() -> std::path::PathBuf {
