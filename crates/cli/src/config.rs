@@ -214,6 +214,9 @@ pub struct DockerSection {
     /// 0: no quota. Needs an engine whose storage driver enforces it (btrfs, zfs, overlay2
     /// on xfs with pquota); on others machines get none and `rnr serve` warns.
     pub disk_mib: u64,
+    /// Most ptys one machine may hold open at once (its /dev/pts's `max`); 0: no quota.
+    /// Set from the host, so only when rnr runs as root; else `rnr serve` warns.
+    pub max_ptys: u32,
 }
 
 impl Default for DockerSection {
@@ -222,6 +225,7 @@ impl Default for DockerSection {
             socket: "/var/run/docker.sock".into(),
             network: "rnr0".into(),
             disk_mib: 1024,
+            max_ptys: rnr_driver_docker::DEFAULT_MAX_PTYS,
         }
     }
 }
@@ -253,6 +257,8 @@ pub struct NativeSection {
     /// Size in GiB of the sparse btrfs image `<state_dir>/disk.img` holding every
     /// machine's writable layer (unless `state_dir` is on btrfs itself); fixed when made.
     pub disk_pool_gib: u64,
+    /// Most ptys one machine may hold open at once (its /dev/pts's `max`); 0: no quota.
+    pub max_ptys: u32,
 }
 
 impl Default for NativeSection {
@@ -267,6 +273,7 @@ impl Default for NativeSection {
             disk_mib: 1024,
             disk: DiskMode::Auto,
             disk_pool_gib: 64,
+            max_ptys: rnr_driver_native::DEFAULT_MAX_PTYS,
         }
     }
 }
@@ -434,6 +441,10 @@ network = "rnr0"
 # btrfs data-root when no engine runs), zfs, or overlay2 on xfs mounted with pquota; on
 # another (overlay2 on ext4, the usual default) machines get no quota and rnr warns.
 disk_mib = 1024
+# Most ptys one machine may hold open at once (each machine's /dev/pts gets max=N, set from
+# the host: rnr must run as root, else it warns); 0: no quota. Every machine's terminals
+# draw from the host's kernel.pty.max, which one machine could otherwise exhaust.
+max_ptys = 256
 
 [native]
 # Images, machine bundles and crun state. Default: <data_dir>/native.
@@ -456,6 +467,9 @@ disk_mib = 1024
 disk = "auto"
 # Size in GiB of the sparse image disk.img (only what is written takes space).
 disk_pool_gib = 64
+# Most ptys one machine may hold open at once (its /dev/pts is mounted with max=N); 0: no
+# quota. Every machine's terminals draw from the host's kernel.pty.max.
+max_ptys = 256
 
 [terminal]
 # Lifetime of a terminal token; connected browsers are sent fresh ones before it ends.

@@ -1,18 +1,28 @@
 //! The Docker driver: each machine is a container on a Docker Engine, reached with bollard.
 //!
-//! Machines get memory/CPU/pids limits, a hostname, labels marking their owner, and an
-//! address on a platform-owned bridge network with inter-container traffic disabled. A
-//! machine without outbound access sits on an `internal` network; one with it on a second
-//! network that is NATed out. Images are imported root filesystems named `rnr/<name>`
-//! (`images.rs`).
+//! Machines get memory/CPU/pids limits, no core dumps, a pty quota (`ptys.rs`), a
+//! hostname, labels marking their owner, and an address on a platform-owned bridge
+//! network with inter-container traffic disabled. A machine without outbound access sits
+//! on an `internal` network; one with it on a second network that is NATed out. Images
+//! are imported root filesystems named `rnr/<name>` (`images.rs`).
 //!
 //! Each machine's filesystem is capped at [`DockerConfig::disk_mib`] (`--storage-opt size=`)
 //! when the engine's storage driver can do it (btrfs, zfs, overlay2 on xfs with pquota; see
 //! `disk.rs`); on any other engine the driver warns once and machines have no disk quota.
+//!
+//! The machine's /etc/passwd and /etc/group are the learner's to break, and the engine
+//! reads them for every exec: dockerd from the host to resolve a user name, runc inside
+//! the machine before starting anything, even as root. A FIFO there blocks either for good,
+//! /dev/zero fails every exec. So an exec as another user than root goes through the
+//! machine's agent (which resolves users inside, regular files only, size-capped), and
+//! before any exec the driver (as root) looks from the host, without following anything out
+//! of the machine, whether they are regular files: if not, the exec is refused at once,
+//! saying why, instead of hanging.
 
 mod disk;
 mod firewall;
 mod images;
+mod ptys;
 
 use async_trait::async_trait;
 use bollard::container::{
@@ -20,7 +30,9 @@ use bollard::container::{
     RemoveContainerOptions, StatsOptions,
 };
 use bollard::exec::{CreateExecOptions, ResizeExecOptions, StartExecOptions, StartExecResults};
-use bollard::models::{ContainerInspectResponse, ContainerSummary, EndpointSettings, HostConfig};
+use bollard::models::{
+    ContainerInspectResponse, ContainerSummary, EndpointSettings, HostConfig, ResourcesUlimits,
+};
 use bollard::network::{CreateNetworkOptions, ListNetworksOptions};
 use bollard::Docker;
 use futures::{StreamExt, TryStreamExt};
@@ -63,7 +75,14 @@ pub struct DockerConfig {
     /// btrfs, whose qgroup limit is on everything the container's subvolume references);
     /// `None`: no disk quota.
     pub disk_mib: Option<u64>,
+    /// Most ptys a machine may hold open at once (its /dev/pts's `max`; 0: no quota).
+    /// Setting it needs root (see `ptys.rs`).
+    pub max_ptys: u32,
 }
+
+/// The pty quota machines get unless configured otherwise: every machine's terminals
+/// draw from the host's `kernel.pty.max`.
+pub const DEFAULT_MAX_PTYS: u32 = 256;
 
 /// A driver bound to one engine and one owner.
 #[derive(Clone)]
@@ -74,6 +93,11 @@ pub struct DockerDriver {
     /// Whether creates pass the disk size to the engine: configured, and not (or not yet)
     /// refused by its storage driver.
     quota: Arc<AtomicBool>,
+    /// Whether machines get the pty quota: configured, and not (or not yet) found
+    /// impossible on this host (warned about once).
+    pty_quota: Arc<AtomicBool>,
+    /// Host pids of machines' init (their `/proc/<pid>/root`), learnt once per machine.
+    init_pids: Arc<std::sync::Mutex<HashMap<String, u32>>>,
     images: images::DockerImages,
     /// The staged agent's directory, when an agent is configured.
     agent_dir: Option<PathBuf>,
@@ -124,6 +148,7 @@ impl DockerDriver {
             .await
             .map_err(|e| DriverError::Unavailable(format!("docker engine at {socket}: {e}")))?;
         let storage = disk::Storage::of(&info);
+        let cfg_max_ptys = cfg.max_ptys;
         let quota = cfg.disk_mib.is_some() && storage.size_opt() != disk::SizeOpt::Unsupported;
         if cfg.disk_mib.is_some() && !quota {
             tracing::warn!("{}", storage.no_quota_warning());
@@ -150,6 +175,8 @@ impl DockerDriver {
             cfg: Arc::new(cfg),
             storage: Arc::new(storage),
             quota: Arc::new(AtomicBool::new(quota)),
+            pty_quota: Arc::new(AtomicBool::new(cfg_max_ptys > 0)),
+            init_pids: Arc::default(),
         };
         driver.ensure_network(&driver.cfg.network, true).await?;
         driver
@@ -164,6 +191,100 @@ impl DockerDriver {
         self.cfg
             .disk_mib
             .filter(|_| self.quota.load(Ordering::Relaxed))
+    }
+
+    /// Each machine's pty quota when machines get one on this host.
+    pub fn pty_quota(&self) -> Option<u32> {
+        Some(self.cfg.max_ptys).filter(|_| self.pty_quota.load(Ordering::Relaxed))
+    }
+
+    /// Caps the ptys of the just started machine `id` (see `ptys.rs`); on a host where
+    /// that cannot be done, warns once and machines go without.
+    async fn limit_ptys(&self, id: &str) -> Result<()> {
+        let Some(max) = self.pty_quota() else {
+            return Ok(());
+        };
+        let pid = self.init_pid(id).await?;
+        let proc_root = self.cfg.proc_root.clone();
+        let res = match is_root() {
+            true => tokio::task::spawn_blocking(move || ptys::limit(&proc_root, pid, max))
+                .await
+                .map_err(|e| DriverError::backend(id, e))?,
+            false => Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "rnr is not running as root",
+            )),
+        };
+        if let Err(e) = res {
+            if self.pty_quota.swap(false, Ordering::Relaxed) {
+                tracing::warn!(
+                    machine = id,
+                    error = %e,
+                    "machines get no pty quota on this host: one can exhaust kernel.pty.max \
+                     for all (raise it: scripts/install-deps.sh does)"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The host pid of machine `id`'s init.
+    async fn init_pid(&self, id: &str) -> Result<u32> {
+        let known = self
+            .init_pids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .copied();
+        if let Some(pid) = known {
+            return Ok(pid);
+        }
+        let c = self
+            .docker
+            .inspect_container(&container_name(id), None::<InspectContainerOptions>)
+            .await
+            .map_err(|e| map_err(id, e))?;
+        let pid = c.state.and_then(|s| s.pid).unwrap_or(0);
+        let pid =
+            u32::try_from(pid)
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| DriverError::NotRunning {
+                    id: id.to_string(),
+                    state: "stopped".into(),
+                })?;
+        self.init_pids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), pid);
+        Ok(pid)
+    }
+
+    /// Refuses an exec into machine `id` whose /etc/passwd or /etc/group the engine could
+    /// not read without blocking or failing (see the crate's header). Only as root: the
+    /// host's view of a machine's files needs it.
+    async fn check_accounts(&self, id: &str) -> Result<()> {
+        if !is_root() {
+            return Ok(());
+        }
+        let pid = self.init_pid(id).await?;
+        let root = self.cfg.proc_root.join(pid.to_string()).join("root");
+        for path in ["/etc/passwd", "/etc/group"] {
+            // Missing, or anything a lookup inside the machine cannot reach, is the
+            // engine's to report; only what it would block or choke on is refused here.
+            if let Ok((_, md)) = rnr_driver::files::lookup(&root, path) {
+                rnr_driver::files::require_regular(path, &md).map_err(|e| {
+                    DriverError::Invalid {
+                        id: id.to_string(),
+                        message: format!(
+                            "the machine's {e}: the engine reads it before every exec into the \
+                         machine (a FIFO would block it for good); make it a regular file again"
+                        ),
+                    }
+                })?;
+            }
+        }
+        Ok(())
     }
 
     /// The engine's storage driver, e.g. `btrfs` or `overlay2`.
@@ -347,6 +468,12 @@ impl DockerDriver {
     }
 }
 
+/// Whether rnr runs as root (what reaching into a machine from the host takes).
+fn is_root() -> bool {
+    // SAFETY: geteuid(2) has no arguments and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// The machine's address: a machine sits on exactly one of the platform's networks.
 fn first_address(networks: Option<HashMap<String, EndpointSettings>>) -> Option<IpAddr> {
     networks?
@@ -468,6 +595,13 @@ impl Driver for DockerDriver {
             network_mode: Some(self.network_for(spec.network.outbound)),
             // The learner's own processes must not make the host's OOM killer pick others.
             oom_score_adj: Some(500),
+            // No core dumps: a crash must not write a learner's process's memory anywhere,
+            // nor fill the disk; hard 0, and without CAP_SYS_RESOURCE it stays 0.
+            ulimits: Some(vec![ResourcesUlimits {
+                name: Some("core".into()),
+                soft: Some(0),
+                hard: Some(0),
+            }]),
             init: Some(false),
             // A mount of its own at /.rnr: read-only, and a mount point cannot be renamed
             // away to put another agent in its place.
@@ -505,6 +639,10 @@ impl Driver for DockerDriver {
             let _ = self.delete(id).await;
             return Err(map_err(id, e));
         }
+        if let Err(e) = self.limit_ptys(id).await {
+            let _ = self.delete(id).await;
+            return Err(e);
+        }
         self.inspect(id).await
     }
 
@@ -514,6 +652,13 @@ impl Driver for DockerDriver {
                 id: id.into(),
                 message: "argv must not be empty".into(),
             });
+        }
+        self.check_accounts(id).await?;
+        if spec.user.is_some() && self.cfg.agent.is_some() {
+            // The agent resolves the user from inside (regular files only, size-capped);
+            // the engine would open the machine's /etc/passwd from the host, and a FIFO
+            // there blocks it for good.
+            return self.agent(id).await?.exec(spec).await;
         }
         let tty = spec.tty;
         let env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -594,6 +739,12 @@ impl Driver for DockerDriver {
             .output
             .filter_map(move |chunk| {
                 let item = match chunk {
+                    // The engine's runtime could not start `serve` at all and says so on
+                    // stdout (e.g. a machine's /etc/passwd it chokes on): no frame, a reason.
+                    Ok(OutputChunk::Stdout(b)) if b.starts_with(b"OCI runtime") => {
+                        let text = String::from_utf8_lossy(&b[..b.len().min(512)]);
+                        Some(Err(std::io::Error::other(text.trim().to_string())))
+                    }
                     Ok(OutputChunk::Stdout(b)) => Some(Ok(b)),
                     Ok(OutputChunk::Stderr(b)) => {
                         let text = String::from_utf8_lossy(&b[..b.len().min(512)])
@@ -625,6 +776,10 @@ impl Driver for DockerDriver {
     }
 
     async fn delete(&self, id: &str) -> Result<()> {
+        self.init_pids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
         // Refuse to touch a container of the same name that another owner has.
         match self.inspect(id).await {
             Ok(_) => {}

@@ -24,4 +24,8 @@ rnr_driver::isolation_tests!(setup; contained: [
     no_escape_through_proc_or_devices,
     agent_cannot_be_replaced,
     session_impostor_reaches_nobody,
+    syscalls_refused_on_every_entry_point,
+    core_dumps_off,
+    pty_quota,
+    hostile_account_files,
 ]; not_contained: []);

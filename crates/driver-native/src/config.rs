@@ -45,6 +45,9 @@ pub struct NativeConfig {
     /// Static agent binary bind-mounted read-only at [`rnr_driver::AGENT_PATH`] in every
     /// machine.
     pub agent: Option<PathBuf>,
+    /// Most ptys a machine may hold open at once (its /dev/pts's `max`; default 256, 0:
+    /// no quota): every machine's terminals draw from the host's `kernel.pty.max`.
+    pub max_ptys: u32,
 }
 
 impl NativeConfig {
@@ -64,6 +67,7 @@ impl NativeConfig {
             disk: DiskMode::Auto,
             disk_pool_gib: 64,
             agent: None,
+            max_ptys: crate::oci::DEFAULT_MAX_PTYS,
         }
     }
 }

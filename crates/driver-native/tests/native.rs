@@ -744,23 +744,41 @@ async fn seccomp_profile_refuses_what_capabilities_do_not() {
             out.contains("Operation not permitted"),
             "{f:?}: EPERM, as from the profile: {out}"
         );
-        // What the profile must leave alone: PER_LINUX32, unshare without namespaces,
-        // threads and processes.
+        // What the profile must leave alone: PER_LINUX32, threads and processes. (Like
+        // Docker's without CAP_SYS_ADMIN, it refuses unshare(2) altogether.)
         let (_, out, err) = sh(
             &d,
             &s.id,
-            "linux32 uname -m; unshare true && echo plain-unshare; (true) && echo forked",
+            "linux32 uname -m; unshare true 2>/dev/null || echo no-unshare; (true) && echo forked",
         )
         .await;
-        assert_eq!(out, "i686\nplain-unshare\nforked\n", "{f:?}: {err}");
+        assert_eq!(out, "i686\nno-unshare\nforked\n", "{f:?}: {err}");
         d.delete(&s.id).await.unwrap();
     }
 }
 
-/// crun silently skips system calls its libseccomp does not know: every name in the
-/// profile must resolve in the host's libseccomp (the one crun links to).
+/// crun silently skips system calls its libseccomp does not know. In an allow-list that
+/// leaves them refused, which is safe but must stay deliberate: every name the profile
+/// refuses with an errno of its own (clone3's ENOSYS) must resolve in the host's libseccomp
+/// (the one crun links to), and the only allowed names it may lack are calls newer than it.
 #[test]
 fn seccomp_profile_names_are_known_to_libseccomp() {
+    // Linux 6.8 to 6.13's calls (and riscv's), unknown to Debian bookworm's libseccomp
+    // 2.5.4: refused with EPERM on such a host, allowed with a newer libseccomp.
+    const NEWER_THAN_LIBSECCOMP: &[&str] = &[
+        "getxattrat",
+        "listmount",
+        "listxattrat",
+        "lsm_get_self_attr",
+        "lsm_list_modules",
+        "lsm_set_self_attr",
+        "mseal",
+        "removexattrat",
+        "riscv_hwprobe",
+        "setxattrat",
+        "statmount",
+        "uretprobe",
+    ];
     // SAFETY: dlopen/dlsym with NUL-terminated names; the symbol is used with the
     // signature libseccomp documents, `int seccomp_syscall_resolve_name(const char *)`.
     let resolve = unsafe {
@@ -775,13 +793,19 @@ fn seccomp_profile_names_are_known_to_libseccomp() {
     let profile = rnr_driver_native::seccomp_profile();
     let mut names = 0;
     for rule in profile["syscalls"].as_array().unwrap() {
+        let allows = rule["action"] == "SCMP_ACT_ALLOW";
         for name in rule["names"].as_array().unwrap() {
             let name = name.as_str().unwrap();
             let c = std::ffi::CString::new(name).unwrap();
             // -1 is __NR_SCMP_ERROR; other negative numbers are calls another ABI has.
-            assert_ne!(resolve(c.as_ptr()), -1, "libseccomp does not know {name}");
+            let known = resolve(c.as_ptr()) != -1;
+            assert!(
+                known || (allows && NEWER_THAN_LIBSECCOMP.contains(&name)),
+                "libseccomp does not know {name} ({})",
+                rule["action"]
+            );
             names += 1;
         }
     }
-    assert!(names > 40, "{names} names");
+    assert!(names > 300, "{names} names");
 }

@@ -8,6 +8,7 @@
 pub mod agent;
 mod error;
 mod exec;
+pub mod files;
 mod images;
 pub mod process;
 pub mod stdio;

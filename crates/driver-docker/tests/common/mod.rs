@@ -59,6 +59,7 @@ async fn connect(suite: &str) -> DockerDriver {
         agent: Some(rnr_driver::conformance::agent_path()),
         agent_stage: std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("docker-agent"),
         disk_mib: Some(DISK_MIB),
+        max_ptys: rnr_driver_docker::DEFAULT_MAX_PTYS,
     })
     .await
     .expect("docker engine reachable at /var/run/docker.sock")
