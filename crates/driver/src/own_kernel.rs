@@ -310,9 +310,8 @@ pub async fn ptys_stay_inside(h: Harness) {
     let mut said = String::new();
     let _ = tokio::time::timeout(Duration::from_secs(60), async {
         while let Some(Ok(chunk)) = held.output.next().await {
-            if let crate::OutputChunk::Stdout(b) | crate::OutputChunk::Stderr(b) = chunk {
-                said.push_str(&text(&b));
-            }
+            let (crate::OutputChunk::Stdout(b) | crate::OutputChunk::Stderr(b)) = chunk;
+            said.push_str(&text(&b));
             if said.contains("opened=") && said.ends_with('\n') {
                 break;
             }
