@@ -7,6 +7,7 @@
 mod accounts;
 mod check;
 mod init;
+mod ping;
 mod relay;
 mod screen;
 mod serve;
@@ -16,7 +17,7 @@ mod spawn;
 use std::process::ExitCode;
 
 fn usage() -> ExitCode {
-    eprintln!("usage: rnr-agent <version|init|serve|check|session-daemon> [args…]");
+    eprintln!("usage: rnr-agent <version|init|serve|check|session-daemon|ping> [args…]");
     ExitCode::from(2)
 }
 
@@ -30,6 +31,7 @@ fn main() -> ExitCode {
         Some("check") => check::main(),
         Some("init") => init::main(&args[1..]),
         Some("serve") => serve::main(),
+        Some("ping") => ping::main(&args[1..]),
         Some("session-daemon") => session::main(&args[1..]),
         _ => usage(),
     }
