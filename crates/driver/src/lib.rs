@@ -9,6 +9,7 @@ pub mod agent;
 mod error;
 mod exec;
 mod images;
+pub mod netguard;
 pub mod process;
 pub mod stdio;
 mod types;
