@@ -1,6 +1,6 @@
 //! The shared isolation suite (hostile root in a machine), run against the native (crun)
 //! driver with user namespaces and btrfs disk quotas. Needs root, crun, iproute2, iptables,
-//! busybox-static and btrfs-progs.
+//! nftables, busybox-static and btrfs-progs.
 
 mod common;
 
@@ -26,4 +26,12 @@ rnr_driver::isolation_tests!(setup; contained: [
     no_escape_through_proc_or_devices,
     agent_cannot_be_replaced,
     session_impostor_reaches_nobody,
+    ipv6_host_listener_unreachable,
+    router_advertisement_ignored,
+    raw_sockets_refused,
+    spoofed_sources_dropped,
+    arp_spoofing_without_effect,
+    metadata_unreachable,
+    private_ranges_and_smtp_unreachable,
+    outbound_rate_limited,
 ]; not_contained: []);

@@ -2,27 +2,35 @@
 //! tries to exhaust the host (fork bomb, memory, disk, CPU), to reach other machines, the
 //! platform's API and the host's services (through the bridge's gateway address and every
 //! other host address), to mount filesystems, load kernel modules, write /proc/sys and
-//! /sys, reboot, and escape through /proc/1/root or a device node. Each attack must be
-//! contained, and a neighbouring machine's interactive shell must answer `echo` within
+//! /sys, reboot, and escape through /proc/1/root or a device node; and on the network
+//! (`isolation_net`): IPv6, router advertisements, raw sockets, forged sources, ARP
+//! spoofing, and with outbound access the metadata service, private ranges, SMTP and
+//! floods of connections. Each attack must be contained, and a neighbouring machine's interactive shell must answer `echo` within
 //! 50 ms (`RNR_ISOLATION_ECHO_MS`) all the while.
 //!
 //! A driver crate instantiates it with `rnr_driver::isolation_tests!(setup);`, `setup`
 //! being the same `async fn() -> Harness` as for the conformance suite.
 
+pub use crate::isolation_net::{
+    arp_spoofing_without_effect, ipv6_host_listener_unreachable, metadata_unreachable,
+    outbound_rate_limited, private_ranges_and_smtp_unreachable, raw_sockets_refused,
+    router_advertisement_ignored, spoofed_sources_dropped,
+};
+
 use crate::conformance::{read_until, spec, Cleanup, Harness};
-use crate::{collect, ExecOutcome, ExecRequest, ExecSpec, TtySize};
+use crate::{collect, ExecOutcome, ExecRequest, ExecSpec, MachineSpec, TtySize};
 use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
-fn text(b: &[u8]) -> String {
+pub(crate) fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
 /// Runs `script` as root in machine `id`, killed after `timeout`.
-async fn attack(h: &Harness, id: &str, script: &str, timeout: Duration) -> ExecOutcome {
+pub(crate) async fn attack(h: &Harness, id: &str, script: &str, timeout: Duration) -> ExecOutcome {
     collect(
         h.driver.as_ref(),
         id,
@@ -138,8 +146,12 @@ impl Probes {
 }
 
 /// The attacker's machine (deleted on drop) and the watchdog on its neighbour.
-async fn setup(h: &Harness, tag: &str) -> (String, Cleanup, Watchdog) {
-    let s = spec(h, tag);
+pub(crate) async fn setup(h: &Harness, tag: &str) -> (String, Cleanup, Watchdog) {
+    setup_spec(h, spec(h, tag)).await
+}
+
+/// [`setup`] with an attacker made to `s`.
+pub(crate) async fn setup_spec(h: &Harness, s: MachineSpec) -> (String, Cleanup, Watchdog) {
     let guard = Cleanup::new(h, &s.id);
     h.driver.create(&s).await.expect("create attacker");
     let dog = Watchdog::start(h).await;
@@ -242,7 +254,7 @@ pub async fn cpu_spin(h: Harness) {
 }
 
 /// Connects with a short timeout; whether the connection was accepted.
-fn connects(addr: IpAddr, port: u16) -> bool {
+pub(crate) fn connects(addr: IpAddr, port: u16) -> bool {
     TcpStream::connect_timeout(&(addr, port).into(), Duration::from_secs(2)).is_ok()
 }
 
@@ -289,6 +301,11 @@ pub async fn other_machines_unreachable(h: Harness) {
 
 /// Every IPv4 address of the host's interfaces (the bridges' gateways among them).
 fn host_addresses() -> Vec<Ipv4Addr> {
+    host_ipv4_interfaces().into_iter().map(|(_, a)| a).collect()
+}
+
+/// The host's interfaces with an IPv4 address, and the address.
+pub(crate) fn host_ipv4_interfaces() -> Vec<(String, Ipv4Addr)> {
     let mut out = Vec::new();
     let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills a list we walk read-only and free with freeifaddrs.
@@ -301,7 +318,11 @@ fn host_addresses() -> Vec<Ipv4Addr> {
             let a = (*p).ifa_addr;
             if !a.is_null() && i32::from((*a).sa_family) == libc::AF_INET {
                 let sin = &*(a as *const libc::sockaddr_in);
-                out.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+                let name = std::ffi::CStr::from_ptr((*p).ifa_name).to_string_lossy();
+                out.push((
+                    name.into_owned(),
+                    Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
+                ));
             }
             p = (*p).ifa_next;
         }
@@ -669,6 +690,14 @@ pub const ALL: &[&str] = &[
     "no_escape_through_proc_or_devices",
     "agent_cannot_be_replaced",
     "session_impostor_reaches_nobody",
+    "ipv6_host_listener_unreachable",
+    "router_advertisement_ignored",
+    "raw_sockets_refused",
+    "spoofed_sources_dropped",
+    "arp_spoofing_without_effect",
+    "metadata_unreachable",
+    "private_ranges_and_smtp_unreachable",
+    "outbound_rate_limited",
 ];
 
 /// Asserts that a driver's instantiation names every attack exactly once.
@@ -701,7 +730,15 @@ macro_rules! isolation_tests {
             reboot_refused,
             no_escape_through_proc_or_devices,
             agent_cannot_be_replaced,
-            session_impostor_reaches_nobody
+            session_impostor_reaches_nobody,
+            ipv6_host_listener_unreachable,
+            router_advertisement_ignored,
+            raw_sockets_refused,
+            spoofed_sources_dropped,
+            arp_spoofing_without_effect,
+            metadata_unreachable,
+            private_ranges_and_smtp_unreachable,
+            outbound_rate_limited
         ]; not_contained: []);
     };
     ($setup:path; contained: [$($name:ident),* $(,)?];

@@ -18,6 +18,8 @@ mod types;
 pub mod conformance;
 #[cfg(feature = "conformance")]
 pub mod isolation;
+#[cfg(feature = "conformance")]
+mod isolation_net;
 
 pub use agent::{stage_agent, AgentChannel, AGENT_DIR};
 pub use error::{DriverError, Result};
