@@ -10,9 +10,10 @@
 //!   gateway (rate-limited); anything else arriving on one of the platform's bridges is
 //!   dropped;
 //! * `RNR-DOCKER-OUT`, jumped to from the top of FORWARD for traffic leaving the outbound
-//!   network's bridge: no private, link-local (metadata), loopback, multicast or reserved
-//!   destinations, no SMTP, a limited rate of new connections; what passes returns to
-//!   Docker's own rules;
+//!   network's bridge: a limited rate of new connections, no private, link-local
+//!   (metadata), loopback, multicast or reserved destinations (DNS to the host's resolvers
+//!   aside: the engine's embedded DNS forwards from the machine), no SMTP; what passes
+//!   returns to Docker's own rules;
 //! * the nftables table `bridge rnr-docker`, shared by every platform on the engine: each
 //!   machine's port (the host end of its veth, put in the table's interface group when the
 //!   machine starts) passes only frames with the machine's own MAC and IPv4 address (and
@@ -148,17 +149,29 @@ pub async fn protect_host(bridge: &str, gateway: Option<Ipv4Addr>) -> Result<()>
 }
 
 /// Filters what leaves the outbound network's `bridge` (see the module's documentation).
+/// The chain is rewritten in one iptables-restore transaction: never empty, never stale.
 pub async fn protect_outbound(bridge: &str) -> Result<()> {
     let fail = |e: String| DriverError::Backend {
         id: bridge.to_string(),
         message: format!("cannot add the outbound rules: {e}"),
     };
-    let _ = ipt(&["-N", OUT_CHAIN]).await;
     // Established flows skip the filter: they passed it when they were new.
-    ensure(OUT_CHAIN, &ESTABLISHED, true).await.map_err(fail)?;
-    for rule in netguard::outbound_rules(&[], CONN_LIMIT) {
-        ensure(OUT_CHAIN, &strs(&rule), false).await.map_err(fail)?;
+    let mut rules = vec![ESTABLISHED.map(String::from).to_vec()];
+    let resolvers = netguard::host_resolvers();
+    rules.extend(netguard::outbound_rules(
+        &[],
+        CONN_LIMIT,
+        &resolvers,
+        "RETURN",
+    ));
+    let mut script = format!("*filter\n:{OUT_CHAIN} - [0:0]\n");
+    for r in rules {
+        script.push_str(&format!("-A {OUT_CHAIN} {}\n", r.join(" ")));
     }
+    script.push_str("COMMIT\n");
+    run("iptables-restore", &["-w", "--noflush"], Some(&script))
+        .await
+        .map_err(fail)?;
     ensure("FORWARD", &["-i", bridge, "-j", OUT_CHAIN], true)
         .await
         .map_err(fail)

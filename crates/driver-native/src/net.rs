@@ -14,8 +14,8 @@
 //!   the bridges): replies to host-initiated or allowed connections pass; machine → machine
 //!   (same or another segment) is dropped; machines of the outbound half may leave, but
 //!   not to private, link-local (metadata), loopback, multicast or reserved destinations
-//!   nor to SMTP, and at a limited rate of new connections (`rnr_driver::netguard`);
-//!   everything else is dropped.
+//!   (DNS to the host's resolvers aside) nor to SMTP, and at a limited rate of new
+//!   connections (`rnr_driver::netguard`); everything else is dropped.
 //! * `RNRI-<bridge>` (filter, from `INPUT -i <bridge>+`): machines reach no service of the
 //!   host; only replies to connections the host opened, and pings of the gateway
 //!   (rate-limited), pass.
@@ -264,7 +264,8 @@ pub async fn ensure_bridge(bridge: &str, subnet: &Subnet) -> NResult<()> {
     let outbound = ["-i", all, "-s", out_cidr.as_str()];
     // Established flows skip the outbound filter: they passed it when they were new.
     ipt(&[&["-A", fwd.as_str()], &outbound[..], &established[..]].concat()).await?;
-    for rule in netguard::outbound_rules(&outbound, &limit) {
+    let resolvers = netguard::host_resolvers();
+    for rule in netguard::outbound_rules(&outbound, &limit, &resolvers, "ACCEPT") {
         let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
         ipt(&[&["-A", fwd.as_str()], rule.as_slice()].concat()).await?;
     }

@@ -9,15 +9,19 @@
 //!   forged sources, ARP claiming another address) is dropped before the bridge or the host
 //!   sees it. One rule set per table, one set element per machine: a lookup in a hash set,
 //!   flat in the number of machines;
-//! * for machines with outbound access, iptables rules in front of the accept: no private,
-//!   link-local (a cloud's metadata service), loopback, multicast or reserved destinations,
-//!   no SMTP, and a per-machine limit on new connections ([`outbound_rules`]);
+//! * for machines with outbound access, iptables rules in front of the accept: a
+//!   per-machine limit on new connections, no private, link-local (a cloud's metadata
+//!   service), loopback, multicast or reserved destinations (DNS to the host's own
+//!   resolvers aside, [`host_resolvers`]), no SMTP ([`outbound_rules`]);
 //! * pings of the gateway, rate-limited ([`gateway_ping_rule`]); no other host service.
 //!
 //! A port belongs to the table by its interface group ([`iface_group`]): set on the host end
 //! of every machine's veth, so a port of the platform without a pin (yet) drops everything.
 
-/// Destinations a machine with outbound access never reaches: "this" network, private
+use std::net::Ipv4Addr;
+
+/// Destinations a machine with outbound access never reaches (DNS to the host's resolvers
+/// aside, see [`host_resolvers`]): "this" network, private
 /// ranges (RFC 1918), shared address space (RFC 6598, carrier-grade NAT), loopback,
 /// link-local (the metadata service of every major cloud is 169.254.169.254), multicast,
 /// reserved and broadcast. The platform's own subnet is private too: the gateway stays
@@ -109,26 +113,21 @@ pub fn pin_table_script(table: &str, group: u32) -> String {
     )
 }
 
-/// iptables rule specifications (without `-A <chain>`) refusing what a machine with
-/// outbound access must not reach, each starting with `matches` (which traffic they
-/// govern), then rate-limiting its new connections per source address in the hashlimit
-/// table `limit_name` (at most 15 bytes). They go before the rule accepting outbound
-/// traffic.
-pub fn outbound_rules(matches: &[&str], limit_name: &str) -> Vec<Vec<String>> {
+/// iptables rule specifications (without `-A <chain>`) for what a machine with outbound
+/// access sends, each starting with `matches` (which traffic they govern), to go before
+/// the rule accepting it: new connections beyond the rate (per source address, in the
+/// hashlimit table `limit_name`, at most 15 bytes) are dropped; DNS to `resolvers` goes
+/// to `allow`; blocked destinations and ports are refused.
+pub fn outbound_rules(
+    matches: &[&str],
+    limit_name: &str,
+    resolvers: &[Ipv4Addr],
+    allow: &str,
+) -> Vec<Vec<String>> {
     let reject = ["-j", "REJECT", "--reject-with", "icmp-admin-prohibited"];
     let with = |rest: &[&str]| -> Vec<String> {
         matches.iter().chain(rest).map(|s| s.to_string()).collect()
     };
-    let mut rules: Vec<Vec<String>> = BLOCKED_DESTINATIONS
-        .iter()
-        .map(|d| with(&[&["-d", d], &reject[..]].concat()))
-        .collect();
-    for port in BLOCKED_TCP_PORTS {
-        let port = port.to_string();
-        rules.push(with(
-            &[&["-p", "tcp", "--dport", port.as_str()], &reject[..]].concat(),
-        ));
-    }
     let limit = hashlimit(
         "--hashlimit-above",
         NEW_CONNECTIONS_PER_SECOND,
@@ -136,15 +135,60 @@ pub fn outbound_rules(matches: &[&str], limit_name: &str) -> Vec<Vec<String>> {
         limit_name,
     );
     let new = ["-m", "conntrack", "--ctstate", "NEW"].map(String::from);
-    rules.push(
-        with(&[])
-            .into_iter()
-            .chain(new)
-            .chain(limit)
-            .chain(["-j".into(), "DROP".into()])
-            .collect(),
+    let mut rules = vec![with(&[])
+        .into_iter()
+        .chain(new)
+        .chain(limit)
+        .chain(["-j".into(), "DROP".into()])
+        .collect::<Vec<String>>()];
+    for r in resolvers {
+        let r = r.to_string();
+        for proto in ["udp", "tcp"] {
+            rules.push(with(&["-d", &r, "-p", proto, "--dport", "53", "-j", allow]));
+        }
+    }
+    rules.extend(
+        BLOCKED_DESTINATIONS
+            .iter()
+            .map(|d| with(&[&["-d", d], &reject[..]].concat())),
     );
+    for port in BLOCKED_TCP_PORTS {
+        let port = port.to_string();
+        rules.push(with(
+            &[&["-p", "tcp", "--dport", port.as_str()], &reject[..]].concat(),
+        ));
+    }
     rules
+}
+
+/// The IPv4 name servers the host resolves with, loopback aside: /etc/resolv.conf's, and
+/// systemd-resolved's upstream ones when that points at its local stub. Docker's embedded
+/// DNS sends a machine's queries to them from the machine's own network namespace, and
+/// they are often private (a cloud network's resolver): they stay reachable on port 53,
+/// and on nothing else.
+pub fn host_resolvers() -> Vec<Ipv4Addr> {
+    let mut out = Vec::new();
+    for path in ["/etc/resolv.conf", "/run/systemd/resolve/resolv.conf"] {
+        for r in nameservers(&std::fs::read_to_string(path).unwrap_or_default()) {
+            if !out.contains(&r) {
+                out.push(r);
+            }
+        }
+    }
+    out
+}
+
+/// The non-loopback IPv4 `nameserver`s of a resolv.conf.
+fn nameservers(resolv_conf: &str) -> Vec<Ipv4Addr> {
+    resolv_conf
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next() == Some("nameserver")).then_some(())?;
+            w.next()?.parse::<Ipv4Addr>().ok()
+        })
+        .filter(|a| !a.is_loopback())
+        .collect()
 }
 
 /// An iptables rule specification letting echo requests that match `matches` through to
@@ -199,11 +243,28 @@ mod tests {
 
     #[test]
     fn outbound_rules_govern_what_they_match() {
-        let rules = outbound_rules(&["-i", "br+"], "rnr-x");
+        let dns = [Ipv4Addr::new(10, 0, 0, 2)];
+        let rules = outbound_rules(&["-i", "br+"], "rnr-x", &dns, "ACCEPT");
         assert!(rules.iter().all(|r| r[..2] == ["-i", "br+"]));
-        assert!(rules
-            .iter()
-            .any(|r| r.windows(2).any(|w| w == ["-d", "169.254.0.0/16"])));
-        assert!(rules.last().unwrap().contains(&"hashlimit".to_string()));
+        let at = |needle: &[&str]| {
+            rules
+                .iter()
+                .position(|r| r.windows(needle.len()).any(|w| w == needle))
+                .unwrap_or_else(|| panic!("no rule with {needle:?}"))
+        };
+        // The limit first, the resolvers' DNS before the private ranges are refused.
+        assert_eq!(at(&["hashlimit"]), 0);
+        assert!(at(&["-d", "10.0.0.2", "-p", "udp", "--dport", "53"]) < at(&["-d", "10.0.0.0/8"]));
+        assert!(at(&["-d", "169.254.0.0/16"]) > 0);
+    }
+
+    #[test]
+    fn resolvers_come_from_nameserver_lines() {
+        let conf = "# comment\nsearch example\nnameserver 10.255.255.53\n\
+                    nameserver 127.0.0.53\nnameserver fd00::1\nnameserver  1.1.1.1 # x\n";
+        assert_eq!(
+            nameservers(conf),
+            [Ipv4Addr::new(10, 255, 255, 53), Ipv4Addr::new(1, 1, 1, 1)]
+        );
     }
 }
