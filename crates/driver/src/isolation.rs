@@ -12,7 +12,7 @@
 //! being the same `async fn() -> Harness` as for the conformance suite.
 
 pub use crate::isolation_net::{
-    arp_spoofing_without_effect, ipv6_host_listener_unreachable, metadata_unreachable,
+    arp_spoofing_without_effect, ipv6_host_listener_unreachable, listed_pins, metadata_unreachable,
     outbound_rate_limited, private_ranges_and_smtp_unreachable, raw_sockets_refused,
     router_advertisement_ignored, spoofed_sources_dropped,
 };

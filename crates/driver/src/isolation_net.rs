@@ -131,6 +131,21 @@ impl MachineNetns {
     }
 }
 
+/// The elements of the pin set of bridge-family table `table`, as `nft` lists them (for a
+/// driver's own tests: which machines are pinned).
+pub fn listed_pins(table: &str) -> String {
+    let out = Command::new("nft")
+        .args(["list", "set", "bridge", table, crate::netguard::PIN_SET])
+        .output()
+        .expect("nft");
+    assert!(
+        out.status.success(),
+        "nft list set bridge {table}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn ino(m: &std::fs::Metadata) -> (u64, u64) {
     use std::os::unix::fs::MetadataExt;
     (m.dev(), m.ino())
