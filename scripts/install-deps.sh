@@ -8,6 +8,8 @@ log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
 
 pkgs=(docker.io debootstrap busybox-static crun runc iptables iproute2 sqlite3 ca-certificates
+      # nft: the bridge table pinning each machine to its MAC and address (both drivers).
+      nftables
       # mkfs.btrfs: per-machine disk quotas, the native driver's (a loop-mounted btrfs pool)
       # and dockerd's (its data-root on a loop-mounted btrfs).
       btrfs-progs

@@ -37,9 +37,9 @@ use bollard::network::{CreateNetworkOptions, ListNetworksOptions};
 use bollard::Docker;
 use futures::{StreamExt, TryStreamExt};
 use rnr_driver::{
-    AgentChannel, Driver, DriverError, ExecHandle, ExecProcess, ExecSpec, ImageStore, MachineInfo,
-    MachineSpec, MachineStats, MachineStatus, OutputChunk, Result, TtySize, MACHINE_LABEL,
-    OWNER_LABEL,
+    netguard, AgentChannel, Driver, DriverError, ExecHandle, ExecProcess, ExecSpec, ImageStore,
+    MachineInfo, MachineSpec, MachineStats, MachineStatus, OutputChunk, Result, TtySize,
+    MACHINE_LABEL, OWNER_LABEL,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -182,6 +182,7 @@ impl DockerDriver {
         driver
             .ensure_network(&format!("{}-out", driver.cfg.network), false)
             .await?;
+        firewall::sweep_pins().await;
         Ok(driver)
     }
 
@@ -394,7 +395,22 @@ impl DockerDriver {
                 firewall::remove_bridge_rules(&firewall::bridge_name(extra)).await;
             }
         }
-        firewall::protect_host(&firewall::bridge_name(&ids[0])).await
+        let bridge = firewall::bridge_name(&ids[0]);
+        let gateway = self
+            .docker
+            .inspect_network::<String>(&ids[0], None)
+            .await
+            .map_err(|e| map_err("-", e))?
+            .ipam
+            .and_then(|i| i.config)
+            .into_iter()
+            .flatten()
+            .find_map(|c| c.gateway?.parse().ok());
+        firewall::protect_host(&bridge, gateway).await?;
+        if !internal {
+            firewall::protect_outbound(&bridge).await?;
+        }
+        Ok(())
     }
 
     fn network_for(&self, outbound: bool) -> String {
@@ -603,6 +619,14 @@ impl Driver for DockerDriver {
                 hard: Some(0),
             }]),
             init: Some(false),
+            // No raw sockets (forged frames); pings use ICMP datagram sockets instead.
+            cap_drop: Some(vec!["NET_RAW".into()]),
+            sysctls: Some(
+                netguard::machine_sysctls(i32::MAX as u32)
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
+            ),
             // A mount of its own at /.rnr: read-only, and a mount point cannot be renamed
             // away to put another agent in its place.
             binds: self
@@ -643,7 +667,20 @@ impl Driver for DockerDriver {
             let _ = self.delete(id).await;
             return Err(e);
         }
-        self.inspect(id).await
+        let c = self
+            .docker
+            .inspect_container(&name, None::<InspectContainerOptions>)
+            .await
+            .map_err(|e| map_err(id, e))?;
+        let pinned = match firewall::Pin::of(id, &c, &self.cfg.proc_root) {
+            Ok(pin) => firewall::pin(id, &pin).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = pinned {
+            let _ = self.delete(id).await;
+            return Err(e);
+        }
+        self.info_from_inspect(id, c)
     }
 
     async fn exec(&self, id: &str, spec: ExecSpec) -> Result<ExecHandle> {
@@ -780,13 +817,26 @@ impl Driver for DockerDriver {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
+        let c = match self
+            .docker
+            .inspect_container(&container_name(id), None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => match map_err(id, e) {
+                DriverError::NotFound(_) => return Ok(()),
+                e => return Err(e),
+            },
+        };
+        // A stopped machine's veth is gone, and with it the way to its pin: swept below.
+        let pin = firewall::Pin::of(id, &c, &self.cfg.proc_root).ok();
         // Refuse to touch a container of the same name that another owner has.
-        match self.inspect(id).await {
+        match self.info_from_inspect(id, c) {
             Ok(_) => {}
             Err(DriverError::NotFound(_)) => return Ok(()),
             Err(e) => return Err(e),
         }
-        match self
+        let removed = match self
             .docker
             .remove_container(
                 &container_name(id),
@@ -808,7 +858,12 @@ impl Driver for DockerDriver {
                 message,
             }) if message.contains("already in progress") => Ok(()),
             Err(e) => Err(map_err(id, e)),
+        };
+        match &pin {
+            Some(p) => firewall::unpin(p).await,
+            None => firewall::sweep_pins().await,
         }
+        removed
     }
 
     async fn list(&self) -> Result<Vec<MachineInfo>> {

@@ -118,8 +118,8 @@ pub(crate) fn on_path(program: &str) -> bool {
 }
 
 /// Checks that this host can run the native driver with `cfg`: root, the runtime, overlayfs,
-/// iproute2, iptables and a cgroup hierarchy. The error says what is missing, so that a
-/// platform choosing its driver automatically can log why it fell back.
+/// iproute2, iptables, nftables and a cgroup hierarchy. The error says what is missing, so
+/// that a platform choosing its driver automatically can log why it fell back.
 pub fn preflight(cfg: &NativeConfig) -> NResult<()> {
     let missing = |what: String| NativeError::other("preflight", what);
     // SAFETY: geteuid(2) has no arguments and cannot fail.
@@ -147,7 +147,7 @@ pub fn preflight(cfg: &NativeConfig) -> NResult<()> {
             fs_list.display()
         )));
     }
-    for tool in ["ip", "iptables", "tar"] {
+    for tool in ["ip", "iptables", "nft", "tar"] {
         if !on_path(tool) {
             return Err(missing(format!("{tool} not found on PATH")));
         }

@@ -1,6 +1,6 @@
 //! The OCI runtime config (config.json) of a machine, close to what Docker generates:
-//! its namespaces, mounts, capabilities, masked and read-only paths, resource limits and
-//! seccomp profile.
+//! its namespaces, mounts, capabilities, network sysctls, masked and read-only paths,
+//! resource limits and seccomp profile.
 
 use rnr_driver::{Limits, AGENT_DIR, AGENT_PATH, MACHINE_LABEL, OWNER_LABEL};
 use serde_json::{json, Value};
@@ -17,14 +17,15 @@ pub const SECCOMP_BPF_ANNOTATION: &str = "run.oci.seccomp_bpf_data";
 /// PATH given to every process in a machine.
 pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// Docker's default capability set.
+/// Docker's default capability set without CAP_NET_RAW: raw and packet sockets would let
+/// the learner forge frames (the bridge's pins drop them, but need not see them); pings
+/// use ICMP datagram sockets instead (`net.ipv4.ping_group_range`, see [`config`]).
 pub const CAPABILITIES: &[&str] = &[
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
     "CAP_FSETID",
     "CAP_FOWNER",
     "CAP_MKNOD",
-    "CAP_NET_RAW",
     "CAP_SETGID",
     "CAP_SETUID",
     "CAP_SETFCAP",
@@ -126,7 +127,17 @@ pub fn config(i: &ConfigInput<'_>) -> Value {
         json!({"type": "uts"}),
         json!({"type": "network"}),
     ];
+    // In a user namespace the kernel refuses a ping group range beyond the machine's map.
+    let max_gid = match i.uid_base {
+        Some(_) => 65535,
+        None => i32::MAX as u32,
+    };
+    let sysctl: serde_json::Map<String, Value> = rnr_driver::netguard::machine_sysctls(max_gid)
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect();
     let mut linux = json!({
+        "sysctl": sysctl,
         "resources": {
             "memory": memory_res,
             "cpu": {"quota": quota, "period": period},

@@ -1,6 +1,6 @@
 //! The shared isolation suite (hostile root in a machine), run against the native (crun)
 //! driver with user namespaces and btrfs disk quotas. Needs root, crun, iproute2, iptables,
-//! busybox-static and btrfs-progs.
+//! nftables, busybox-static and btrfs-progs.
 
 mod common;
 
@@ -30,6 +30,14 @@ rnr_driver::isolation_tests!(setup; contained: [
     core_dumps_off,
     pty_quota,
     hostile_account_files,
+    ipv6_host_listener_unreachable,
+    router_advertisement_ignored,
+    raw_sockets_refused,
+    spoofed_sources_dropped,
+    arp_spoofing_without_effect,
+    metadata_unreachable,
+    private_ranges_and_smtp_unreachable,
+    outbound_rate_limited,
 ]; not_contained: []);
 
 /// The same suite's attacks on what only the native driver has: the `crun exec` fallback

@@ -1,9 +1,9 @@
 //! Native-driver specifics beyond the shared suite: init robustness, cgroup limits as the
-//! host sees them, adoption by a new driver, network isolation, user namespaces, the
-//! per-machine disk quota, image versions outliving their image for running machines, and
-//! that nothing leaks into the host's mount table.
-//! Needs root, crun, iproute2, iptables, /bin/busybox (busybox-static) and mkfs.btrfs
-//! (btrfs-progs).
+//! host sees them, adoption by a new driver (and the machine's pin with it), network
+//! isolation, user namespaces, the per-machine disk quota, image versions outliving their
+//! image for running machines, and that nothing leaks into the host's mount table.
+//! Needs root, crun, iproute2, iptables, nftables, /bin/busybox (busybox-static) and
+//! mkfs.btrfs (btrfs-progs).
 
 mod common;
 
@@ -261,6 +261,12 @@ async fn cgroup_limits_and_fork_bomb() {
     d.delete(&s.id).await.expect("delete");
 }
 
+/// Whether the pin table of `bridge` has an element for port `veth`.
+fn pinned(bridge: &str, veth: &str) -> bool {
+    let table = format!("rnr-{bridge}");
+    rnr_driver::isolation::listed_pins(&table).contains(&format!("\"{veth}\""))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adopted_by_new_driver_and_cleaned_up() {
     let d = driver(Flavour::Plain).await;
@@ -303,7 +309,15 @@ async fn adopted_by_new_driver_and_cleaned_up() {
         v["veth"].as_str().unwrap().to_string()
     };
     assert!(std::path::Path::new("/sys/class/net").join(&veth).exists());
+    // The pin made at create survived the restart (the second driver rewrote the table's
+    // chain, not its set) and goes with the machine.
+    assert!(pinned(&d.config().bridge, &veth), "machine {} pinned", s.id);
     d2.delete(&s.id).await.expect("delete via adopting driver");
+    assert!(
+        !pinned(&d.config().bridge, &veth),
+        "pin of {} deleted",
+        s.id
+    );
     d2.delete(&s.id).await.expect("idempotent delete");
     assert!(matches!(
         d.inspect(&s.id).await,

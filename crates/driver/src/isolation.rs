@@ -5,24 +5,32 @@
 //! /sys, reboot, escape through /proc/1/root or a device node, reach the kernel through
 //! system calls a machine has no business making (on each of x86-64's three entry
 //! points), dump core, exhaust the host's ptys, and make the host read a hostile
-//! /etc/passwd (a FIFO, /dev/zero, a huge file, a symlink out of the machine). Each attack
-//! must be contained, and a neighbouring machine's interactive shell must answer `echo`
-//! within 50 ms (`RNR_ISOLATION_ECHO_MS`) all the while.
+//! /etc/passwd (a FIFO, /dev/zero, a huge file, a symlink out of the machine); and on the
+//! network (`isolation_net`): IPv6, router advertisements, raw sockets, forged sources, ARP
+//! spoofing, and with outbound access the metadata service, private ranges, SMTP and
+//! floods of connections. Each attack must be contained, and a neighbouring machine's
+//! interactive shell must answer `echo` within 50 ms (`RNR_ISOLATION_ECHO_MS`) all the
+//! while.
 //!
 //! A driver crate instantiates it with `rnr_driver::isolation_tests!(setup);`, `setup`
 //! being the same `async fn() -> Harness` as for the conformance suite.
 
 pub mod probe;
+pub use crate::isolation_net::{
+    arp_spoofing_without_effect, ipv6_host_listener_unreachable, listed_pins, metadata_unreachable,
+    outbound_rate_limited, private_ranges_and_smtp_unreachable, raw_sockets_refused,
+    router_advertisement_ignored, spoofed_sources_dropped,
+};
 
 use crate::conformance::{read_until, spec, Cleanup, Harness};
-use crate::{collect, ExecOutcome, ExecRequest, ExecSpec, TtySize};
+use crate::{collect, ExecOutcome, ExecRequest, ExecSpec, MachineSpec, TtySize};
 use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
-fn text(b: &[u8]) -> String {
+pub(crate) fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
@@ -144,7 +152,11 @@ impl Probes {
 
 /// The attacker's machine (deleted on drop) and the watchdog on its neighbour.
 pub(crate) async fn setup(h: &Harness, tag: &str) -> (String, Cleanup, Watchdog) {
-    let s = spec(h, tag);
+    setup_spec(h, spec(h, tag)).await
+}
+
+/// [`setup`] with an attacker made to `s`.
+pub(crate) async fn setup_spec(h: &Harness, s: MachineSpec) -> (String, Cleanup, Watchdog) {
     let guard = Cleanup::new(h, &s.id);
     h.driver.create(&s).await.expect("create attacker");
     let dog = Watchdog::start(h).await;
@@ -247,7 +259,7 @@ pub async fn cpu_spin(h: Harness) {
 }
 
 /// Connects with a short timeout; whether the connection was accepted.
-fn connects(addr: IpAddr, port: u16) -> bool {
+pub(crate) fn connects(addr: IpAddr, port: u16) -> bool {
     TcpStream::connect_timeout(&(addr, port).into(), Duration::from_secs(2)).is_ok()
 }
 
@@ -294,6 +306,11 @@ pub async fn other_machines_unreachable(h: Harness) {
 
 /// Every IPv4 address of the host's interfaces (the bridges' gateways among them).
 fn host_addresses() -> Vec<Ipv4Addr> {
+    host_ipv4_interfaces().into_iter().map(|(_, a)| a).collect()
+}
+
+/// The host's interfaces with an IPv4 address, and the address.
+pub(crate) fn host_ipv4_interfaces() -> Vec<(String, Ipv4Addr)> {
     let mut out = Vec::new();
     let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills a list we walk read-only and free with freeifaddrs.
@@ -306,7 +323,11 @@ fn host_addresses() -> Vec<Ipv4Addr> {
             let a = (*p).ifa_addr;
             if !a.is_null() && i32::from((*a).sa_family) == libc::AF_INET {
                 let sin = &*(a as *const libc::sockaddr_in);
-                out.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+                let name = std::ffi::CStr::from_ptr((*p).ifa_name).to_string_lossy();
+                out.push((
+                    name.into_owned(),
+                    Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
+                ));
             }
             p = (*p).ifa_next;
         }
@@ -1109,6 +1130,14 @@ pub const ALL: &[&str] = &[
     "core_dumps_off",
     "pty_quota",
     "hostile_account_files",
+    "ipv6_host_listener_unreachable",
+    "router_advertisement_ignored",
+    "raw_sockets_refused",
+    "spoofed_sources_dropped",
+    "arp_spoofing_without_effect",
+    "metadata_unreachable",
+    "private_ranges_and_smtp_unreachable",
+    "outbound_rate_limited",
 ];
 
 /// Asserts that a driver's instantiation names every attack exactly once.
@@ -1145,7 +1174,15 @@ macro_rules! isolation_tests {
             syscalls_refused_on_every_entry_point,
             core_dumps_off,
             pty_quota,
-            hostile_account_files
+            hostile_account_files,
+            ipv6_host_listener_unreachable,
+            router_advertisement_ignored,
+            raw_sockets_refused,
+            spoofed_sources_dropped,
+            arp_spoofing_without_effect,
+            metadata_unreachable,
+            private_ranges_and_smtp_unreachable,
+            outbound_rate_limited
         ]; not_contained: []);
     };
     ($setup:path; contained: [$($name:ident),* $(,)?];
