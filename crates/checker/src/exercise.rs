@@ -59,6 +59,9 @@ fn default_solution() -> String {
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
     pub title: String,
+    /// `container` (the default) or `vm`, for exercises that need a kernel of their own
+    /// (disks, modules, Docker inside).
+    pub kind: Option<rnr_core::MachineKind>,
     #[serde(default = "default_instructions")]
     pub instructions: String,
     pub image: Option<String>,

@@ -195,6 +195,7 @@ impl Checker {
     pub async fn create_machine(&self, mut req: CreateMachine, exercise: &str) -> Result<Machine> {
         let ex = self.exercise(exercise)?;
         let m = &ex.manifest;
+        req.kind = req.kind.or(m.kind);
         req.image = req.image.or_else(|| m.image.clone());
         req.ttl_seconds = req
             .ttl_seconds

@@ -80,6 +80,7 @@ pub struct Config {
     pub max_limits: Limits,
     pub docker: DockerSection,
     pub native: NativeSection,
+    pub vm: VmSection,
     /// Host procfs and cgroup roots (tests and nested setups point these elsewhere).
     pub proc_root: PathBuf,
     pub cgroup_root: PathBuf,
@@ -230,6 +231,48 @@ impl Default for DockerSection {
     }
 }
 
+/// Machines of kind `vm` (QEMU microVMs with a kernel of their own), beside the `driver`
+/// that runs containers. Off unless enabled: they need QEMU, a Debian kernel and a KVM
+/// that can run it (see README, "VM machines").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VmSection {
+    /// Start the vm driver; a host that cannot run it stops `rnr serve`, saying why.
+    pub enabled: bool,
+    /// `kvm`, or `tcg` (QEMU's emulator: seconds per boot; development and CI only).
+    pub accel: rnr_driver_vm::Accel,
+    /// VM state (disk images, machines); default `<data_dir>/vm`.
+    pub state_dir: Option<PathBuf>,
+    /// The guest kernel; default the newest /boot/vmlinuz-*-cloud-amd64.
+    pub kernel: Option<PathBuf>,
+    /// Each machine's root disk size (its disk quota), MiB.
+    pub disk_mib: u64,
+    /// Guest memory on top of a machine's memory limit, for its kernel, MiB.
+    pub kernel_overhead_mib: u64,
+    /// The VMs' bridge and subnet (apart from the containers').
+    pub bridge: String,
+    pub subnet: String,
+    /// Longest wait for a new VM's agent to answer (raise it for `tcg`).
+    pub boot_timeout_seconds: u64,
+}
+
+impl Default for VmSection {
+    fn default() -> Self {
+        let d = rnr_driver_vm::VmConfig::default();
+        Self {
+            enabled: false,
+            accel: d.accel,
+            state_dir: None,
+            kernel: None,
+            disk_mib: d.disk_mib,
+            kernel_overhead_mib: d.kernel_overhead_mib,
+            bridge: d.bridge,
+            subnet: d.subnet,
+            boot_timeout_seconds: d.boot_timeout_seconds,
+        }
+    }
+}
+
 /// The native (crun) driver's settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -298,6 +341,7 @@ impl Default for Config {
             },
             docker: DockerSection::default(),
             native: NativeSection::default(),
+            vm: VmSection::default(),
             proc_root: "/proc".into(),
             cgroup_root: "/sys/fs/cgroup".into(),
             log_format: LogFormat::Text,

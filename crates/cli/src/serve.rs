@@ -108,6 +108,52 @@ async fn connect(cfg: &Config, store: &Store, machines: bool) -> anyhow::Result<
         .meta_or_insert("instance_id", || rnr_core::random_id(10))
         .await?;
     let owner = format!("rnr-{instance}");
+    let containers = connect_containers(cfg, &owner, machines).await?;
+    let vms = connect_vms(cfg, &owner).await?;
+    Ok(Arc::new(rnr_driver::Kinds::new(containers, vms)))
+}
+
+/// The vm driver when `[vm] enabled`, else why there is none (said to whoever asks for a
+/// VM). Enabled on a host that cannot run it is an error that names what is missing.
+async fn connect_vms(cfg: &Config, owner: &str) -> anyhow::Result<Result<Arc<dyn Driver>, String>> {
+    let v = &cfg.vm;
+    if !v.enabled {
+        return Ok(Err("[vm] enabled is false on this platform".into()));
+    }
+    let state_dir = v
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| cfg.data_dir.join("vm"));
+    let mut c = rnr_driver_vm::VmConfig::new(state_dir, owner);
+    c.accel = v.accel;
+    c.kernel = v.kernel.clone();
+    c.disk_mib = v.disk_mib;
+    c.kernel_overhead_mib = v.kernel_overhead_mib;
+    c.bridge = v.bridge.clone();
+    c.subnet = v.subnet.clone();
+    c.boot_timeout_seconds = v.boot_timeout_seconds;
+    c.agent = cfg.agent();
+    c.cgroup_root = cfg.cgroup_root.clone();
+    if c.accel == rnr_driver_vm::Accel::Kvm {
+        rnr_driver_vm::kvm_usable().context("[vm] enabled with accel = \"kvm\"")?;
+    } else {
+        tracing::warn!(
+            "[vm] accel = \"tcg\": VMs are emulated, boots take seconds; not for learners"
+        );
+    }
+    let driver = rnr_driver_vm::VmDriver::new(c)
+        .await
+        .context("[vm] enabled, but the vm driver cannot run here")?;
+    tracing::info!(accel = ?v.accel, "vm driver: machines of kind vm available");
+    Ok(Ok(Arc::new(driver)))
+}
+
+async fn connect_containers(
+    cfg: &Config,
+    owner: &str,
+    machines: bool,
+) -> anyhow::Result<Arc<dyn Driver>> {
+    let owner = owner.to_string();
     match choose_backend(cfg, &owner) {
         Backend::Native => {
             let ncfg = native_config(cfg, &owner);

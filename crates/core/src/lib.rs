@@ -21,7 +21,7 @@ pub use platform::{
     Platform, QuotaLimit, ReconcileReport,
 };
 pub use records::{ApiKey, Terminal};
-pub use rnr_driver::{MachineInfo, MachineStats};
+pub use rnr_driver::{MachineInfo, MachineKind, MachineStats};
 pub use rnr_store::MachineState;
 pub use rnr_store::{KeyLimits, Quota};
 

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use rnr_driver::{
     collect, Driver, DriverError, ExecOutcome, ExecRequest, ExecSpec, Limits, MachineInfo,
-    MachineSpec, MachineStats, MachineStatus, NetworkSpec,
+    MachineKind, MachineSpec, MachineStats, MachineStatus, NetworkSpec,
 };
 use rnr_store::checks::CheckRunState;
 use rnr_store::{Inserted, MachineRow, MachineState, Quota, Store};
@@ -106,6 +106,8 @@ pub struct LimitsRequest {
 /// A request to create a machine; unset fields take the policy's defaults.
 #[derive(Debug, Clone, Default)]
 pub struct CreateMachine {
+    /// A container (the default) or a VM with a kernel of its own.
+    pub kind: Option<MachineKind>,
     pub image: Option<String>,
     pub ttl_seconds: Option<u64>,
     pub limits: LimitsRequest,
@@ -468,6 +470,7 @@ impl Platform {
         }
         let spec = MachineSpec {
             id: id.clone(),
+            kind: req.kind.unwrap_or_default(),
             image,
             hostname: row.hostname.clone(),
             limits,

@@ -134,6 +134,7 @@ impl TestPlatform {
     /// A spec for a machine made behind the platform's back, straight in the driver.
     pub fn spec(&self, id: &str) -> MachineSpec {
         MachineSpec {
+            kind: Default::default(),
             id: id.to_string(),
             image: IMAGE.into(),
             hostname: id.to_string(),

@@ -41,6 +41,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut result = Ok(());
     for i in 0..n {
         let spec = MachineSpec {
+            kind: Default::default(),
             id: format!("b{i}"),
             image: "tiny".into(),
             hostname: format!("b{i}"),

@@ -22,6 +22,7 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 
 fn spec(tag: &str) -> MachineSpec {
     MachineSpec {
+        kind: Default::default(),
         id: format!(
             "n{}-{}-{tag}",
             std::process::id(),

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 fn spec(i: usize, tag: &str) -> MachineSpec {
     MachineSpec {
+        kind: Default::default(),
         id: format!("bench-{tag}{i}"),
         image: "tiny".into(),
         hostname: format!("{tag}{i}"),

@@ -43,6 +43,7 @@ pub fn unique_id(tag: &str) -> String {
 
 pub fn spec(h: &Harness, tag: &str) -> MachineSpec {
     MachineSpec {
+        kind: Default::default(),
         id: unique_id(tag),
         image: h.image.clone(),
         hostname: format!("host-{tag}"),

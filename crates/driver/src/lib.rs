@@ -10,6 +10,7 @@ mod error;
 mod exec;
 pub mod files;
 mod images;
+mod kinds;
 pub mod netguard;
 pub mod process;
 pub mod stdio;
@@ -31,9 +32,10 @@ pub use exec::{
     OutputStream, Stdin,
 };
 pub use images::ImageStore;
+pub use kinds::Kinds;
 pub use types::{
-    ExecSpec, ImageInfo, Limits, MachineInfo, MachineSpec, MachineStats, MachineStatus,
-    NetworkSpec, TtySize,
+    ExecSpec, ImageInfo, Limits, MachineInfo, MachineKind, MachineSpec, MachineStats,
+    MachineStatus, NetworkSpec, TtySize,
 };
 
 use async_trait::async_trait;

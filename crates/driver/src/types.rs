@@ -33,11 +33,38 @@ pub struct NetworkSpec {
     pub outbound: bool,
 }
 
+/// What a machine is: a container sharing the host's kernel, or a VM with a kernel of its
+/// own (disks, modules, Docker inside). [`crate::Kinds`] sends each to its driver.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MachineKind {
+    #[default]
+    Container,
+    Vm,
+}
+
+impl MachineKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Container => "container",
+            Self::Vm => "vm",
+        }
+    }
+}
+
+impl std::fmt::Display for MachineKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What to create.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MachineSpec {
     /// Platform-assigned id; the driver names its resources after it.
     pub id: String,
+    /// Which kind of machine; a driver of one kind ignores it, [`crate::Kinds`] routes by it.
+    pub kind: MachineKind,
     pub image: String,
     pub hostname: String,
     pub limits: Limits,

@@ -48,6 +48,10 @@ pub struct LimitsInput {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateMachineRequest {
+    /// `container` (the default) or `vm`: a VM with a kernel of its own, where the platform
+    /// runs the vm driver (`[vm] enabled`); 422 `invalid_request` naming why otherwise.
+    #[schema(value_type = Option<String>, example = "vm")]
+    pub kind: Option<rnr_core::MachineKind>,
     /// Image name (`rnr image list`); the platform's default when omitted.
     pub image: Option<String>,
     /// Lifetime; the machine is deleted when it runs out.
@@ -180,6 +184,7 @@ pub async fn create_machine(
 ) -> Result<Response, HttpError> {
     let limits = req.limits.unwrap_or_default();
     let create = CreateMachine {
+        kind: req.kind,
         image: req.image,
         ttl_seconds: req.ttl_seconds,
         limits: LimitsRequest {

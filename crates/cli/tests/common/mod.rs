@@ -27,6 +27,7 @@ pub fn rnr() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_rnr"));
     // Every other RNR_* variable is configuration to `rnr`, which refuses unknown keys.
     cmd.env_remove("RNR_TEST_DRIVER");
+    cmd.env_remove("RNR_VM_ACCEL");
     cmd
 }
 
@@ -105,7 +106,15 @@ impl Server {
         let tmp = tempfile::tempdir().expect("tempdir");
         let data_dir = tmp.path().to_path_buf();
         let mut env = driver_env();
-        ensure_image(&data_dir, &env);
+        // The vm driver's settings too: an image is imported into every driver's store.
+        let mut image_env = env.clone();
+        image_env.extend(
+            extra_env
+                .iter()
+                .filter(|(k, _)| k.starts_with("RNR_VM__"))
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        ensure_image(&data_dir, &image_env);
         let out = rnr()
             .args(["apikey", "create", "test", "--data-dir"])
             .arg(&data_dir)
