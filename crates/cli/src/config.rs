@@ -214,6 +214,9 @@ pub struct DockerSection {
     /// 0: no quota. Needs an engine whose storage driver enforces it (btrfs, zfs, overlay2
     /// on xfs with pquota); on others machines get none and `rnr serve` warns.
     pub disk_mib: u64,
+    /// Refuse an engine without user-namespace remapping (`dockerd --userns-remap`), on
+    /// which root in a machine is root on the host; without it `rnr serve` warns.
+    pub require_userns_remap: bool,
 }
 
 impl Default for DockerSection {
@@ -222,6 +225,7 @@ impl Default for DockerSection {
             socket: "/var/run/docker.sock".into(),
             network: "rnr0".into(),
             disk_mib: 1024,
+            require_userns_remap: false,
         }
     }
 }
@@ -434,6 +438,10 @@ network = "rnr0"
 # btrfs data-root when no engine runs), zfs, or overlay2 on xfs mounted with pquota; on
 # another (overlay2 on ext4, the usual default) machines get no quota and rnr warns.
 disk_mib = 1024
+# Refuse an engine that does not remap user namespaces (dockerd --userns-remap=default, as
+# scripts/install-deps.sh starts it): there root in a machine is uid 0 on the host. Without
+# this, rnr uses such an engine and warns.
+require_userns_remap = false
 
 [native]
 # Images, machine bundles and crun state. Default: <data_dir>/native.

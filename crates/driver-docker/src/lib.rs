@@ -9,10 +9,16 @@
 //! Each machine's filesystem is capped at [`DockerConfig::disk_mib`] (`--storage-opt size=`)
 //! when the engine's storage driver can do it (btrfs, zfs, overlay2 on xfs with pquota; see
 //! `disk.rs`); on any other engine the driver warns once and machines have no disk quota.
+//!
+//! Root in a machine holds the native driver's capabilities and no more, and is an
+//! unprivileged host uid when the engine remaps user namespaces (`security.rs`): on an
+//! engine that does not, the driver warns loudly, or refuses it with
+//! [`DockerConfig::require_userns_remap`].
 
 mod disk;
 mod firewall;
 mod images;
+mod security;
 
 use async_trait::async_trait;
 use bollard::container::{
@@ -63,6 +69,9 @@ pub struct DockerConfig {
     /// btrfs, whose qgroup limit is on everything the container's subvolume references);
     /// `None`: no disk quota.
     pub disk_mib: Option<u64>,
+    /// Refuse an engine that does not remap user namespaces (root in a machine would be
+    /// root on the host); without it such an engine is used with a warning.
+    pub require_userns_remap: bool,
 }
 
 /// A driver bound to one engine and one owner.
@@ -74,6 +83,8 @@ pub struct DockerDriver {
     /// Whether creates pass the disk size to the engine: configured, and not (or not yet)
     /// refused by its storage driver.
     quota: Arc<AtomicBool>,
+    /// Whether the engine maps root in containers to an unprivileged host uid.
+    userns_remap: bool,
     images: images::DockerImages,
     /// The staged agent's directory, when an agent is configured.
     agent_dir: Option<PathBuf>,
@@ -124,6 +135,16 @@ impl DockerDriver {
             .await
             .map_err(|e| DriverError::Unavailable(format!("docker engine at {socket}: {e}")))?;
         let storage = disk::Storage::of(&info);
+        let userns_remap = security::userns_remapped(&info);
+        if !userns_remap {
+            let warning = security::no_remap_warning(&cfg.socket);
+            if cfg.require_userns_remap {
+                return Err(DriverError::Unavailable(format!(
+                    "docker.require_userns_remap is set, and {warning}"
+                )));
+            }
+            tracing::warn!("{warning}");
+        }
         let quota = cfg.disk_mib.is_some() && storage.size_opt() != disk::SizeOpt::Unsupported;
         if cfg.disk_mib.is_some() && !quota {
             tracing::warn!("{}", storage.no_quota_warning());
@@ -143,7 +164,11 @@ impl DockerDriver {
             )?),
             None => None,
         };
+        if let (true, Some(dir)) = (userns_remap, &agent_dir) {
+            security::check_agent_reachable(dir)?;
+        }
         let driver = Self {
+            userns_remap,
             agent_dir,
             images: images::DockerImages::new(docker.clone()),
             docker,
@@ -164,6 +189,12 @@ impl DockerDriver {
         self.cfg
             .disk_mib
             .filter(|_| self.quota.load(Ordering::Relaxed))
+    }
+
+    /// Whether root in a machine is an unprivileged host uid (the engine remaps user
+    /// namespaces, `dockerd --userns-remap`).
+    pub fn userns_remapped(&self) -> bool {
+        self.userns_remap
     }
 
     /// The engine's storage driver, e.g. `btrfs` or `overlay2`.
@@ -469,6 +500,8 @@ impl Driver for DockerDriver {
             // The learner's own processes must not make the host's OOM killer pick others.
             oom_score_adj: Some(500),
             init: Some(false),
+            // The native driver's capabilities, no more (none added).
+            cap_drop: Some(security::dropped_capabilities()),
             // A mount of its own at /.rnr: read-only, and a mount point cannot be renamed
             // away to put another agent in its place.
             binds: self

@@ -67,6 +67,8 @@ pub use config::{preflight, DiskMode, NativeConfig};
 pub use error::{NResult, NativeError};
 pub use net::Subnet;
 pub use oci::seccomp as seccomp_profile;
+/// The capabilities root in a machine holds; the Docker driver grants machines the same.
+pub use oci::CAPABILITIES;
 
 use async_trait::async_trait;
 use rnr_driver::{
