@@ -8,6 +8,8 @@ log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
 
 pkgs=(docker.io debootstrap busybox-static crun runc iptables iproute2 sqlite3 ca-certificates
+      # nft: the bridge table pinning each machine to its MAC and address (both drivers).
+      nftables
       # mkfs.btrfs: per-machine disk quotas, the native driver's (a loop-mounted btrfs pool)
       # and dockerd's (its data-root on a loop-mounted btrfs).
       btrfs-progs
@@ -17,6 +19,9 @@ pkgs=(docker.io debootstrap busybox-static crun runc iptables iproute2 sqlite3 c
       qemu-system-x86 qemu-utils linux-image-cloud-amd64 kmod e2fsprogs
       python3-pytest python3-requests
       curl python3 gcc libc6-dev pkg-config
+      # The isolation suite's probe: gcc -static (libc.a) with the kernel's system call
+      # tables (asm/unistd_{64,32,x32}.h).
+      linux-libc-dev
       # Chromium runs the browser tests.
       chromium fonts-dejavu-core)
 missing=()
@@ -42,6 +47,20 @@ if ! id rnr-qemu >/dev/null 2>&1; then
   getent group kvm >/dev/null || groupadd --system kvm
   useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin \
     --groups kvm rnr-qemu
+fi
+
+# Every machine's terminals draw their ptys from the host's kernel.pty.max, of which
+# kernel.pty.reserve (1024) is kept for the host's own /dev/pts: 4096 by default leaves
+# 3072 to all machines together. Each machine is capped at its max_ptys (256) on its own
+# /dev/pts; room for 250 machines at that cap (never lowered, kept across reboots).
+pty_max=65536
+if [ "$(cat /proc/sys/kernel/pty/max)" -lt "$pty_max" ]; then
+  log "raising kernel.pty.max to $pty_max (machines' terminals share it)"
+  echo "$pty_max" >/proc/sys/kernel/pty/max
+fi
+if [ -d /etc/sysctl.d ] && [ ! -e /etc/sysctl.d/60-rnr-pty.conf ]; then
+  printf '# rootnroll: ptys for every machine (each capped by its own /dev/pts max)\nkernel.pty.max = %s\n' \
+    "$pty_max" >/etc/sysctl.d/60-rnr-pty.conf
 fi
 
 if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then

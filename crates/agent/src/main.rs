@@ -8,6 +8,7 @@
 mod accounts;
 mod check;
 mod init;
+mod ping;
 mod relay;
 mod screen;
 mod serve;
@@ -18,7 +19,7 @@ mod vm;
 use std::process::ExitCode;
 
 fn usage() -> ExitCode {
-    eprintln!("usage: rnr-agent <version|init|vm-init|serve|check|session-daemon> [args…]");
+    eprintln!("usage: rnr-agent <version|init|vm-init|serve|check|session-daemon|ping> [args…]");
     ExitCode::from(2)
 }
 
@@ -32,6 +33,7 @@ fn main() -> ExitCode {
         Some("check") => check::main(),
         Some("init") => init::main(&args[1..]),
         Some("serve") => serve::main(),
+        Some("ping") => ping::main(&args[1..]),
         Some("session-daemon") => session::main(&args[1..]),
         Some("vm-init") => vm::init_main(),
         _ => usage(),

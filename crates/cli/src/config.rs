@@ -217,6 +217,9 @@ pub struct DockerSection {
     /// Refuse an engine without user-namespace remapping (`dockerd --userns-remap`), on
     /// which root in a machine is root on the host; without it `rnr serve` warns.
     pub require_userns_remap: bool,
+    /// Most ptys one machine may hold open at once (its /dev/pts's `max`); 0: no quota.
+    /// Set from the host, so only when rnr runs as root; else `rnr serve` warns.
+    pub max_ptys: u32,
 }
 
 impl Default for DockerSection {
@@ -226,6 +229,7 @@ impl Default for DockerSection {
             network: "rnr0".into(),
             disk_mib: 1024,
             require_userns_remap: false,
+            max_ptys: rnr_driver_docker::DEFAULT_MAX_PTYS,
         }
     }
 }
@@ -257,6 +261,8 @@ pub struct NativeSection {
     /// Size in GiB of the sparse btrfs image `<state_dir>/disk.img` holding every
     /// machine's writable layer (unless `state_dir` is on btrfs itself); fixed when made.
     pub disk_pool_gib: u64,
+    /// Most ptys one machine may hold open at once (its /dev/pts's `max`); 0: no quota.
+    pub max_ptys: u32,
 }
 
 impl Default for NativeSection {
@@ -271,6 +277,7 @@ impl Default for NativeSection {
             disk_mib: 1024,
             disk: DiskMode::Auto,
             disk_pool_gib: 64,
+            max_ptys: rnr_driver_native::DEFAULT_MAX_PTYS,
         }
     }
 }
@@ -442,6 +449,10 @@ disk_mib = 1024
 # scripts/install-deps.sh starts it): there root in a machine is uid 0 on the host. Without
 # this, rnr uses such an engine and warns.
 require_userns_remap = false
+# Most ptys one machine may hold open at once (each machine's /dev/pts gets max=N, set from
+# the host: rnr must run as root, else it warns); 0: no quota. Every machine's terminals
+# draw from the host's kernel.pty.max, which one machine could otherwise exhaust.
+max_ptys = 256
 
 [native]
 # Images, machine bundles and crun state. Default: <data_dir>/native.
@@ -464,6 +475,9 @@ disk_mib = 1024
 disk = "auto"
 # Size in GiB of the sparse image disk.img (only what is written takes space).
 disk_pool_gib = 64
+# Most ptys one machine may hold open at once (its /dev/pts is mounted with max=N); 0: no
+# quota. Every machine's terminals draw from the host's kernel.pty.max.
+max_ptys = 256
 
 [terminal]
 # Lifetime of a terminal token; connected browsers are sent fresh ones before it ends.

@@ -59,6 +59,7 @@ pub fn native_config(cfg: &Config, owner: &str) -> rnr_driver_native::NativeConf
     c.disk_mib = (n.disk_mib > 0).then_some(n.disk_mib);
     c.disk = n.disk;
     c.disk_pool_gib = n.disk_pool_gib;
+    c.max_ptys = n.max_ptys;
     c.cgroup_root = cfg.cgroup_root.clone();
     c.proc_root = cfg.proc_root.clone();
     c.agent = cfg.agent();
@@ -153,6 +154,7 @@ async fn connect(cfg: &Config, store: &Store, machines: bool) -> anyhow::Result<
                     agent_stage: cfg.data_dir.join("agent"),
                     disk_mib: (cfg.docker.disk_mib > 0).then_some(cfg.docker.disk_mib),
                     require_userns_remap: cfg.docker.require_userns_remap,
+                    max_ptys: cfg.docker.max_ptys,
                 })
                 .await
                 .with_context(|| {

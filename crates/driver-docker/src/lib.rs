@@ -1,10 +1,10 @@
 //! The Docker driver: each machine is a container on a Docker Engine, reached with bollard.
 //!
-//! Machines get memory/CPU/pids limits, a hostname, labels marking their owner, and an
-//! address on a platform-owned bridge network with inter-container traffic disabled. A
-//! machine without outbound access sits on an `internal` network; one with it on a second
-//! network that is NATed out. Images are imported root filesystems named `rnr/<name>`
-//! (`images.rs`).
+//! Machines get memory/CPU/pids limits, no core dumps, a pty quota (`ptys.rs`), a
+//! hostname, labels marking their owner, and an address on a platform-owned bridge
+//! network with inter-container traffic disabled. A machine without outbound access sits
+//! on an `internal` network; one with it on a second network that is NATed out. Images
+//! are imported root filesystems named `rnr/<name>` (`images.rs`).
 //!
 //! Each machine's filesystem is capped at [`DockerConfig::disk_mib`] (`--storage-opt size=`)
 //! when the engine's storage driver can do it (btrfs, zfs, overlay2 on xfs with pquota; see
@@ -14,10 +14,19 @@
 //! unprivileged host uid when the engine remaps user namespaces (`security.rs`): on an
 //! engine that does not, the driver warns loudly, or refuses it with
 //! [`DockerConfig::require_userns_remap`].
+//! The machine's /etc/passwd and /etc/group are the learner's to break, and the engine
+//! reads them for every exec: dockerd from the host to resolve a user name, runc inside
+//! the machine before starting anything, even as root. A FIFO there blocks either for good,
+//! /dev/zero fails every exec. So an exec as another user than root goes through the
+//! machine's agent (which resolves users inside, regular files only, size-capped), and
+//! before any exec the driver (as root) looks from the host, without following anything out
+//! of the machine, whether they are regular files: if not, the exec is refused at once,
+//! saying why, instead of hanging.
 
 mod disk;
 mod firewall;
 mod images;
+mod ptys;
 mod security;
 
 use async_trait::async_trait;
@@ -26,14 +35,16 @@ use bollard::container::{
     RemoveContainerOptions, StatsOptions,
 };
 use bollard::exec::{CreateExecOptions, ResizeExecOptions, StartExecOptions, StartExecResults};
-use bollard::models::{ContainerInspectResponse, ContainerSummary, EndpointSettings, HostConfig};
+use bollard::models::{
+    ContainerInspectResponse, ContainerSummary, EndpointSettings, HostConfig, ResourcesUlimits,
+};
 use bollard::network::{CreateNetworkOptions, ListNetworksOptions};
 use bollard::Docker;
 use futures::{StreamExt, TryStreamExt};
 use rnr_driver::{
-    AgentChannel, Driver, DriverError, ExecHandle, ExecProcess, ExecSpec, ImageStore, MachineInfo,
-    MachineSpec, MachineStats, MachineStatus, OutputChunk, Result, TtySize, MACHINE_LABEL,
-    OWNER_LABEL,
+    netguard, AgentChannel, Driver, DriverError, ExecHandle, ExecProcess, ExecSpec, ImageStore,
+    MachineInfo, MachineSpec, MachineStats, MachineStatus, OutputChunk, Result, TtySize,
+    MACHINE_LABEL, OWNER_LABEL,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -72,7 +83,14 @@ pub struct DockerConfig {
     /// Refuse an engine that does not remap user namespaces (root in a machine would be
     /// root on the host); without it such an engine is used with a warning.
     pub require_userns_remap: bool,
+    /// Most ptys a machine may hold open at once (its /dev/pts's `max`; 0: no quota).
+    /// Setting it needs root (see `ptys.rs`).
+    pub max_ptys: u32,
 }
+
+/// The pty quota machines get unless configured otherwise: every machine's terminals
+/// draw from the host's `kernel.pty.max`.
+pub const DEFAULT_MAX_PTYS: u32 = 256;
 
 /// A driver bound to one engine and one owner.
 #[derive(Clone)]
@@ -85,6 +103,13 @@ pub struct DockerDriver {
     quota: Arc<AtomicBool>,
     /// Whether the engine maps root in containers to an unprivileged host uid.
     userns_remap: bool,
+    /// Every machine's `SecurityOpt` (the seccomp profile's JSON text, made once).
+    security_opt: Arc<Vec<String>>,
+    /// Whether machines get the pty quota: configured, and not (or not yet) found
+    /// impossible on this host (warned about once).
+    pty_quota: Arc<AtomicBool>,
+    /// Host pids of machines' init (their `/proc/<pid>/root`), learnt once per machine.
+    init_pids: Arc<std::sync::Mutex<HashMap<String, u32>>>,
     images: images::DockerImages,
     /// The staged agent's directory, when an agent is configured.
     agent_dir: Option<PathBuf>,
@@ -145,6 +170,7 @@ impl DockerDriver {
             }
             tracing::warn!("{warning}");
         }
+        let cfg_max_ptys = cfg.max_ptys;
         let quota = cfg.disk_mib.is_some() && storage.size_opt() != disk::SizeOpt::Unsupported;
         if cfg.disk_mib.is_some() && !quota {
             tracing::warn!("{}", storage.no_quota_warning());
@@ -169,17 +195,21 @@ impl DockerDriver {
         }
         let driver = Self {
             userns_remap,
+            security_opt: Arc::new(security::security_options()),
             agent_dir,
             images: images::DockerImages::new(docker.clone()),
             docker,
             cfg: Arc::new(cfg),
             storage: Arc::new(storage),
             quota: Arc::new(AtomicBool::new(quota)),
+            pty_quota: Arc::new(AtomicBool::new(cfg_max_ptys > 0)),
+            init_pids: Arc::default(),
         };
         driver.ensure_network(&driver.cfg.network, true).await?;
         driver
             .ensure_network(&format!("{}-out", driver.cfg.network), false)
             .await?;
+        firewall::sweep_pins().await;
         Ok(driver)
     }
 
@@ -195,6 +225,100 @@ impl DockerDriver {
     /// namespaces, `dockerd --userns-remap`).
     pub fn userns_remapped(&self) -> bool {
         self.userns_remap
+    }
+
+    /// Each machine's pty quota when machines get one on this host.
+    pub fn pty_quota(&self) -> Option<u32> {
+        Some(self.cfg.max_ptys).filter(|_| self.pty_quota.load(Ordering::Relaxed))
+    }
+
+    /// Caps the ptys of the just started machine `id` (see `ptys.rs`); on a host where
+    /// that cannot be done, warns once and machines go without.
+    async fn limit_ptys(&self, id: &str) -> Result<()> {
+        let Some(max) = self.pty_quota() else {
+            return Ok(());
+        };
+        let pid = self.init_pid(id).await?;
+        let proc_root = self.cfg.proc_root.clone();
+        let res = match is_root() {
+            true => tokio::task::spawn_blocking(move || ptys::limit(&proc_root, pid, max))
+                .await
+                .map_err(|e| DriverError::backend(id, e))?,
+            false => Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "rnr is not running as root",
+            )),
+        };
+        if let Err(e) = res {
+            if self.pty_quota.swap(false, Ordering::Relaxed) {
+                tracing::warn!(
+                    machine = id,
+                    error = %e,
+                    "machines get no pty quota on this host: one can exhaust kernel.pty.max \
+                     for all (raise it: scripts/install-deps.sh does)"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The host pid of machine `id`'s init.
+    async fn init_pid(&self, id: &str) -> Result<u32> {
+        let known = self
+            .init_pids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .copied();
+        if let Some(pid) = known {
+            return Ok(pid);
+        }
+        let c = self
+            .docker
+            .inspect_container(&container_name(id), None::<InspectContainerOptions>)
+            .await
+            .map_err(|e| map_err(id, e))?;
+        let pid = c.state.and_then(|s| s.pid).unwrap_or(0);
+        let pid =
+            u32::try_from(pid)
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| DriverError::NotRunning {
+                    id: id.to_string(),
+                    state: "stopped".into(),
+                })?;
+        self.init_pids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), pid);
+        Ok(pid)
+    }
+
+    /// Refuses an exec into machine `id` whose /etc/passwd or /etc/group the engine could
+    /// not read without blocking or failing (see the crate's header). Only as root: the
+    /// host's view of a machine's files needs it.
+    async fn check_accounts(&self, id: &str) -> Result<()> {
+        if !is_root() {
+            return Ok(());
+        }
+        let pid = self.init_pid(id).await?;
+        let root = self.cfg.proc_root.join(pid.to_string()).join("root");
+        for path in ["/etc/passwd", "/etc/group"] {
+            // Missing, or anything a lookup inside the machine cannot reach, is the
+            // engine's to report; only what it would block or choke on is refused here.
+            if let Ok((_, md)) = rnr_driver::files::lookup(&root, path) {
+                rnr_driver::files::require_regular(path, &md).map_err(|e| {
+                    DriverError::Invalid {
+                        id: id.to_string(),
+                        message: format!(
+                            "the machine's {e}: the engine reads it before every exec into the \
+                         machine (a FIFO would block it for good); make it a regular file again"
+                        ),
+                    }
+                })?;
+            }
+        }
+        Ok(())
     }
 
     /// The engine's storage driver, e.g. `btrfs` or `overlay2`.
@@ -304,7 +428,22 @@ impl DockerDriver {
                 firewall::remove_bridge_rules(&firewall::bridge_name(extra)).await;
             }
         }
-        firewall::protect_host(&firewall::bridge_name(&ids[0])).await
+        let bridge = firewall::bridge_name(&ids[0]);
+        let gateway = self
+            .docker
+            .inspect_network::<String>(&ids[0], None)
+            .await
+            .map_err(|e| map_err("-", e))?
+            .ipam
+            .and_then(|i| i.config)
+            .into_iter()
+            .flatten()
+            .find_map(|c| c.gateway?.parse().ok());
+        firewall::protect_host(&bridge, gateway).await?;
+        if !internal {
+            firewall::protect_outbound(&bridge).await?;
+        }
+        Ok(())
     }
 
     fn network_for(&self, outbound: bool) -> String {
@@ -376,6 +515,12 @@ impl DockerDriver {
             labels,
         })
     }
+}
+
+/// Whether rnr runs as root (what reaching into a machine from the host takes).
+fn is_root() -> bool {
+    // SAFETY: geteuid(2) has no arguments and cannot fail.
+    unsafe { libc::geteuid() == 0 }
 }
 
 /// The machine's address: a machine sits on exactly one of the platform's networks.
@@ -499,9 +644,25 @@ impl Driver for DockerDriver {
             network_mode: Some(self.network_for(spec.network.outbound)),
             // The learner's own processes must not make the host's OOM killer pick others.
             oom_score_adj: Some(500),
+            // No core dumps: a crash must not write a learner's process's memory anywhere,
+            // nor fill the disk; hard 0, and without CAP_SYS_RESOURCE it stays 0.
+            ulimits: Some(vec![ResourcesUlimits {
+                name: Some("core".into()),
+                soft: Some(0),
+                hard: Some(0),
+            }]),
             init: Some(false),
-            // The native driver's capabilities, no more (none added).
+            // The native driver's capabilities, no more (none added): among what it drops,
+            // NET_RAW (forged frames; pings use ICMP datagram sockets instead).
             cap_drop: Some(security::dropped_capabilities()),
+            // The native driver's seccomp allow-list instead of the engine's default.
+            security_opt: Some(self.security_opt.to_vec()),
+            sysctls: Some(
+                netguard::machine_sysctls(i32::MAX as u32)
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
+            ),
             // A mount of its own at /.rnr: read-only, and a mount point cannot be renamed
             // away to put another agent in its place.
             binds: self
@@ -538,7 +699,24 @@ impl Driver for DockerDriver {
             let _ = self.delete(id).await;
             return Err(map_err(id, e));
         }
-        self.inspect(id).await
+        if let Err(e) = self.limit_ptys(id).await {
+            let _ = self.delete(id).await;
+            return Err(e);
+        }
+        let c = self
+            .docker
+            .inspect_container(&name, None::<InspectContainerOptions>)
+            .await
+            .map_err(|e| map_err(id, e))?;
+        let pinned = match firewall::Pin::of(id, &c, &self.cfg.proc_root) {
+            Ok(pin) => firewall::pin(id, &pin).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = pinned {
+            let _ = self.delete(id).await;
+            return Err(e);
+        }
+        self.info_from_inspect(id, c)
     }
 
     async fn exec(&self, id: &str, spec: ExecSpec) -> Result<ExecHandle> {
@@ -547,6 +725,13 @@ impl Driver for DockerDriver {
                 id: id.into(),
                 message: "argv must not be empty".into(),
             });
+        }
+        self.check_accounts(id).await?;
+        if spec.user.is_some() && self.cfg.agent.is_some() {
+            // The agent resolves the user from inside (regular files only, size-capped);
+            // the engine would open the machine's /etc/passwd from the host, and a FIFO
+            // there blocks it for good.
+            return self.agent(id).await?.exec(spec).await;
         }
         let tty = spec.tty;
         let env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -627,6 +812,12 @@ impl Driver for DockerDriver {
             .output
             .filter_map(move |chunk| {
                 let item = match chunk {
+                    // The engine's runtime could not start `serve` at all and says so on
+                    // stdout (e.g. a machine's /etc/passwd it chokes on): no frame, a reason.
+                    Ok(OutputChunk::Stdout(b)) if b.starts_with(b"OCI runtime") => {
+                        let text = String::from_utf8_lossy(&b[..b.len().min(512)]);
+                        Some(Err(std::io::Error::other(text.trim().to_string())))
+                    }
                     Ok(OutputChunk::Stdout(b)) => Some(Ok(b)),
                     Ok(OutputChunk::Stderr(b)) => {
                         let text = String::from_utf8_lossy(&b[..b.len().min(512)])
@@ -658,13 +849,30 @@ impl Driver for DockerDriver {
     }
 
     async fn delete(&self, id: &str) -> Result<()> {
+        self.init_pids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        let c = match self
+            .docker
+            .inspect_container(&container_name(id), None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => match map_err(id, e) {
+                DriverError::NotFound(_) => return Ok(()),
+                e => return Err(e),
+            },
+        };
+        // A stopped machine's veth is gone, and with it the way to its pin: swept below.
+        let pin = firewall::Pin::of(id, &c, &self.cfg.proc_root).ok();
         // Refuse to touch a container of the same name that another owner has.
-        match self.inspect(id).await {
+        match self.info_from_inspect(id, c) {
             Ok(_) => {}
             Err(DriverError::NotFound(_)) => return Ok(()),
             Err(e) => return Err(e),
         }
-        match self
+        let removed = match self
             .docker
             .remove_container(
                 &container_name(id),
@@ -686,7 +894,12 @@ impl Driver for DockerDriver {
                 message,
             }) if message.contains("already in progress") => Ok(()),
             Err(e) => Err(map_err(id, e)),
+        };
+        match &pin {
+            Some(p) => firewall::unpin(p).await,
+            None => firewall::sweep_pins().await,
         }
+        removed
     }
 
     async fn list(&self) -> Result<Vec<MachineInfo>> {

@@ -1,7 +1,14 @@
-//! What root in a Docker machine is on the host: the capabilities it holds (the native
-//! driver's, no more), and whether the engine maps it to an unprivileged host uid (user
-//! namespace remapping, `dockerd --userns-remap`), which the driver cannot turn on itself:
-//! it is the engine's setting, for all its containers.
+//! What root in a Docker machine is on the host: the capabilities it holds and the system
+//! calls it may make (the native driver's, no more: same capability list, same seccomp
+//! allow-list), and whether the engine maps it to an unprivileged host uid (user namespace
+//! remapping, `dockerd --userns-remap`), which the driver cannot turn on itself: it is the
+//! engine's setting, for all its containers.
+//!
+//! `no-new-privileges` is not set, as on the native driver: the learner is root in the
+//! machine already, so it guards no boundary there, and it would break what exercises
+//! teach and check (`su`, `sudo` from a user the learner made, a sudoers file), since a
+//! setuid binary could no longer raise a user to root inside the machine. What stops root
+//! in the machine is the capability set, the seccomp filter and the remapped uid.
 
 use bollard::models::SystemInfo;
 use rnr_driver::{DriverError, Result};
@@ -36,6 +43,14 @@ pub(crate) fn dropped_capabilities() -> Vec<String> {
         .filter(|c| !rnr_driver_native::CAPABILITIES.contains(c))
         .map(|c| c.to_string())
         .collect()
+}
+
+/// `HostConfig.SecurityOpt` of every machine: the native driver's seccomp profile
+/// ([`rnr_driver_native::seccomp_profile`], the allow-list derived from Docker's default
+/// for the capabilities machines hold, on the 64-bit, i386 and x32 entry points) in place
+/// of the engine's own. The engine takes a profile's JSON text, not a path.
+pub(crate) fn security_options() -> Vec<String> {
+    vec![format!("seccomp={}", rnr_driver_native::seccomp_profile())]
 }
 
 /// Whether the engine runs containers in a remapped user namespace: `docker info` lists
@@ -118,6 +133,22 @@ mod tests {
         assert_eq!(
             dropped.len() + rnr_driver_native::CAPABILITIES.len(),
             ENGINE_DEFAULT_CAPABILITIES.len()
+        );
+    }
+
+    #[test]
+    fn machines_get_the_native_seccomp_profile() {
+        let opts = security_options();
+        let [opt] = opts.as_slice() else {
+            panic!("one security option: {opts:?}")
+        };
+        let json = opt.strip_prefix("seccomp=").expect("a seccomp option");
+        let profile: serde_json::Value = serde_json::from_str(json).expect("JSON text");
+        assert_eq!(profile, rnr_driver_native::seccomp_profile());
+        assert_eq!(profile["defaultAction"], "SCMP_ACT_ERRNO", "an allow-list");
+        assert!(
+            !opts.iter().any(|o| o.contains("no-new-privileges")),
+            "setuid binaries must still work in machines, as on native"
         );
     }
 

@@ -93,6 +93,17 @@ impl NativeDriver {
     }
 }
 
+/// Whether machines' swap can be capped under `cgroup_root`: cgroup v1 with swap
+/// accounting (memory.memsw.*), or cgroup v2, where crun writes memory.swap.max (and skips
+/// it on a kernel without swap accounting, which then has no swap to cap).
+pub(crate) fn can_limit_swap(cgroup_root: &Path) -> bool {
+    let v1_memsw = cgroup_root
+        .join("memory")
+        .join("memory.memsw.limit_in_bytes");
+    let v2 = cgroup_root.join("cgroup.controllers");
+    v1_memsw.exists() || v2.exists()
+}
+
 /// Removes a cgroup directory and its (empty) children, deepest first.
 fn remove_cgroup_tree(dir: &Path) {
     if let Ok(entries) = std::fs::read_dir(dir) {
@@ -103,4 +114,24 @@ fn remove_cgroup_tree(dir: &Path) {
         }
     }
     let _ = std::fs::remove_dir(dir);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::can_limit_swap;
+
+    #[test]
+    fn swap_is_limited_on_v1_with_accounting_and_on_v2() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        // v1 without swap accounting: only memory.limit_in_bytes.
+        std::fs::create_dir(root.join("memory")).unwrap();
+        std::fs::write(root.join("memory/memory.limit_in_bytes"), "").unwrap();
+        assert!(!can_limit_swap(root));
+        std::fs::write(root.join("memory/memory.memsw.limit_in_bytes"), "").unwrap();
+        assert!(can_limit_swap(root), "v1 with memsw");
+        let v2 = tempfile::tempdir().unwrap();
+        std::fs::write(v2.path().join("cgroup.controllers"), "cpu memory pids\n").unwrap();
+        assert!(can_limit_swap(v2.path()), "v2");
+    }
 }

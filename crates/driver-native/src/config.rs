@@ -45,6 +45,9 @@ pub struct NativeConfig {
     /// Static agent binary bind-mounted read-only at [`rnr_driver::AGENT_PATH`] in every
     /// machine.
     pub agent: Option<PathBuf>,
+    /// Most ptys a machine may hold open at once (its /dev/pts's `max`; default 256, 0:
+    /// no quota): every machine's terminals draw from the host's `kernel.pty.max`.
+    pub max_ptys: u32,
 }
 
 impl NativeConfig {
@@ -64,6 +67,7 @@ impl NativeConfig {
             disk: DiskMode::Auto,
             disk_pool_gib: 64,
             agent: None,
+            max_ptys: crate::oci::DEFAULT_MAX_PTYS,
         }
     }
 }
@@ -114,8 +118,8 @@ pub(crate) fn on_path(program: &str) -> bool {
 }
 
 /// Checks that this host can run the native driver with `cfg`: root, the runtime, overlayfs,
-/// iproute2, iptables and a cgroup hierarchy. The error says what is missing, so that a
-/// platform choosing its driver automatically can log why it fell back.
+/// iproute2, iptables, nftables and a cgroup hierarchy. The error says what is missing, so
+/// that a platform choosing its driver automatically can log why it fell back.
 pub fn preflight(cfg: &NativeConfig) -> NResult<()> {
     let missing = |what: String| NativeError::other("preflight", what);
     // SAFETY: geteuid(2) has no arguments and cannot fail.
@@ -143,7 +147,7 @@ pub fn preflight(cfg: &NativeConfig) -> NResult<()> {
             fs_list.display()
         )));
     }
-    for tool in ["ip", "iptables", "tar"] {
+    for tool in ["ip", "iptables", "nft", "tar"] {
         if !on_path(tool) {
             return Err(missing(format!("{tool} not found on PATH")));
         }

@@ -115,7 +115,8 @@ impl NativeDriver {
             rootfs: &rootfs,
             limits: spec.limits,
             cgroups_path: &format!("{}/{id}", self.cgroup_parent()),
-            memsw: self.inner.memsw,
+            swap_limit: self.inner.swap_limit,
+            max_ptys: cfg.max_ptys,
             nofile: oci::nofile_limit(),
             uid_base,
             agent: self.inner.agent_dir.as_deref(),
@@ -292,10 +293,9 @@ impl NativeDriver {
             self.inner.subnet.segment_prefix(),
             self.inner.subnet.gateway(seg),
         );
+        let base = cfg.bridge.clone();
         let wired = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
-            let mut s = netlink::Socket::open()?;
-            s.add_veth(&veth, pid, netlink::index_of(&bridge)?)?;
-            std::fs::write(format!("/sys/class/net/{veth}/brport/isolated"), "1")?;
+            net::wire_host(&base, &bridge, &veth, pid, addr)?;
             let t = std::time::Instant::now();
             netlink::in_netns(netns.as_raw_fd(), move || {
                 netlink::configure_inside(addr, prefix, gateway)
@@ -360,6 +360,9 @@ impl NativeDriver {
             let veth = meta.veth.clone();
             let _ =
                 tokio::task::spawn_blocking(move || netlink::Socket::open()?.del_link(&veth)).await;
+        }
+        if let Err(e) = net::unpin(&cfg.bridge, &meta.veth, meta.address) {
+            tracing::warn!(machine = id, veth = %meta.veth, error = %e, "removing the machine's pin");
         }
         if let Some(pool) = &self.inner.pool {
             pool.destroy(id)?;

@@ -147,7 +147,13 @@ impl NativeDriver {
         let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
         let tag = format!("{}-{n}", std::process::id());
         let pid_file = self.machine_dir(id).join(format!("exec-{tag}.pid"));
-        let mut cmd = self.crun(sys::MountPlan::default(), false)?;
+        // The machine's init has RLIMIT_CORE 0 from its config; an exec'd process would
+        // get the runtime's (ours) instead.
+        let plan = sys::MountPlan {
+            no_core_dumps: true,
+            ..Default::default()
+        };
+        let mut cmd = self.crun(plan, false)?;
         cmd.arg("exec").arg("--pid-file").arg(&pid_file);
         cmd.arg("--user").arg(format!("{uid}:{gid}"));
         if let Some(cwd) = &spec.workdir {

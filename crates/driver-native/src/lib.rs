@@ -59,6 +59,7 @@ pub mod net;
 mod netlink;
 mod oci;
 mod runtime;
+mod seccomp;
 mod setup;
 mod sys;
 mod users;
@@ -66,9 +67,9 @@ mod users;
 pub use config::{preflight, DiskMode, NativeConfig};
 pub use error::{NResult, NativeError};
 pub use net::Subnet;
-pub use oci::seccomp as seccomp_profile;
 /// The capabilities root in a machine holds; the Docker driver grants machines the same.
 pub use oci::CAPABILITIES;
+pub use oci::{seccomp as seccomp_profile, DEFAULT_MAX_PTYS};
 
 use async_trait::async_trait;
 use rnr_driver::{
@@ -87,7 +88,8 @@ struct Inner {
     subnet: Subnet,
     /// cgroup v1 with a cgroup2 mount beside it: hide its controllers from crun.
     hybrid: bool,
-    memsw: bool,
+    /// Machines' swap can be capped (cgroup v1 with swap accounting, or v2).
+    swap_limit: bool,
     empty_file: PathBuf,
     alloc: Mutex<alloc::Alloc>,
     userns_fds: Mutex<HashMap<u32, Arc<OwnedFd>>>,

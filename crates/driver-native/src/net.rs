@@ -12,16 +12,29 @@
 //!
 //! * `RNRF-<bridge>` (filter, jumped to from the top of `FORWARD` for traffic in or out of
 //!   the bridges): replies to host-initiated or allowed connections pass; machine → machine
-//!   (same or another segment) is dropped; machines of the outbound half may leave;
-//!   everything else is dropped.
+//!   (same or another segment) is dropped; machines of the outbound half may leave, but
+//!   not to private, link-local (metadata), loopback, multicast or reserved destinations
+//!   (DNS to the host's resolvers aside) nor to SMTP, and at a limited rate of new
+//!   connections (`rnr_driver::netguard`); everything else is dropped.
 //! * `RNRI-<bridge>` (filter, from `INPUT -i <bridge>+`): machines reach no service of the
-//!   host; only replies to connections the host opened pass.
+//!   host; only replies to connections the host opened, and pings of the gateway
+//!   (rate-limited), pass.
 //! * `RNRN-<bridge>` (nat, from `POSTROUTING`): masquerades the outbound half.
+//!
+//! Before any of that, the nftables table `bridge rnr-<bridge>` pins every machine's port
+//! (the host end of its veth, in the bridge's interface group) to the machine's MAC and
+//! IPv4 address: forged sources, ARP claiming another address, IPv6 and anything not IPv4
+//! or ARP are dropped as they enter the bridge. One element per machine, added when it is
+//! wired and deleted with it ([`wire_host`], [`unpin`]). The bridges have IPv6 off (no
+//! address to reach, no router advertisement taken), the host ends no IPv6 address (a
+//! port's own stack never sees the machine's frames), the machines no IPv6 at all.
 //!
 //! Bridge ports are also marked `isolated`, so machines cannot reach each other even when
 //! br_netfilter is off. The host reaches every machine port (its packets leave by OUTPUT).
 
 use crate::error::{NResult, NativeError};
+use crate::netlink;
+use rnr_driver::netguard;
 use std::net::Ipv4Addr;
 use std::process::Stdio;
 use tokio::io::AsyncWriteExt;
@@ -209,24 +222,29 @@ pub async fn ensure_segment(bridge: &str, subnet: &Subnet, seg: u32) -> NResult<
         // Another instance may create it meanwhile; the address/up steps below still run.
         let _ = run(&name, "ip", &["link", "add", &name, "type", "bridge"], None).await;
     }
+    netguard::disable_ipv6(&name).map_err(|e| NativeError::io(format!("bridge {name}"), e))?;
     run(&name, "ip", &["addr", "replace", &gw, "dev", &name], None).await?;
     run(&name, "ip", &["link", "set", &name, "up"], None).await?;
     Ok(name)
 }
 
-/// Creates (if missing) the first segment's bridge, and (re)writes the chains.
-/// Idempotent: safe to run at every start.
+/// Creates (if missing) the first segment's bridge and the pin table (keeping its pins),
+/// and (re)writes the chains. Idempotent: safe to run at every start.
 pub async fn ensure_bridge(bridge: &str, subnet: &Subnet) -> NResult<()> {
     ensure_segment(bridge, subnet, 0).await?;
     // Outbound machines are routed (and masqueraded) by the host.
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
         .map_err(|e| NativeError::io("/proc/sys/net/ipv4/ip_forward", e))?;
 
+    let script = netguard::pin_table_script(&pin_table(bridge), netguard::iface_group(bridge));
+    run(bridge, "nft", &["-f", "-"], Some(&script)).await?;
     let (fwd, inp, nat) = chains(bridge);
     let out_cidr = subnet.outbound_cidr();
     let cidr = subnet.cidr();
     let all = format!("{bridge}+");
     let all = all.as_str();
+    // Hashlimit tables, named after the bridge (15 bytes at most).
+    let (limit, pings) = (format!("rnrc-{bridge}"), format!("rnrp-{bridge}"));
     for (table, chain) in [("filter", &fwd), ("filter", &inp), ("nat", &nat)] {
         let _ = ipt(&["-t", table, "-N", chain]).await;
         ipt(&["-t", table, "-F", chain]).await?;
@@ -243,9 +261,21 @@ pub async fn ensure_bridge(bridge: &str, subnet: &Subnet) -> NResult<()> {
     r.extend_from_slice(&established);
     ipt(&[&["-A", fwd.as_str()], r.as_slice()].concat()).await?;
     ipt(&["-A", &fwd, "-i", all, "-o", all, "-j", "DROP"]).await?;
-    ipt(&["-A", &fwd, "-i", all, "-s", &out_cidr, "-j", "ACCEPT"]).await?;
+    let outbound = ["-i", all, "-s", out_cidr.as_str()];
+    // Established flows skip the outbound filter: they passed it when they were new.
+    ipt(&[&["-A", fwd.as_str()], &outbound[..], &established[..]].concat()).await?;
+    let resolvers = netguard::host_resolvers();
+    for rule in netguard::outbound_rules(&outbound, &limit, &resolvers, "ACCEPT") {
+        let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
+        ipt(&[&["-A", fwd.as_str()], rule.as_slice()].concat()).await?;
+    }
+    ipt(&[&["-A", fwd.as_str()], &outbound[..], &["-j", "ACCEPT"]].concat()).await?;
     ipt(&["-A", &fwd, "-j", "DROP"]).await?;
     ipt(&[&["-A", inp.as_str()], &established[..]].concat()).await?;
+    // The gateways are the only local addresses in the subnet.
+    let ping = netguard::gateway_ping_rule(&["-d", &cidr], &pings, "ACCEPT");
+    let ping: Vec<&str> = ping.iter().map(String::as_str).collect();
+    ipt(&[&["-A", inp.as_str()], ping.as_slice()].concat()).await?;
     ipt(&["-A", &inp, "-j", "DROP"]).await?;
     ipt(&[
         "-t",
@@ -278,8 +308,8 @@ pub async fn ensure_bridge(bridge: &str, subnet: &Subnet) -> NResult<()> {
     Ok(())
 }
 
-/// Removes the chains, the jumps to them and every segment's bridge. Missing pieces are
-/// ignored.
+/// Removes the chains, the jumps to them, the pin table and every segment's bridge.
+/// Missing pieces are ignored.
 pub async fn remove_bridge(bridge: &str, subnet: &Subnet) {
     let (fwd, inp, nat) = chains(bridge);
     let cidr = subnet.cidr();
@@ -302,11 +332,76 @@ pub async fn remove_bridge(bridge: &str, subnet: &Subnet) {
         let _ = ipt(&["-t", table, "-F", chain]).await;
         let _ = ipt(&["-t", table, "-X", chain]).await;
     }
+    let table = pin_table(bridge);
+    let _ = run(bridge, "nft", &["delete", "table", "bridge", &table], None).await;
     for seg in 0..subnet.segments() {
         let name = segment_bridge(bridge, seg);
         if std::path::Path::new("/sys/class/net").join(&name).exists() {
             let _ = run(&name, "ip", &["link", "del", &name], None).await;
         }
+    }
+}
+
+/// The nftables bridge-family table pinning the machines of the platform on `bridge`.
+pub fn pin_table(bridge: &str) -> String {
+    format!("rnr-{bridge}")
+}
+
+/// The MAC address of the machine at `addr`: locally administered, derived from the
+/// address, so its pin needs nothing recorded.
+pub fn machine_mac(addr: Ipv4Addr) -> [u8; 6] {
+    let o = addr.octets();
+    [0x02, 0x72, o[0], o[1], o[2], o[3]]
+}
+
+/// The key of a machine's pin: (host end of its veth, its MAC, its address), each field
+/// padded to 4 bytes as nf_tables lays out concatenations.
+fn pin_key(veth: &str, addr: Ipv4Addr) -> [u8; 28] {
+    let mut k = [0u8; 28];
+    let name = veth.as_bytes();
+    k[..name.len().min(15)].copy_from_slice(&name[..name.len().min(15)]);
+    k[16..22].copy_from_slice(&machine_mac(addr));
+    k[24..28].copy_from_slice(&addr.octets());
+    k
+}
+
+/// The host side of a machine's network, from the create path's blocking thread: the veth
+/// pair (`eth0` with the machine's MAC, in the namespace of `pid`; `veth` on the host, in
+/// the platform's interface group, without an IPv6 address) enslaved to `segment` and up,
+/// the port isolated, and the machine pinned in the table of `bridge`.
+pub fn wire_host(
+    bridge: &str,
+    segment: &str,
+    veth: &str,
+    pid: i32,
+    addr: Ipv4Addr,
+) -> std::io::Result<()> {
+    let mut s = netlink::Socket::open()?;
+    let master = netlink::index_of(segment)?;
+    let group = netguard::iface_group(bridge);
+    s.add_veth(veth, pid, master, group, machine_mac(addr))?;
+    std::fs::write(format!("/sys/class/net/{veth}/brport/isolated"), "1")?;
+    let key = pin_key(veth, addr);
+    netlink::Socket::open_netfilter()?.set_element(
+        &pin_table(bridge),
+        netguard::PIN_SET,
+        &key,
+        true,
+    )
+}
+
+/// Deletes the pin of the machine at `addr` on `veth` (see [`wire_host`]); a missing one
+/// is not an error.
+pub fn unpin(bridge: &str, veth: &str, addr: Ipv4Addr) -> std::io::Result<()> {
+    let key = pin_key(veth, addr);
+    match netlink::Socket::open_netfilter()?.set_element(
+        &pin_table(bridge),
+        netguard::PIN_SET,
+        &key,
+        false,
+    ) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
     }
 }
 

@@ -1,10 +1,12 @@
-//! Just enough rtnetlink to wire a machine in-process: a veth pair with one end moved into
-//! the machine's network namespace, the host end on the bridge and up; inside, loopback
-//! and eth0 up, the address and the default route; deleting a link.
+//! Just enough netlink to wire a machine in-process: a veth pair with one end moved into
+//! the machine's network namespace (with the machine's MAC), the host end on the bridge,
+//! in the platform's interface group and up without an IPv6 address; inside, loopback and eth0 up, the address and
+//! the default route; deleting a link; and adding or deleting the machine's element of
+//! the nftables set that pins its port (nfnetlink, one transaction each).
 //!
 //! Two `ip -b` processes per machine cost a few milliseconds of the create path and of
-//! the host's CPU, which is what limits machines started per second; these are a handful
-//! of system calls instead.
+//! the host's CPU, which is what limits machines started per second, and an `nft`
+//! process as much again; these are a handful of system calls instead.
 
 use std::io;
 use std::net::Ipv4Addr;
@@ -15,6 +17,16 @@ const NLA_F_NESTED: u16 = 0x8000;
 const IFLA_INFO_KIND: u16 = 1;
 const IFLA_INFO_DATA: u16 = 2;
 const VETH_INFO_PEER: u16 = 1;
+// linux/if_link.h: IFLA_INET6_ADDR_GEN_MODE, IN6_ADDR_GEN_MODE_NONE.
+const IFLA_INET6_ADDR_GEN_MODE: u16 = 8;
+const IN6_ADDR_GEN_MODE_NONE: u8 = 1;
+// nf_tables attributes (linux/netfilter/nf_tables.h); not in the libc crate.
+const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_DATA_VALUE: u16 = 1;
 
 /// One netlink request under construction: header, fixed payload, attributes.
 struct Msg {
@@ -24,14 +36,28 @@ struct Msg {
 
 impl Msg {
     fn new(ty: u16, flags: u16) -> Self {
+        Self::unacked(ty, flags | libc::NLM_F_ACK as u16)
+    }
+
+    /// A request the kernel acknowledges only if it fails.
+    fn unacked(ty: u16, flags: u16) -> Self {
         let mut buf = vec![0u8; NLMSG_HDRLEN];
         buf[4..6].copy_from_slice(&ty.to_ne_bytes());
-        let flags = flags | (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
+        let flags = flags | libc::NLM_F_REQUEST as u16;
         buf[6..8].copy_from_slice(&flags.to_ne_bytes());
         Self {
             buf,
             nests: Vec::new(),
         }
+    }
+
+    /// `struct nfgenmsg`.
+    fn nfgen(&mut self, family: u8, res_id: u16) -> &mut Self {
+        let mut b = [0u8; 4];
+        b[0] = family;
+        b[1] = libc::NFNETLINK_V0 as u8;
+        b[2..4].copy_from_slice(&res_id.to_be_bytes());
+        self.bytes(&b)
     }
 
     fn align(&mut self) {
@@ -97,21 +123,30 @@ impl Msg {
     }
 }
 
-/// A NETLINK_ROUTE socket, bound to the network namespace it was opened in.
+/// A netlink socket, bound to the network namespace it was opened in.
 pub struct Socket {
     fd: OwnedFd,
     seq: u32,
 }
 
 impl Socket {
-    /// Opens a socket in the calling thread's network namespace.
+    /// Opens a NETLINK_ROUTE socket in the calling thread's network namespace.
     pub fn open() -> io::Result<Self> {
+        Self::open_protocol(libc::NETLINK_ROUTE)
+    }
+
+    /// Opens a NETLINK_NETFILTER socket (nf_tables) in the calling thread's namespace.
+    pub fn open_netfilter() -> io::Result<Self> {
+        Self::open_protocol(libc::NETLINK_NETFILTER)
+    }
+
+    fn open_protocol(protocol: i32) -> io::Result<Self> {
         // SAFETY: socket(2) with constant arguments; the fd is checked and then owned.
         let fd = unsafe {
             libc::socket(
                 libc::AF_NETLINK,
                 libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
+                protocol,
             )
         };
         if fd < 0 {
@@ -124,9 +159,23 @@ impl Socket {
 
     /// Sends `msg` and waits for its acknowledgement.
     fn request(&mut self, msg: &mut Msg, what: &str) -> io::Result<()> {
-        self.seq += 1;
-        let seq = self.seq;
-        let data = msg.finish(seq);
+        self.transact(std::slice::from_mut(msg), what)
+    }
+
+    /// Sends `msgs` in one datagram (an nfnetlink batch, say) and waits until the last
+    /// acknowledged one is acknowledged, or any of them fails.
+    fn transact(&mut self, msgs: &mut [Msg], what: &str) -> io::Result<()> {
+        let first = self.seq + 1;
+        let mut data = Vec::new();
+        let mut acked = None;
+        for m in msgs.iter_mut() {
+            self.seq += 1;
+            if u16::from_ne_bytes([m.buf[6], m.buf[7]]) & libc::NLM_F_ACK as u16 != 0 {
+                acked = Some(self.seq);
+            }
+            data.extend_from_slice(m.finish(self.seq));
+        }
+        let (last, acked) = (self.seq, acked.unwrap_or(self.seq));
         // SAFETY: sending a buffer that lives across the call.
         let n = unsafe { libc::send(self.fd.as_raw_fd(), data.as_ptr().cast(), data.len(), 0) };
         if n < 0 {
@@ -156,43 +205,101 @@ impl Socket {
                         "short netlink reply",
                     ));
                 }
-                if ty == libc::NLMSG_ERROR as u16 && mseq == seq {
+                if ty == libc::NLMSG_ERROR as u16 && (first..=last).contains(&mseq) {
                     let code = i32::from_ne_bytes(
                         buf[off + NLMSG_HDRLEN..off + NLMSG_HDRLEN + 4]
                             .try_into()
                             .unwrap_or([0; 4]),
                     );
-                    return if code == 0 {
-                        Ok(())
-                    } else {
+                    if code != 0 {
                         let e = io::Error::from_raw_os_error(-code);
-                        Err(io::Error::new(e.kind(), format!("{what}: {e}")))
-                    };
+                        return Err(io::Error::new(e.kind(), format!("{what}: {e}")));
+                    }
+                    if mseq == acked {
+                        return Ok(());
+                    }
                 }
                 off += (len as usize).div_ceil(4) * 4;
             }
         }
     }
 
-    /// Creates the veth pair `host` ⇄ `eth0`, `eth0` in the network namespace of process
-    /// `pid`, `host` enslaved to the bridge of index `master` and up.
-    pub fn add_veth(&mut self, host: &str, pid: i32, master: i32) -> io::Result<()> {
+    /// Adds (`add`) or deletes element `key` of set `set` of the bridge-family table
+    /// `table`, in one nf_tables transaction (a socket from [`Socket::open_netfilter`]).
+    /// Adding an element that is there already is not an error; deleting a missing one
+    /// fails with `NotFound`.
+    pub fn set_element(&mut self, table: &str, set: &str, key: &[u8], add: bool) -> io::Result<()> {
+        let subsys = (libc::NFNL_SUBSYS_NFTABLES as u16) << 8;
+        let batch = |ty: i32| {
+            let mut m = Msg::unacked(ty as u16, 0);
+            m.nfgen(libc::AF_UNSPEC as u8, libc::NFNL_SUBSYS_NFTABLES as u16);
+            m
+        };
+        let (op, flags) = match add {
+            true => (libc::NFT_MSG_NEWSETELEM, libc::NLM_F_CREATE as u16),
+            false => (libc::NFT_MSG_DELSETELEM, 0),
+        };
+        let mut elem = Msg::new(subsys | op as u16, flags);
+        elem.nfgen(libc::NFPROTO_BRIDGE as u8, 0)
+            .attr_str(NFTA_SET_ELEM_LIST_TABLE, table)
+            .attr_str(NFTA_SET_ELEM_LIST_SET, set)
+            .begin(NFTA_SET_ELEM_LIST_ELEMENTS)
+            .begin(NFTA_LIST_ELEM)
+            .begin(NFTA_SET_ELEM_KEY)
+            .attr(NFTA_DATA_VALUE, key)
+            .end()
+            .end()
+            .end();
+        let mut msgs = [
+            batch(libc::NFNL_MSG_BATCH_BEGIN),
+            elem,
+            batch(libc::NFNL_MSG_BATCH_END),
+        ];
+        let verb = if add { "adding to" } else { "deleting from" };
+        self.transact(&mut msgs, &format!("{verb} nftables set {table} {set}"))
+    }
+
+    /// Creates the veth pair `host` ⇄ `eth0`, `eth0` with MAC address `mac` in the network
+    /// namespace of process `pid`, `host` in interface group `group`, enslaved to the
+    /// bridge of index `master` and up.
+    pub fn add_veth(
+        &mut self,
+        host: &str,
+        pid: i32,
+        master: i32,
+        group: u32,
+        mac: [u8; 6],
+    ) -> io::Result<()> {
         let flags = libc::NLM_F_CREATE | libc::NLM_F_EXCL;
         let mut m = Msg::new(libc::RTM_NEWLINK, flags as u16);
-        m.ifinfo(0, libc::IFF_UP as u32, libc::IFF_UP as u32)
+        // Down: IPv6 can only be configured once the link exists (see below).
+        m.ifinfo(0, 0, 0)
             .attr_str(libc::IFLA_IFNAME, host)
             .attr_u32(libc::IFLA_MASTER, master as u32)
+            .attr_u32(libc::IFLA_GROUP, group)
             .begin(libc::IFLA_LINKINFO)
             .attr_str(IFLA_INFO_KIND, "veth")
             .begin(IFLA_INFO_DATA)
             .begin(VETH_INFO_PEER)
             .ifinfo(0, 0, 0)
             .attr_str(libc::IFLA_IFNAME, "eth0")
+            .attr(libc::IFLA_ADDRESS, &mac)
             .attr_u32(libc::IFLA_NET_NS_PID, pid as u32)
             .end()
             .end()
             .end();
-        self.request(&mut m, &format!("creating veth {host}"))
+        self.request(&mut m, &format!("creating veth {host}"))?;
+        // Up without an IPv6 link-local address: the host end is a bridge port, whose own
+        // stack never sees the machine's frames; it only needs no address nor chatter.
+        // (A disable_ipv6 write costs some 150 µs; this attribute rides on the link-up.)
+        let mut up = Msg::new(libc::RTM_NEWLINK, 0);
+        up.ifinfo(index_of(host)?, libc::IFF_UP as u32, libc::IFF_UP as u32)
+            .begin(libc::IFLA_AF_SPEC)
+            .begin(libc::AF_INET6 as u16)
+            .attr(IFLA_INET6_ADDR_GEN_MODE, &[IN6_ADDR_GEN_MODE_NONE])
+            .end()
+            .end();
+        self.request(&mut up, &format!("setting veth {host} up without IPv6"))
     }
 
     /// Sets link `index` up.

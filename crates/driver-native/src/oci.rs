@@ -1,6 +1,6 @@
 //! The OCI runtime config (config.json) of a machine, close to what Docker generates:
-//! its namespaces, mounts, capabilities, masked and read-only paths, resource limits and
-//! seccomp profile.
+//! its namespaces, mounts, capabilities, network sysctls, masked and read-only paths,
+//! resource limits and seccomp profile.
 
 use rnr_driver::{Limits, AGENT_DIR, AGENT_PATH, MACHINE_LABEL, OWNER_LABEL};
 use serde_json::{json, Value};
@@ -17,14 +17,15 @@ pub const SECCOMP_BPF_ANNOTATION: &str = "run.oci.seccomp_bpf_data";
 /// PATH given to every process in a machine.
 pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// Docker's default capability set.
+/// Docker's default capability set without CAP_NET_RAW: raw and packet sockets would let
+/// the learner forge frames (the bridge's pins drop them, but need not see them); pings
+/// use ICMP datagram sockets instead (`net.ipv4.ping_group_range`, see [`config`]).
 pub const CAPABILITIES: &[&str] = &[
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
     "CAP_FSETID",
     "CAP_FOWNER",
     "CAP_MKNOD",
-    "CAP_NET_RAW",
     "CAP_SETGID",
     "CAP_SETUID",
     "CAP_SETFCAP",
@@ -57,154 +58,16 @@ const READONLY_PATHS: &[&str] = &[
     "/proc/sysrq-trigger",
 ];
 
-/// System calls refused with EPERM outright, in the spirit of Docker's default profile
-/// (which allows them only with capabilities machines never get): loading kernels and
-/// modules, BPF, perf events, userfaultfd, the kernel keyring, mounting (also refused for
-/// want of CAP_SYS_ADMIN), joining namespaces, swap, process accounting, quotas, the
-/// kernel log, file handles (open_by_handle_at was the "shocker" escape), io_uring, raw
-/// I/O ports, the clock, and obsolete calls. `reboot` stays allowed: in a pid namespace
-/// without CAP_SYS_BOOT it fails, and at most ends the machine's own init.
-pub const DENIED_SYSCALLS: &[&str] = &[
-    "_sysctl",
-    "acct",
-    "add_key",
-    "bpf",
-    "clock_adjtime",
-    "clock_settime",
-    "create_module",
-    "delete_module",
-    "fanotify_init",
-    "finit_module",
-    "fsconfig",
-    "fsmount",
-    "fsopen",
-    "fspick",
-    "get_kernel_syms",
-    "init_module",
-    "io_uring_enter",
-    "io_uring_register",
-    "io_uring_setup",
-    "ioperm",
-    "iopl",
-    "kexec_file_load",
-    "kexec_load",
-    "keyctl",
-    "lookup_dcookie",
-    "mount",
-    "mount_setattr",
-    "move_mount",
-    "name_to_handle_at",
-    "nfsservctl",
-    "open_by_handle_at",
-    "open_tree",
-    "perf_event_open",
-    "pivot_root",
-    "query_module",
-    "quotactl",
-    "quotactl_fd",
-    "request_key",
-    "setns",
-    "settimeofday",
-    "stime",
-    "swapoff",
-    "swapon",
-    "syslog",
-    "sysfs",
-    "umount",
-    "umount2",
-    "uselib",
-    "userfaultfd",
-    "ustat",
-    "vhangup",
-];
-
-/// Namespace flags of clone(2); unshare(2) also takes CLONE_NEWTIME (0x80), which for
-/// clone is part of the exit signal.
-const CLONE_NAMESPACES: &[u64] = &[
-    0x0002_0000, // CLONE_NEWNS
-    0x0200_0000, // CLONE_NEWCGROUP
-    0x0400_0000, // CLONE_NEWUTS
-    0x0800_0000, // CLONE_NEWIPC
-    0x1000_0000, // CLONE_NEWUSER
-    0x2000_0000, // CLONE_NEWPID
-    0x4000_0000, // CLONE_NEWNET
-];
-const CLONE_NEWTIME: u64 = 0x80;
-
-/// personality(2) values Docker allows: PER_LINUX, PER_LINUX32, UNAME26 with either, and
-/// 0xffffffff (the query).
-const PERSONALITY_ALLOWED_BITS: u64 = 0x0002_0008;
-const PERSONALITY_QUERY: u64 = 0xffff_ffff;
-
-const EPERM: i64 = 1;
-const ENOSYS: i64 = 38;
-
-/// One rule refusing `name` with `errno` when `arg0 & mask == value`. Each rule has a
-/// single condition: conditions within one rule are ANDed by the OCI spec but ORed by
-/// runc and crun when they test the same argument, so rules that must OR are kept apart.
-fn deny_masked(name: &str, mask: u64, value: u64) -> Value {
-    json!({
-        "names": [name],
-        "action": "SCMP_ACT_ERRNO",
-        "errnoRet": EPERM,
-        "args": [{"index": 0, "value": mask, "valueTwo": value, "op": "SCMP_CMP_MASKED_EQ"}],
-    })
-}
-
-/// The machine's seccomp profile: allow by default, refuse what [`DENIED_SYSCALLS`]
-/// lists, creating namespaces through clone(2) or unshare(2), clone3(2) with ENOSYS (its
-/// flags sit in memory a filter cannot read; libc then falls back to clone), and
-/// personality(2) values other than Docker's.
+/// The machine's seccomp profile: Docker's default allow-list for the capabilities
+/// machines hold (see [`crate::seccomp`]).
 pub fn seccomp() -> Value {
-    let mut rules = vec![
-        json!({"names": DENIED_SYSCALLS, "action": "SCMP_ACT_ERRNO", "errnoRet": EPERM}),
-        json!({"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": ENOSYS}),
-    ];
-    for &flag in CLONE_NAMESPACES {
-        rules.push(deny_masked("clone", flag, flag));
-        rules.push(deny_masked("unshare", flag, flag));
-    }
-    rules.push(deny_masked("unshare", CLONE_NEWTIME, CLONE_NEWTIME));
-    // personality: refuse every value with a bit outside PERSONALITY_ALLOWED_BITS except
-    // the query, using single-condition rules only. A 32-bit value other than 0xffffffff
-    // has a highest clear bit j: bits 31..j+1 set, bit j clear (one masked comparison
-    // per j). When a disallowed bit is among 31..j+1 that alone condemns it (bit 31 is
-    // disallowed, so this covers every j < 31); for j = 31 a disallowed bit b below
-    // must be set: one rule per b. Values beyond 32 bits (truncated by the kernel) are
-    // refused by a plain comparison.
-    rules.push(json!({
-        "names": ["personality"],
-        "action": "SCMP_ACT_ERRNO",
-        "errnoRet": EPERM,
-        "args": [{"index": 0, "value": PERSONALITY_QUERY, "op": "SCMP_CMP_GT"}],
-    }));
-    for j in 0..31u32 {
-        let above = PERSONALITY_QUERY & !((2u64 << j) - 1);
-        rules.push(deny_masked("personality", above | 1 << j, above));
-    }
-    for b in 0..31u32 {
-        let bit = 1u64 << b;
-        if bit & PERSONALITY_ALLOWED_BITS == 0 {
-            rules.push(deny_masked("personality", 1 << 31 | bit, bit));
-        }
-    }
-    json!({
-        "defaultAction": "SCMP_ACT_ALLOW",
-        "architectures": architectures(),
-        "syscalls": rules,
-    })
+    crate::seccomp::profile(CAPABILITIES)
 }
 
-/// The host's system call ABIs (a process may use any of them).
-fn architectures() -> &'static [&'static str] {
-    if cfg!(target_arch = "x86_64") {
-        &["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]
-    } else if cfg!(target_arch = "aarch64") {
-        &["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"]
-    } else {
-        &[]
-    }
-}
+/// Ptys one machine may have open at once by default: its devpts instance's `max`, so that
+/// a learner holding thousands cannot exhaust the host's `kernel.pty.max`, which every
+/// other machine's terminals draw from.
+pub const DEFAULT_MAX_PTYS: u32 = 256;
 
 /// Inputs of [`config`].
 #[derive(Debug)]
@@ -215,8 +78,11 @@ pub struct ConfigInput<'a> {
     pub rootfs: &'a Path,
     pub limits: Limits,
     pub cgroups_path: &'a str,
-    /// Whether the host's memory cgroup has memory.memsw.* (swap accounting).
-    pub memsw: bool,
+    /// Whether the host can cap the machine's swap: cgroup v1 with memory.memsw.* (swap
+    /// accounting), or cgroup v2 (memory.swap.max; crun skips it where swap is off).
+    pub swap_limit: bool,
+    /// Most ptys open at once in the machine (its devpts instance's `max`); 0: no quota.
+    pub max_ptys: u32,
     /// RLIMIT_NOFILE of the machine's processes (at most the platform's own hard limit).
     pub nofile: u64,
     /// Host uid/gid that root in the machine maps to; `None` without a user namespace.
@@ -247,8 +113,9 @@ pub fn config(i: &ConfigInput<'_>) -> Value {
     };
     let memory = i.limits.memory_mib.saturating_mul(1 << 20);
     let mut memory_res = json!({"limit": memory});
-    if i.memsw {
-        // OCI "swap" is memory + swap: equal to the limit means no swap beyond the cap.
+    if i.swap_limit {
+        // OCI "swap" is memory + swap: equal to the limit means no swap beyond the cap
+        // (memory.memsw.limit_in_bytes = limit on v1; crun writes memory.swap.max = 0 on v2).
         memory_res["swap"] = json!(memory);
     }
     let period: u64 = 100_000;
@@ -260,7 +127,17 @@ pub fn config(i: &ConfigInput<'_>) -> Value {
         json!({"type": "uts"}),
         json!({"type": "network"}),
     ];
+    // In a user namespace the kernel refuses a ping group range beyond the machine's map.
+    let max_gid = match i.uid_base {
+        Some(_) => 65535,
+        None => i32::MAX as u32,
+    };
+    let sysctl: serde_json::Map<String, Value> = rnr_driver::netguard::machine_sysctls(max_gid)
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect();
     let mut linux = json!({
+        "sysctl": sysctl,
         "resources": {
             "memory": memory_res,
             "cpu": {"quota": quota, "period": period},
@@ -292,13 +169,25 @@ pub fn config(i: &ConfigInput<'_>) -> Value {
         linux["gidMappings"] = map;
     }
     linux["namespaces"] = json!(namespaces);
+    // A devpts instance of its own, with the machine's pty quota (0: none).
+    let mut pts_options = vec![
+        "nosuid".to_string(),
+        "noexec".into(),
+        "newinstance".into(),
+        "ptmxmode=0666".into(),
+        "mode=0620".into(),
+        "gid=5".into(),
+    ];
+    if i.max_ptys > 0 {
+        pts_options.push(format!("max={}", i.max_ptys));
+    }
     let mut mounts = json!([
         {"destination": "/proc", "type": "proc", "source": "proc",
          "options": ["nosuid", "noexec", "nodev"]},
         {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
          "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
         {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
-         "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+         "options": pts_options},
         {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
          "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
         {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
@@ -329,7 +218,12 @@ pub fn config(i: &ConfigInput<'_>) -> Value {
                 "inheritable": [],
                 "ambient": [],
             },
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": i.nofile, "soft": i.nofile}],
+            // No core dumps: a crash must not write the memory of a learner's process
+            // anywhere, nor fill the disk; hard 0, and without CAP_SYS_RESOURCE it stays 0.
+            "rlimits": [
+                {"type": "RLIMIT_NOFILE", "hard": i.nofile, "soft": i.nofile},
+                {"type": "RLIMIT_CORE", "hard": 0, "soft": 0},
+            ],
             "noNewPrivileges": false,
             // The learner's processes must not make the host's OOM killer pick others.
             "oomScoreAdj": 500,
@@ -363,64 +257,79 @@ pub fn nofile_limit() -> u64 {
 mod tests {
     use super::*;
 
-    /// Whether the profile refuses personality(`v`), evaluating its rules as the runtime
-    /// would (each rule one condition, rules ORed).
-    fn personality_refused(profile: &Value, v: u64) -> bool {
-        profile["syscalls"]
+    fn input(swap_limit: bool) -> ConfigInput<'static> {
+        ConfigInput {
+            id: "m1",
+            owner: "o",
+            hostname: "h",
+            rootfs: Path::new("/r"),
+            limits: Limits {
+                memory_mib: 64,
+                cpu_millis: 500,
+                pids: 64,
+            },
+            cgroups_path: "rnr-o/m1",
+            swap_limit,
+            max_ptys: 77,
+            nofile: 4096,
+            uid_base: None,
+            agent: None,
+        }
+    }
+
+    #[test]
+    fn swap_is_capped_at_the_memory_limit_where_the_host_can() {
+        // Both a v1 host with memsw and a v2 host: OCI swap (memory + swap) = the limit,
+        // which crun writes as memsw.limit_in_bytes = 64 MiB (v1) or swap.max = 0 (v2).
+        let c = config(&input(true));
+        assert_eq!(c["linux"]["resources"]["memory"]["limit"], 64 << 20);
+        assert_eq!(c["linux"]["resources"]["memory"]["swap"], 64 << 20);
+        // v1 without swap accounting (swapaccount=0): no memsw file to write.
+        let c = config(&input(false));
+        assert!(c["linux"]["resources"]["memory"].get("swap").is_none());
+    }
+
+    #[test]
+    fn no_core_dumps() {
+        let c = config(&input(true));
+        let core: Vec<&Value> = c["process"]["rlimits"]
             .as_array()
             .unwrap()
             .iter()
-            .filter(|r| {
-                r["names"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|n| n == "personality")
-            })
-            .any(|r| {
-                let arg = &r["args"][0];
-                let a = arg["value"].as_u64().unwrap();
-                match arg["op"].as_str().unwrap() {
-                    "SCMP_CMP_GT" => v > a,
-                    "SCMP_CMP_MASKED_EQ" => v & a == arg["valueTwo"].as_u64().unwrap(),
-                    op => panic!("unexpected op {op}"),
-                }
-            })
+            .filter(|r| r["type"] == "RLIMIT_CORE")
+            .collect();
+        assert_eq!(
+            core,
+            [&json!({"type": "RLIMIT_CORE", "hard": 0, "soft": 0})]
+        );
     }
 
     #[test]
-    fn personality_allows_only_dockers_values() {
-        let p = seccomp();
-        for v in [0, 8, 0x20000, 0x20008, 0xffff_ffff] {
-            assert!(!personality_refused(&p, v), "{v:#x} allowed");
-        }
-        for v in [
-            1,
-            0x0004_0000, // ADDR_NO_RANDOMIZE
-            0x0004_0008,
-            0x0040_0000, // READ_IMPLIES_EXEC
-            0x8000_0000,
-            0xffff_fffe,
-            0x7fff_ffff,
-            0x1_0000_0000,
-            0xffff_ffff_ffff_ffff,
-        ] {
-            assert!(personality_refused(&p, v), "{v:#x} refused");
-        }
-        for b in 0..32 {
-            let v = 1u64 << b;
-            assert_eq!(
-                personality_refused(&p, v),
-                v & PERSONALITY_ALLOWED_BITS == 0,
-                "bit {b}"
-            );
-        }
+    fn devpts_has_the_pty_quota() {
+        let c = config(&input(true));
+        let pts = c["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == "/dev/pts")
+            .expect("a /dev/pts mount");
+        assert_eq!(pts["type"], "devpts");
+        let opts = pts["options"].as_array().unwrap();
+        assert!(opts.contains(&json!("max=77")), "{opts:?}");
+        assert!(
+            opts.contains(&json!("newinstance")),
+            "its own instance: {opts:?}"
+        );
+        let mut unlimited = input(true);
+        unlimited.max_ptys = 0;
+        let text = config(&unlimited)["mounts"].to_string();
+        assert!(!text.contains("max="), "0: no quota: {text}");
     }
 
     #[test]
-    fn every_rule_has_at_most_one_condition() {
-        for r in seccomp()["syscalls"].as_array().unwrap() {
-            assert!(r["args"].as_array().map_or(0, Vec::len) <= 1, "{r}");
-        }
+    fn the_profile_is_the_allow_list() {
+        let c = config(&input(true));
+        assert_eq!(c["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
+        assert_eq!(c["linux"]["seccomp"], seccomp());
     }
 }

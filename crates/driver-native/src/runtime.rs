@@ -63,7 +63,11 @@ impl NativeDriver {
         let mut cmd = tokio::process::Command::new(&cfg.runtime);
         cmd.arg("--root")
             .arg(cfg.state_dir.join("run").join("crun"));
-        if plan.needs_mount_ns() || plan.netns_fd.is_some() || plan.pass_fd.is_some() {
+        if plan.needs_mount_ns()
+            || plan.netns_fd.is_some()
+            || plan.pass_fd.is_some()
+            || plan.no_core_dumps
+        {
             sys::with_plan(&mut cmd, Arc::new(plan));
         }
         Ok(cmd)

@@ -55,11 +55,7 @@ impl NativeDriver {
         std::fs::write(&empty_file, b"").map_err(|e| io_err("writing", &empty_file, e))?;
         let unified = cfg.cgroup_root.join("unified").join("cgroup.controllers");
         let hybrid = unified.exists() && !cfg.cgroup_root.join("cgroup.controllers").exists();
-        let memsw = cfg
-            .cgroup_root
-            .join("memory")
-            .join("memory.memsw.limit_in_bytes")
-            .exists();
+        let swap_limit = crate::cgroups::can_limit_swap(&cfg.cgroup_root);
         let pool = match (cfg.disk_mib, cfg.disk) {
             (None, _) | (_, DiskMode::Tmpfs) => None,
             (Some(_), DiskMode::Btrfs) => {
@@ -105,7 +101,7 @@ impl NativeDriver {
                 cfg,
                 subnet,
                 hybrid,
-                memsw,
+                swap_limit,
                 empty_file,
                 alloc: Mutex::new(alloc),
                 userns_fds: Mutex::new(HashMap::new()),

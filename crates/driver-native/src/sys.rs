@@ -57,6 +57,9 @@ pub struct MountPlan {
     /// A descriptor to pass to the started program as fd 3 (the agent's listening socket;
     /// crun forwards it with `--preserve-fds 1`).
     pub pass_fd: Option<RawFd>,
+    /// RLIMIT_CORE 0 (soft and hard) for the runtime and what it starts: `crun exec`
+    /// gives its process the runtime's own limits, not the machine's.
+    pub no_core_dumps: bool,
 }
 
 fn check(ret: libc::c_int) -> io::Result<()> {
@@ -90,6 +93,14 @@ impl MountPlan {
 
     /// Runs in the child after fork and before exec: raw system calls only, no allocation.
     pub fn apply(&self) -> io::Result<()> {
+        if self.no_core_dumps {
+            let zero = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: setrlimit(2) on this child with a valid struct.
+            check(unsafe { libc::setrlimit(libc::RLIMIT_CORE, &zero) })?;
+        }
         if let Some(fd) = self.pass_fd {
             if fd == rnr_agent_proto::control::LISTEN_FD {
                 // SAFETY: fcntl on a descriptor the parent keeps open: clear close-on-exec.

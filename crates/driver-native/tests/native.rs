@@ -1,9 +1,9 @@
 //! Native-driver specifics beyond the shared suite: init robustness, cgroup limits as the
-//! host sees them, adoption by a new driver, network isolation, user namespaces, the
-//! per-machine disk quota, image versions outliving their image for running machines, and
-//! that nothing leaks into the host's mount table.
-//! Needs root, crun, iproute2, iptables, /bin/busybox (busybox-static) and mkfs.btrfs
-//! (btrfs-progs).
+//! host sees them, adoption by a new driver (and the machine's pin with it), network
+//! isolation, user namespaces, the per-machine disk quota, image versions outliving their
+//! image for running machines, and that nothing leaks into the host's mount table.
+//! Needs root, crun, iproute2, iptables, nftables, /bin/busybox (busybox-static) and
+//! mkfs.btrfs (btrfs-progs).
 
 mod common;
 
@@ -261,6 +261,12 @@ async fn cgroup_limits_and_fork_bomb() {
     d.delete(&s.id).await.expect("delete");
 }
 
+/// Whether the pin table of `bridge` has an element for port `veth`.
+fn pinned(bridge: &str, veth: &str) -> bool {
+    let table = format!("rnr-{bridge}");
+    rnr_driver::isolation::listed_pins(&table).contains(&format!("\"{veth}\""))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adopted_by_new_driver_and_cleaned_up() {
     let d = driver(Flavour::Plain).await;
@@ -303,7 +309,15 @@ async fn adopted_by_new_driver_and_cleaned_up() {
         v["veth"].as_str().unwrap().to_string()
     };
     assert!(std::path::Path::new("/sys/class/net").join(&veth).exists());
+    // The pin made at create survived the restart (the second driver rewrote the table's
+    // chain, not its set) and goes with the machine.
+    assert!(pinned(&d.config().bridge, &veth), "machine {} pinned", s.id);
     d2.delete(&s.id).await.expect("delete via adopting driver");
+    assert!(
+        !pinned(&d.config().bridge, &veth),
+        "pin of {} deleted",
+        s.id
+    );
     d2.delete(&s.id).await.expect("idempotent delete");
     assert!(matches!(
         d.inspect(&s.id).await,
@@ -744,23 +758,41 @@ async fn seccomp_profile_refuses_what_capabilities_do_not() {
             out.contains("Operation not permitted"),
             "{f:?}: EPERM, as from the profile: {out}"
         );
-        // What the profile must leave alone: PER_LINUX32, unshare without namespaces,
-        // threads and processes.
+        // What the profile must leave alone: PER_LINUX32, threads and processes. (Like
+        // Docker's without CAP_SYS_ADMIN, it refuses unshare(2) altogether.)
         let (_, out, err) = sh(
             &d,
             &s.id,
-            "linux32 uname -m; unshare true && echo plain-unshare; (true) && echo forked",
+            "linux32 uname -m; unshare true 2>/dev/null || echo no-unshare; (true) && echo forked",
         )
         .await;
-        assert_eq!(out, "i686\nplain-unshare\nforked\n", "{f:?}: {err}");
+        assert_eq!(out, "i686\nno-unshare\nforked\n", "{f:?}: {err}");
         d.delete(&s.id).await.unwrap();
     }
 }
 
-/// crun silently skips system calls its libseccomp does not know: every name in the
-/// profile must resolve in the host's libseccomp (the one crun links to).
+/// crun silently skips system calls its libseccomp does not know. In an allow-list that
+/// leaves them refused, which is safe but must stay deliberate: every name the profile
+/// refuses with an errno of its own (clone3's ENOSYS) must resolve in the host's libseccomp
+/// (the one crun links to), and the only allowed names it may lack are calls newer than it.
 #[test]
 fn seccomp_profile_names_are_known_to_libseccomp() {
+    // Linux 6.8 to 6.13's calls (and riscv's), unknown to Debian bookworm's libseccomp
+    // 2.5.4: refused with EPERM on such a host, allowed with a newer libseccomp.
+    const NEWER_THAN_LIBSECCOMP: &[&str] = &[
+        "getxattrat",
+        "listmount",
+        "listxattrat",
+        "lsm_get_self_attr",
+        "lsm_list_modules",
+        "lsm_set_self_attr",
+        "mseal",
+        "removexattrat",
+        "riscv_hwprobe",
+        "setxattrat",
+        "statmount",
+        "uretprobe",
+    ];
     // SAFETY: dlopen/dlsym with NUL-terminated names; the symbol is used with the
     // signature libseccomp documents, `int seccomp_syscall_resolve_name(const char *)`.
     let resolve = unsafe {
@@ -775,13 +807,19 @@ fn seccomp_profile_names_are_known_to_libseccomp() {
     let profile = rnr_driver_native::seccomp_profile();
     let mut names = 0;
     for rule in profile["syscalls"].as_array().unwrap() {
+        let allows = rule["action"] == "SCMP_ACT_ALLOW";
         for name in rule["names"].as_array().unwrap() {
             let name = name.as_str().unwrap();
             let c = std::ffi::CString::new(name).unwrap();
             // -1 is __NR_SCMP_ERROR; other negative numbers are calls another ABI has.
-            assert_ne!(resolve(c.as_ptr()), -1, "libseccomp does not know {name}");
+            let known = resolve(c.as_ptr()) != -1;
+            assert!(
+                known || (allows && NEWER_THAN_LIBSECCOMP.contains(&name)),
+                "libseccomp does not know {name} ({})",
+                rule["action"]
+            );
             names += 1;
         }
     }
-    assert!(names > 40, "{names} names");
+    assert!(names > 300, "{names} names");
 }

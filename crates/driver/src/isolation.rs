@@ -2,22 +2,35 @@
 //! tries to exhaust the host (fork bomb, memory, disk, CPU), to reach other machines, the
 //! platform's API and the host's services (through the bridge's gateway address and every
 //! other host address), to mount filesystems, load kernel modules, write /proc/sys and
-//! /sys, reboot, and escape through /proc/1/root or a device node. Each attack must be
-//! contained, and a neighbouring machine's interactive shell must answer `echo` within
-//! 50 ms (`RNR_ISOLATION_ECHO_MS`) all the while.
+//! /sys, reboot, escape through /proc/1/root or a device node, reach the kernel through
+//! system calls a machine has no business making (on each of x86-64's three entry
+//! points), dump core, exhaust the host's ptys, and make the host read a hostile
+//! /etc/passwd (a FIFO, /dev/zero, a huge file, a symlink out of the machine); and on the
+//! network (`isolation_net`): IPv6, router advertisements, raw sockets, forged sources, ARP
+//! spoofing, and with outbound access the metadata service, private ranges, SMTP and
+//! floods of connections. Each attack must be contained, and a neighbouring machine's
+//! interactive shell must answer `echo` within 50 ms (`RNR_ISOLATION_ECHO_MS`) all the
+//! while.
 //!
 //! A driver crate instantiates it with `rnr_driver::isolation_tests!(setup);`, `setup`
 //! being the same `async fn() -> Harness` as for the conformance suite.
 
+pub mod probe;
+pub use crate::isolation_net::{
+    arp_spoofing_without_effect, ipv6_host_listener_unreachable, listed_pins, metadata_unreachable,
+    outbound_rate_limited, private_ranges_and_smtp_unreachable, raw_sockets_refused,
+    router_advertisement_ignored, spoofed_sources_dropped,
+};
+
 use crate::conformance::{read_until, spec, Cleanup, Harness};
-use crate::{collect, ExecOutcome, ExecRequest, ExecSpec, TtySize};
+use crate::{collect, ExecOutcome, ExecRequest, ExecSpec, MachineSpec, TtySize};
 use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
-fn text(b: &[u8]) -> String {
+pub(crate) fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
@@ -139,7 +152,11 @@ impl Probes {
 
 /// The attacker's machine (deleted on drop) and the watchdog on its neighbour.
 pub(crate) async fn setup(h: &Harness, tag: &str) -> (String, Cleanup, Watchdog) {
-    let s = spec(h, tag);
+    setup_spec(h, spec(h, tag)).await
+}
+
+/// [`setup`] with an attacker made to `s`.
+pub(crate) async fn setup_spec(h: &Harness, s: MachineSpec) -> (String, Cleanup, Watchdog) {
     let guard = Cleanup::new(h, &s.id);
     h.driver.create(&s).await.expect("create attacker");
     let dog = Watchdog::start(h).await;
@@ -242,7 +259,7 @@ pub async fn cpu_spin(h: Harness) {
 }
 
 /// Connects with a short timeout; whether the connection was accepted.
-fn connects(addr: IpAddr, port: u16) -> bool {
+pub(crate) fn connects(addr: IpAddr, port: u16) -> bool {
     TcpStream::connect_timeout(&(addr, port).into(), Duration::from_secs(2)).is_ok()
 }
 
@@ -289,6 +306,11 @@ pub async fn other_machines_unreachable(h: Harness) {
 
 /// Every IPv4 address of the host's interfaces (the bridges' gateways among them).
 fn host_addresses() -> Vec<Ipv4Addr> {
+    host_ipv4_interfaces().into_iter().map(|(_, a)| a).collect()
+}
+
+/// The host's interfaces with an IPv4 address, and the address.
+pub(crate) fn host_ipv4_interfaces() -> Vec<(String, Ipv4Addr)> {
     let mut out = Vec::new();
     let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills a list we walk read-only and free with freeifaddrs.
@@ -301,7 +323,11 @@ fn host_addresses() -> Vec<Ipv4Addr> {
             let a = (*p).ifa_addr;
             if !a.is_null() && i32::from((*a).sa_family) == libc::AF_INET {
                 let sin = &*(a as *const libc::sockaddr_in);
-                out.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+                let name = std::ffi::CStr::from_ptr((*p).ifa_name).to_string_lossy();
+                out.push((
+                    name.into_owned(),
+                    Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
+                ));
             }
             p = (*p).ifa_next;
         }
@@ -491,6 +517,432 @@ pub async fn no_escape_through_proc_or_devices(h: Harness) {
     probes.assert_prompt();
 }
 
+/// System calls every driver's machines must be refused, with arguments that keep them
+/// harmless should a filter let one through. The native driver's own profile and Docker's
+/// default one (as Debian bookworm's engine 20.10 ships it) both refuse them all; Docker
+/// 20.10 allows `io_uring_*` and `clock_adjtime`, which the native profile refuses too:
+/// the native suite checks those on its own (the set here is the two's intersection).
+pub const DENIED_SYSCALLS: &[probe::Call] = &[
+    call("acct", &[]),
+    call("add_key", &[]),
+    call("bpf", &[]),
+    call("clock_settime", &[]),
+    // CLONE_NEWUSER | SIGCHLD: a user namespace needs no capability, only the filter stops it.
+    call("clone", &["0x10000011"]),
+    call("clone3", &[]),
+    call("create_module", &[]),
+    call("delete_module", &[]),
+    call("fanotify_init", &[]),
+    call("finit_module", &["-1"]),
+    call("fsconfig", &["-1"]),
+    call("fsmount", &["-1"]),
+    call("fsopen", &[]),
+    call("fspick", &["-1"]),
+    call("get_kernel_syms", &[]),
+    call("get_mempolicy", &[]),
+    call("init_module", &[]),
+    call("ioperm", &[]),
+    call("iopl", &[]),
+    call("kcmp", &["pid", "pid"]),
+    call("kexec_file_load", &["-1", "-1"]),
+    call("kexec_load", &[]),
+    // KEYCTL_GET_KEYRING_ID of the thread keyring: answers an id where allowed.
+    call("keyctl", &["0", "-1"]),
+    call("lookup_dcookie", &[]),
+    call("mbind", &[]),
+    call("mount", &[]),
+    call("mount_setattr", &["-1"]),
+    call("move_mount", &["-1"]),
+    call("name_to_handle_at", &["-100"]),
+    call("nfsservctl", &[]),
+    call("open_by_handle_at", &["-1"]),
+    call("open_tree", &["-1"]),
+    call("perf_event_open", &[]),
+    // ADDR_NO_RANDOMIZE: turning off the machine's address randomisation.
+    call("personality", &["0x40000"]),
+    call("pidfd_getfd", &["-1"]),
+    call("pivot_root", &[]),
+    call("process_madvise", &["-1"]),
+    call("query_module", &[]),
+    call("quotactl", &[]),
+    call("quotactl_fd", &["-1"]),
+    call("reboot", &[]),
+    call("request_key", &[]),
+    call("set_mempolicy", &[]),
+    call("set_mempolicy_home_node", &[]),
+    call("setdomainname", &[]),
+    call("sethostname", &[]),
+    call("setns", &["-1"]),
+    // Both null: a no-op that succeeds where allowed.
+    call("settimeofday", &[]),
+    call("stime", &[]),
+    call("swapoff", &[]),
+    call("swapon", &[]),
+    call("syslog", &["3"]),
+    call("sysfs", &["2"]),
+    call("_sysctl", &[]),
+    call("umount", &[]),
+    call("umount2", &[]),
+    // No flags: a no-op that succeeds where allowed.
+    call("unshare", &[]),
+    call("uselib", &[]),
+    // UFFD_USER_MODE_ONLY: needs no capability.
+    call("userfaultfd", &["1"]),
+    call("ustat", &[]),
+    call("vhangup", &[]),
+    call("vm86", &[]),
+    call("vm86old", &[]),
+];
+
+const fn call(name: &'static str, args: &'static [&'static str]) -> probe::Call {
+    probe::Call { name, args }
+}
+
+const EPERM: i32 = 1;
+const ENOSYS: i32 = 38;
+const ENOSPC: i32 = 28;
+
+/// Issues each of `calls` on the 64-bit (`syscall`), i386 (`int $0x80`) and x32 entry
+/// points in machine `id` and asserts each is refused: EPERM (the filter; or a capability
+/// the machine lacks) or ENOSYS (the filter's answer to clone3, so that libc falls back
+/// to clone; on x32, a kernel without the x32 ABI). Allowed calls must still work on the
+/// 64-bit and i386 entry points.
+pub async fn assert_syscalls_refused(h: &Harness, id: &str, calls: &[probe::Call]) {
+    use probe::Answer;
+    let mut all = calls.to_vec();
+    all.extend([call("getpid", &[]), call("read", &["-1"])]);
+    let answers = probe::syscalls(h, id, &all).await;
+    let x32_kernel = !matches!(
+        answers.get(&("getpid".into(), "x32".into())),
+        Some(Answer::Errno(ENOSYS))
+    );
+    for abi in ["64", "32"] {
+        assert!(
+            matches!(answers[&("getpid".into(), abi.into())], Answer::Ok(p) if p > 0),
+            "getpid works on the {abi} entry point: {answers:?}"
+        );
+        assert_eq!(
+            answers[&("read".into(), abi.into())],
+            Answer::Errno(9),
+            "read(-1) reaches the kernel (EBADF) on the {abi} entry point"
+        );
+    }
+    let mut refused = Vec::new();
+    for c in calls {
+        for abi in probe::ABIS {
+            let Some(answer) = answers.get(&(c.name.to_string(), abi.to_string())) else {
+                continue;
+            };
+            let why = match answer {
+                Answer::Errno(EPERM) => "EPERM: the filter, or a capability the machine lacks",
+                Answer::Errno(ENOSYS) if abi == "x32" && !x32_kernel => {
+                    "ENOSYS: this kernel has no x32 ABI (the filter let it through)"
+                }
+                Answer::Errno(ENOSYS) => "ENOSYS: the filter's answer, or a call this kernel lacks",
+                other => panic!(
+                    "{}({}) on the {abi} entry point of machine {id} was not refused: {other:?}",
+                    c.name,
+                    c.args.join(", ")
+                ),
+            };
+            refused.push(format!("{} {abi}: {why}", c.name));
+        }
+    }
+    if calls.iter().any(|c| c.name == "clone3") {
+        for abi in ["64", "32"] {
+            assert_eq!(
+                answers[&("clone3".into(), abi.into())],
+                Answer::Errno(ENOSYS),
+                "clone3 on the {abi} entry point: ENOSYS, for libc to fall back to clone"
+            );
+        }
+    }
+    eprintln!(
+        "{} calls refused in {id} (x32 ABI in this kernel: {x32_kernel}):\n  {}",
+        refused.len(),
+        refused.join("\n  ")
+    );
+}
+
+pub async fn syscalls_refused_on_every_entry_point(h: Harness) {
+    let (id, _g, dog) = setup(&h, "syscalls").await;
+    probe::install(&h, &id).await;
+    assert_syscalls_refused(&h, &id, DENIED_SYSCALLS).await;
+    let probes = dog.finish("system calls on three entry points").await;
+    let out = attack(&h, &id, "echo alive", Duration::from_secs(10)).await;
+    assert_eq!(text(&out.stdout), "alive\n", "machine lives on");
+    probes.assert_prompt();
+}
+
+pub async fn core_dumps_off(h: Harness) {
+    let (id, _g, dog) = setup(&h, "core").await;
+    probe::install(&h, &id).await;
+    let out = attack(
+        &h,
+        &id,
+        &format!(
+            "echo soft-shell=$(ulimit -c) hard-shell=$(ulimit -Hc); \
+             ulimit -c unlimited 2>/dev/null && echo raised-shell; \
+             mkdir -p /tmp/cores && cd /tmp/cores && {} core; \
+             sh -c 'kill -SEGV $$'; echo files=$(ls -A /tmp/cores | wc -l)",
+            probe::PATH
+        ),
+        Duration::from_secs(20),
+    )
+    .await;
+    let probes = dog.finish("dumping core").await;
+    let stdout = text(&out.stdout);
+    for want in [
+        "soft-shell=0 ",
+        "hard-shell=0\n",
+        "soft=0 hard=0\n",
+        "files=0\n",
+    ] {
+        assert!(stdout.contains(want), "{want:?} in {stdout:?}");
+    }
+    assert!(
+        !stdout.contains("raised-shell"),
+        "the hard limit stays 0: {stdout:?}"
+    );
+    assert!(
+        !stdout.contains("raise=0\n"),
+        "RLIMIT_CORE cannot be raised: {stdout:?}"
+    );
+    assert!(
+        stdout.contains("signal=11 "),
+        "the probe's child crashed: {stdout:?}"
+    );
+    // With a pipe in core_pattern the kernel hands every crash to the host's helper
+    // whatever RLIMIT_CORE says (the helper is told the limit and must honour it).
+    let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
+    if !pattern.starts_with('|') {
+        assert!(
+            stdout.contains("dumped=0\n"),
+            "no core dumped (core_pattern {pattern:?}): {stdout:?}"
+        );
+    }
+    probes.assert_prompt();
+}
+
+/// Reads `output` until a whole line containing `needle` has arrived; returns it.
+async fn read_line_with(output: &mut crate::OutputStream, needle: &str, what: &str) -> String {
+    use futures::StreamExt;
+    let mut seen = String::new();
+    let found = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            // Only whole lines (a tty ends them with \r\n).
+            let whole = &seen[..seen.rfind('\n').map_or(0, |i| i + 1)];
+            if let Some(line) = whole.lines().find(|l| l.contains(needle)) {
+                return Some(line.trim_end_matches('\r').to_string());
+            }
+            match output.next().await {
+                Some(Ok(crate::OutputChunk::Stdout(b))) => seen.push_str(&text(&b)),
+                Some(Ok(crate::OutputChunk::Stderr(b))) => seen.push_str(&text(&b)),
+                Some(Err(_)) | None => return None,
+            }
+        }
+    })
+    .await;
+    match found {
+        Ok(Some(line)) => line,
+        Ok(None) => panic!("{what}: output ended without {needle:?}: {seen:?}"),
+        Err(_) => panic!("{what}: no {needle:?} within 60 s: {seen:?}"),
+    }
+}
+
+pub async fn pty_quota(h: Harness) {
+    let (id, _g, dog) = setup(&h, "ptys").await;
+    probe::install(&h, &id).await;
+    // 4,000 ptys held open at once: more than the host's whole kernel.pty.max (4096, of
+    // which 1024 are reserved for the host's own /dev/pts) leaves to machines by default.
+    let mut held = h
+        .driver
+        .exec(&id, ExecSpec::new([probe::PATH, "ptys", "4000", "120"]))
+        .await
+        .expect("start the pty probe");
+    let line = read_line_with(&mut held.output, "opened=", "opening 4,000 ptys").await;
+    eprintln!("machine {id}: {line}");
+    // While they are held, another machine's new terminal opens, and works.
+    let other = spec(&h, "ptyother");
+    let _go = Cleanup::new(&h, &other.id);
+    h.driver
+        .create(&other)
+        .await
+        .expect("create another machine");
+    let mut es = ExecSpec::new(["/bin/sh"]);
+    es.tty = Some(TtySize { rows: 24, cols: 80 });
+    let terminal =
+        tokio::time::timeout(Duration::from_secs(20), h.driver.exec(&other.id, es)).await;
+    let mut terminal = match terminal {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => panic!("a terminal to another machine while {line}: {e}"),
+        Err(_) => panic!("a terminal to another machine while {line}: no answer in 20 s"),
+    };
+    let _ = terminal.stdin.write_all(b"echo pty-$((40+2))\n").await;
+    let what = format!("a terminal to another machine while {line}");
+    read_line_with(&mut terminal.output, "pty-42", &what).await;
+    let _ = terminal.stdin.write_all(b"exit\n").await;
+    let probes = dog.finish("holding 4,000 ptys").await;
+    let _ = held.stdin.write_all(b"x\n").await;
+    drop(held);
+    let opened: u64 = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("opened="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("probe said {line:?}"));
+    assert!(
+        opened < 4000 && line.contains(&format!("errno={ENOSPC} ")),
+        "the machine's ptys stop at its quota with ENOSPC: {line}"
+    );
+    assert!(opened > 0, "the machine can open a pty at all: {line}");
+    eprintln!("pty quota: {line}");
+    probes.assert_prompt();
+}
+
+/// What an exec as `nobody` may come to while /etc/passwd is hostile: the machine's own
+/// user (65534), or a clear refusal (an error, or exit 127, naming the user or the file).
+fn assert_clear(case: &str, id: &str, res: &crate::Result<ExecOutcome>, took: Duration) {
+    assert!(
+        took < Duration::from_secs(10),
+        "{case}: an exec as nobody in {id} took {took:?}: {res:?}"
+    );
+    match res {
+        Ok(out) if out.exit_code == Some(0) => assert_eq!(
+            text(&out.stdout),
+            "65534\n",
+            "{case}: the machine's own nobody, never an account read elsewhere"
+        ),
+        Ok(out) => {
+            let err = text(&out.stderr);
+            assert!(
+                out.exit_code == Some(127) && (err.contains("user") || err.contains("passwd")),
+                "{case}: a clear refusal: {out:?}"
+            );
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(
+                !msg.contains("timeout") && (msg.contains("user") || msg.contains("passwd")),
+                "{case}: a clear error: {msg}"
+            );
+        }
+    }
+}
+
+pub async fn hostile_account_files(h: Harness) {
+    use rnr_agent_proto::check::{Check, CheckKind, Suite, UserCheck};
+    let (id, _g, dog) = setup(&h, "passwd").await;
+    // A host file that would make `nobody` uid 4242, were the host to follow a symlink
+    // out of the machine; /etc/shadow, read as a passwd file, would give its own uids.
+    let dir = tempfile_dir();
+    let _remove = RemoveDir(dir.clone());
+    let fake = dir.join("passwd");
+    std::fs::write(&fake, "nobody:x:4242:4242:host:/:/bin/sh\n").unwrap();
+    let cases = [
+        (
+            "a symlink to /dev/zero",
+            "ln -s /dev/zero /etc/passwd".to_string(),
+        ),
+        ("a FIFO", "mkfifo /etc/passwd".to_string()),
+        (
+            "a 1 GiB sparse file",
+            "echo 'nobody:x:65534:65534:nobody:/:/bin/sh' > /etc/passwd \
+             && truncate -s 1G /etc/passwd"
+                .to_string(),
+        ),
+        // The host's path, which the machine (rid of its own) then lacks.
+        (
+            "a symlink to the host's /etc/shadow",
+            "rm -f /etc/shadow && ln -s /etc/shadow /etc/passwd".to_string(),
+        ),
+        (
+            "a symlink to a host file",
+            format!("ln -s {} /etc/passwd", fake.display()),
+        ),
+        (
+            "a relative symlink climbing out",
+            format!(
+                "ln -s ../../../../../../../..{} /etc/passwd",
+                fake.display()
+            ),
+        ),
+    ];
+    let suite = Suite {
+        checks: vec![Check::new(
+            "nobody",
+            CheckKind::User(UserCheck {
+                user: "nobody".into(),
+                exists: true,
+                uid: Some(65534),
+                shell: None,
+                home: None,
+                member_of: Vec::new(),
+            }),
+        )],
+        scripts: Default::default(),
+    };
+    // The learner's root shell, started while /etc/passwd is sane: with it broken, a
+    // runtime may refuse every new exec (runc reads it first, even for root).
+    let mut shell = h
+        .driver
+        .exec(&id, ExecSpec::new(["/bin/sh"]))
+        .await
+        .expect("a root shell");
+    for (n, (case, script)) in cases.iter().enumerate() {
+        let line = format!("rm -f /etc/passwd; {script} && echo made-{n}\n");
+        shell.stdin.write_all(line.as_bytes()).await.unwrap();
+        read_line_with(&mut shell.output, &format!("made-{n}"), case).await;
+        let mut es = ExecSpec::new(["id", "-u"]);
+        es.user = Some("nobody".into());
+        let started = Instant::now();
+        let res = collect(
+            h.driver.as_ref(),
+            &id,
+            ExecRequest::new(es, Duration::from_secs(15)),
+        )
+        .await;
+        let took = started.elapsed();
+        eprintln!("{case}: exec as nobody in {took:?}: {res:?}");
+        assert_clear(case, &id, &res, took);
+        let started = Instant::now();
+        let checked = tokio::time::timeout(Duration::from_secs(10), async {
+            h.driver.agent(&id).await?.check(&suite).await
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{case}: the user check did not end in 10 s"));
+        match checked {
+            Err(crate::DriverError::NoAgent(_)) => {}
+            other => eprintln!(
+                "{case}: user check in {:?}: {:?}",
+                started.elapsed(),
+                other.map(|o| o[0].status)
+            ),
+        }
+        // Whatever did block opening the FIFO (a reader) is let go before going on.
+        let release = format!(
+            "[ -p /etc/passwd ] && timeout 2 sh -c 'echo > /etc/passwd'; echo released-{n}\n"
+        );
+        shell.stdin.write_all(release.as_bytes()).await.unwrap();
+        read_line_with(&mut shell.output, &format!("released-{n}"), case).await;
+    }
+    // Sane again, for whatever runs in the machine until it is deleted.
+    let restore = "rm -f /etc/passwd; printf 'root:x:0:0:root:/root:/bin/sh\\n\
+                   nobody:x:65534:65534:nobody:/:/bin/sh\\n' > /etc/passwd; echo restored\n";
+    shell.stdin.write_all(restore.as_bytes()).await.unwrap();
+    read_line_with(&mut shell.output, "restored", "restoring /etc/passwd").await;
+    let probes = dog.finish("a hostile /etc/passwd").await;
+    probes.assert_prompt();
+}
+
+/// Removes a host directory of the test's when dropped, a failed assertion included.
+struct RemoveDir(std::path::PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 pub(crate) fn tempfile_dir() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "rnr-isolation-{}-{}",
@@ -674,6 +1126,18 @@ pub const ALL: &[&str] = &[
     "no_escape_through_proc_or_devices",
     "agent_cannot_be_replaced",
     "session_impostor_reaches_nobody",
+    "syscalls_refused_on_every_entry_point",
+    "core_dumps_off",
+    "pty_quota",
+    "hostile_account_files",
+    "ipv6_host_listener_unreachable",
+    "router_advertisement_ignored",
+    "raw_sockets_refused",
+    "spoofed_sources_dropped",
+    "arp_spoofing_without_effect",
+    "metadata_unreachable",
+    "private_ranges_and_smtp_unreachable",
+    "outbound_rate_limited",
 ];
 
 /// Asserts that a driver's instantiation names every attack exactly once.
@@ -706,7 +1170,19 @@ macro_rules! isolation_tests {
             reboot_refused,
             no_escape_through_proc_or_devices,
             agent_cannot_be_replaced,
-            session_impostor_reaches_nobody
+            session_impostor_reaches_nobody,
+            syscalls_refused_on_every_entry_point,
+            core_dumps_off,
+            pty_quota,
+            hostile_account_files,
+            ipv6_host_listener_unreachable,
+            router_advertisement_ignored,
+            raw_sockets_refused,
+            spoofed_sources_dropped,
+            arp_spoofing_without_effect,
+            metadata_unreachable,
+            private_ranges_and_smtp_unreachable,
+            outbound_rate_limited
         ]; not_contained: []);
     };
     ($setup:path; contained: [$($name:ident),* $(,)?];

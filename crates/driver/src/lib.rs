@@ -8,7 +8,9 @@
 pub mod agent;
 mod error;
 mod exec;
+pub mod files;
 mod images;
+pub mod netguard;
 pub mod process;
 pub mod stdio;
 mod types;
@@ -17,6 +19,8 @@ mod types;
 pub mod conformance;
 #[cfg(feature = "conformance")]
 pub mod isolation;
+#[cfg(feature = "conformance")]
+mod isolation_net;
 #[cfg(feature = "conformance")]
 pub mod own_kernel;
 

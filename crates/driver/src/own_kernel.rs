@@ -15,6 +15,7 @@ use crate::conformance::Harness;
 use crate::isolation::{attack, setup, tempfile_dir};
 use crate::{collect, ExecRequest, ExecSpec};
 use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -31,6 +32,12 @@ pub const REPLACED: &[(&str, &str)] = &[
         "no_host_files_or_devices",
     ),
     ("agent_cannot_be_replaced", "agent_disk_read_only"),
+    (
+        "syscalls_refused_on_every_entry_point",
+        "syscalls_stay_inside",
+    ),
+    ("core_dumps_off", "core_dumps_stay_inside"),
+    ("pty_quota", "ptys_stay_inside"),
 ];
 
 fn host_mounts() -> usize {
@@ -222,6 +229,107 @@ pub async fn agent_disk_read_only(h: Harness) {
     probes.assert_prompt();
 }
 
+/// The calls a container's filter refuses are the VM kernel's own business: issued on every
+/// entry point they leave the host as it was (its clock, its modules) and the machine alive.
+pub async fn syscalls_stay_inside(h: Harness) {
+    use crate::isolation::probe;
+    let (id, _g, dog) = setup(&h, "syscalls").await;
+    probe::install(&h, &id).await;
+    let modules = std::fs::read_to_string("/proc/modules").unwrap_or_default();
+    let (wall, mono) = (std::time::SystemTime::now(), Instant::now());
+    let answers = probe::syscalls(&h, &id, crate::isolation::DENIED_SYSCALLS).await;
+    let probes = dog.finish("system calls on three entry points").await;
+    assert!(
+        answers.len() >= crate::isolation::DENIED_SYSCALLS.len(),
+        "every call was issued: {answers:?}"
+    );
+    let drift = wall.elapsed().unwrap_or_default().as_secs_f64() - mono.elapsed().as_secs_f64();
+    assert!(drift.abs() < 2.0, "the host's clock moved by {drift} s");
+    assert_eq!(
+        std::fs::read_to_string("/proc/modules").unwrap_or_default(),
+        modules,
+        "the host's modules unchanged"
+    );
+    let out = attack(&h, &id, "echo alive", Duration::from_secs(20)).await;
+    assert_eq!(text(&out.stdout), "alive\n", "machine lives on: {out:?}");
+    probes.assert_prompt();
+}
+
+/// A crash's core goes to the VM kernel's own `core_pattern` handler, run in the VM: the
+/// path by which a container's crash would run the host's helper does not exist here.
+pub async fn core_dumps_stay_inside(h: Harness) {
+    let (id, _g, dog) = setup(&h, "core").await;
+    let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
+    let out = attack(
+        &h,
+        &id,
+        "printf '#!/bin/sh\\ncat > /root/core-seen\\n' > /root/core-helper && \
+         chmod 755 /root/core-helper && echo '|/root/core-helper' > /proc/sys/kernel/core_pattern \
+         && ulimit -c unlimited && sh -c 'kill -SEGV $$'; \
+         for i in $(seq 50); do [ -s /root/core-seen ] && break; sleep 0.2; done; \
+         echo seen=$(wc -c < /root/core-seen)",
+        Duration::from_secs(30),
+    )
+    .await;
+    let probes = dog.finish("dumping core").await;
+    let said = text(&out.stdout);
+    let size: u64 = said
+        .split("seen=")
+        .nth(1)
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(size > 0, "the VM's own handler took the core: {out:?}");
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default(),
+        pattern,
+        "the host's core_pattern unchanged"
+    );
+    probes.assert_prompt();
+}
+
+/// Thousands of ptys opened in the VM come from its kernel's pool (its memory limit may
+/// stop them first): the host's pool does not move, and the neighbour's terminal, timed
+/// throughout, keeps answering.
+pub async fn ptys_stay_inside(h: Harness) {
+    use crate::isolation::probe;
+    use futures::StreamExt;
+    let (id, _g, dog) = setup(&h, "ptys").await;
+    probe::install(&h, &id).await;
+    let host_ptys = || {
+        std::fs::read_to_string("/proc/sys/kernel/pty/nr")
+            .ok()
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .expect("the host's /proc/sys/kernel/pty/nr")
+    };
+    let before = host_ptys();
+    let mut held = h
+        .driver
+        .exec(&id, ExecSpec::new([probe::PATH, "ptys", "4000", "60"]))
+        .await
+        .expect("start the pty probe");
+    let mut said = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(Ok(chunk)) = held.output.next().await {
+            let (crate::OutputChunk::Stdout(b) | crate::OutputChunk::Stderr(b)) = chunk;
+            said.push_str(&text(&b));
+            if said.contains("opened=") && said.ends_with('\n') {
+                break;
+            }
+        }
+    })
+    .await;
+    let during = host_ptys();
+    let _ = held.stdin.write_all(b"x\n").await;
+    drop(held);
+    let probes = dog.finish("holding 4,000 ptys").await;
+    eprintln!("machine {id}: {said:?}; host ptys {before} -> {during}");
+    assert!(
+        during < before + 100,
+        "the VM's ptys are its kernel's, not the host's: {before} -> {during} ({said:?})"
+    );
+    probes.assert_prompt();
+}
+
 /// Asserts that the shared attacks named plus the ones this suite replaces are the whole
 /// isolation suite: an attack added there fails here until a VM driver runs it.
 pub fn assert_complete(shared: &[&str]) {
@@ -240,10 +348,11 @@ macro_rules! own_kernel_isolation_tests {
     ($setup:path) => {
         $crate::own_kernel_isolation_tests!(@shared $setup;
             fork_bomb, memory_hog, disk_fill, cpu_spin, other_machines_unreachable,
-            host_services_unreachable, session_impostor_reaches_nobody);
+            host_services_unreachable, session_impostor_reaches_nobody, hostile_account_files);
         $crate::own_kernel_isolation_tests!(@own $setup;
             mounts_stay_inside, modules_stay_inside, sysctls_stay_inside, reboot_comes_back,
-            no_host_files_or_devices, agent_disk_read_only);
+            no_host_files_or_devices, agent_disk_read_only, syscalls_stay_inside,
+            core_dumps_stay_inside, ptys_stay_inside);
     };
     (@shared $setup:path; $($name:ident),*) => {
         $(

@@ -324,19 +324,119 @@ fn tidy(root: &Path) -> Result<(), ImageError> {
     remove_if_present(&root.join("etc/hostname"))?;
     replace_file(&root.join("etc/hosts"), HOSTS)?;
     set_root_shell(root, "/bin/bash")?;
+    for dir in ["bin", "sbin", "usr/bin", "usr/sbin"] {
+        drop_net_raw_file_caps(&root.join(dir))?;
+    }
     Ok(())
+}
+
+/// CAP_NET_RAW's bit in a capability mask.
+const CAP_NET_RAW: u32 = 13;
+
+/// Takes CAP_NET_RAW out of the file capabilities of the programs directly in `dir`
+/// (iputils' ping has `cap_net_raw+ep`). Machines never hold CAP_NET_RAW, and the kernel
+/// refuses to execute a program marked effective whose file capabilities exceed the
+/// caller's bounding set, even for root; without it, ping uses an ICMP datagram socket,
+/// which the machines' `net.ipv4.ping_group_range` allows.
+fn drop_net_raw_file_caps(dir: &Path) -> Result<(), ImageError> {
+    for path in paths_below(dir)? {
+        // A symlinked file is seen (or not) where it lives; a symlinked dir (merged /usr)
+        // is walked as its target.
+        if !std::fs::symlink_metadata(&path).at(&path)?.is_file() {
+            continue;
+        }
+        let Some(caps) = file_caps(&path).at(&path)? else {
+            continue;
+        };
+        if let Some(rest) = without_net_raw(&caps) {
+            set_file_caps(&path, rest.as_deref()).at(&path)?;
+            tracing::info!(file = %path.display(), "dropped cap_net_raw from its file capabilities");
+        }
+    }
+    Ok(())
+}
+
+const CAPS_XATTR: &std::ffi::CStr = c"security.capability";
+
+fn cpath(path: &Path) -> std::io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in path"))
+}
+
+/// The raw `security.capability` attribute of `path`, if it has one.
+fn file_caps(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    let p = cpath(path)?;
+    let mut buf = [0u8; 64];
+    // SAFETY: lgetxattr writes at most `buf.len()` bytes into `buf`.
+    let n = unsafe {
+        libc::lgetxattr(
+            p.as_ptr(),
+            CAPS_XATTR.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENODATA) | Some(libc::ENOTSUP) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    Ok(Some(buf[..n as usize].to_vec()))
+}
+
+/// Writes (`Some`) or removes (`None`) the `security.capability` attribute of `path`.
+fn set_file_caps(path: &Path, caps: Option<&[u8]>) -> std::io::Result<()> {
+    let p = cpath(path)?;
+    // SAFETY: plain calls on a C string and a buffer that outlive them.
+    let r = unsafe {
+        match caps {
+            Some(c) => libc::lsetxattr(
+                p.as_ptr(),
+                CAPS_XATTR.as_ptr(),
+                c.as_ptr().cast(),
+                c.len(),
+                0,
+            ),
+            None => libc::lremovexattr(p.as_ptr(), CAPS_XATTR.as_ptr()),
+        }
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `caps` (a `vfs_cap_data`: a magic and revision word, then permitted and inheritable
+/// masks) without CAP_NET_RAW: `None` when it has no CAP_NET_RAW; `Some(None)` when
+/// nothing is left, so the attribute goes.
+fn without_net_raw(caps: &[u8]) -> Option<Option<Vec<u8>>> {
+    // permitted and inheritable of the low 32 capabilities, after the magic word.
+    if caps.len() < 12 {
+        return None;
+    }
+    let word = |c: &[u8], at: usize| u32::from_le_bytes([c[at], c[at + 1], c[at + 2], c[at + 3]]);
+    let bit = 1u32 << CAP_NET_RAW;
+    if (word(caps, 4) | word(caps, 8)) & bit == 0 {
+        return None;
+    }
+    let mut out = caps.to_vec();
+    for at in [4, 8] {
+        let w = word(&out, at) & !bit;
+        out[at..at + 4].copy_from_slice(&w.to_le_bytes());
+    }
+    // Masks of higher capabilities (revisions 2 and 3) follow in pairs; a root id may end it.
+    let masks_end = if out.len() >= 20 { 20 } else { 12 };
+    let empty = (4..masks_end).step_by(4).all(|at| word(&out, at) == 0);
+    Some((!empty).then_some(out))
 }
 
 /// Deletes every non-directory below `dir`, keeping the directories: apt expects
 /// `lists/partial` and `archives/partial` to exist.
 fn remove_files_below(dir: &Path) -> Result<(), ImageError> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(ImageError::io(dir, e)),
-    };
-    for entry in entries {
-        let path = entry.at(dir)?.path();
+    for path in paths_below(dir)? {
         // symlink_metadata, so a symlinked directory is removed as a link, never followed.
         if std::fs::symlink_metadata(&path).at(&path)?.is_dir() {
             remove_files_below(&path)?;
@@ -345,6 +445,16 @@ fn remove_files_below(dir: &Path) -> Result<(), ImageError> {
         }
     }
     Ok(())
+}
+
+/// The entries directly in `dir`; none when it does not exist.
+fn paths_below(dir: &Path) -> Result<Vec<PathBuf>, ImageError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(ImageError::io(dir, e)),
+    };
+    entries.map(|e| e.map(|e| e.path()).at(dir)).collect()
 }
 
 fn remove_if_present(path: &Path) -> Result<(), ImageError> {
@@ -536,6 +646,43 @@ I: Base system installed successfully.
             assert!(matches!(err, ImageError::InvalidSpec { .. }), "{err}");
             assert!(err.to_string().contains("/out/x.tar"), "{err}");
         }
+    }
+
+    #[test]
+    fn net_raw_leaves_file_capabilities() {
+        // Revision 2, effective: cap_net_raw+ep (iputils' ping).
+        let mut ping = vec![0x01, 0, 0, 0x02];
+        ping.extend_from_slice(&(1u32 << 13).to_le_bytes());
+        ping.extend_from_slice(&[0; 12]);
+        assert_eq!(without_net_raw(&ping), Some(None), "nothing left: removed");
+        // cap_net_raw,cap_net_admin+ep keeps cap_net_admin.
+        let mut both = ping.clone();
+        both[4..8].copy_from_slice(&(1u32 << 13 | 1 << 12).to_le_bytes());
+        let rest = without_net_raw(&both).expect("changed").expect("kept");
+        assert_eq!(rest[4..8], (1u32 << 12).to_le_bytes());
+        // No cap_net_raw: untouched.
+        let mut other = ping.clone();
+        other[4..8].copy_from_slice(&(1u32 << 12).to_le_bytes());
+        assert_eq!(without_net_raw(&other), None);
+
+        if !crate::tool::is_root() {
+            eprintln!("skipped the file part: setting security.capability needs root");
+            return;
+        }
+        let scratch = tempfile::tempdir().expect("tempdir");
+        let bin = scratch.path().join("bin");
+        std::fs::create_dir(&bin).expect("mkdir");
+        let (p, plain) = (bin.join("ping"), bin.join("ls"));
+        std::fs::write(&p, "elf").expect("write");
+        std::fs::write(&plain, "elf").expect("write");
+        set_file_caps(&p, Some(&ping)).expect("setcap");
+        drop_net_raw_file_caps(&bin).expect("drop");
+        assert_eq!(
+            file_caps(&p).expect("getcap"),
+            None,
+            "ping's cap_net_raw gone"
+        );
+        assert_eq!(file_caps(&plain).expect("getcap"), None);
     }
 
     #[test]

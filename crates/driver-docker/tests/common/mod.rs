@@ -61,6 +61,7 @@ async fn connect(suite: &str) -> DockerDriver {
         disk_mib: Some(DISK_MIB),
         // The suites prove containment on the engine rnr starts, which remaps root.
         require_userns_remap: true,
+        max_ptys: rnr_driver_docker::DEFAULT_MAX_PTYS,
     })
     .await
     .expect("docker engine reachable at /var/run/docker.sock")
