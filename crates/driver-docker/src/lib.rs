@@ -658,7 +658,7 @@ impl Driver for DockerDriver {
             // The native driver's seccomp allow-list instead of the engine's default.
             security_opt: Some(self.security_opt.to_vec()),
             sysctls: Some(
-                netguard::machine_sysctls(i32::MAX as u32)
+                netguard::machine_sysctls(security::ping_max_gid(self.userns_remap))
                     .into_iter()
                     .map(|(k, v)| (k.to_string(), v))
                     .collect(),

@@ -53,6 +53,16 @@ pub(crate) fn security_options() -> Vec<String> {
     vec![format!("seccomp={}", rnr_driver_native::seccomp_profile())]
 }
 
+/// The highest group id a machine's ping group range may name: in a remapped user
+/// namespace the kernel refuses a range past the map (Docker maps 65536 ids: the range
+/// `scripts/install-deps.sh` gives, and dockerd's own `default`).
+pub(crate) fn ping_max_gid(userns_remap: bool) -> u32 {
+    match userns_remap {
+        true => 65535,
+        false => i32::MAX as u32,
+    }
+}
+
 /// Whether the engine runs containers in a remapped user namespace: `docker info` lists
 /// `name=userns` among its security options then.
 pub(crate) fn userns_remapped(info: &SystemInfo) -> bool {
