@@ -108,15 +108,15 @@ fn choose_backend(cfg: &Config, owner: &str) -> Backend {
 
 /// What `driver = auto` says when it falls back to Docker: why native could not be used,
 /// and what the operator loses with Docker.
-pub fn auto_fallback_warning(reason: &str) -> String {
+fn auto_fallback_warning(reason: &str) -> String {
     format!(
         "driver = auto is FALLING BACK TO DOCKER: the native driver cannot run here \
          ({reason}). Machines are slower to start (a container through dockerd and \
          containerd instead of one runtime call) and every exec and keystroke crosses the \
-         engine; root in them is contained by Docker's defaults only (the engine's user \
-         namespace remapping if it has any, no per-machine uid range), and the native \
-         driver's second kernel boundary (runtime = \"runsc\") is not available. Fix the \
-         above to get the native driver, or set driver = \"docker\" to choose Docker \
+         engine; root in them is an unprivileged host uid only if the engine remaps user \
+         namespaces, and then all machines share one uid range (native gives each its \
+         own); [native] runtime (e.g. runsc, a second kernel boundary) does not apply. Fix \
+         the above to get the native driver, or set driver = \"docker\" to choose Docker \
          knowingly"
     )
 }
