@@ -8,6 +8,8 @@ log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
 
 pkgs=(docker.io debootstrap busybox-static crun runc iptables iproute2 sqlite3 ca-certificates
+      # gVisor, which [native] runtime may name (refused by the driver for now, tested so).
+      runsc
       # nft: the bridge table pinning each machine to its MAC and address (both drivers).
       nftables
       # mkfs.btrfs: per-machine disk quotas, the native driver's (a loop-mounted btrfs pool)
@@ -166,6 +168,13 @@ if docker version >/dev/null 2>&1 && docker_ours && ! docker_remapped; then
     echo "dockerd ($pid) did not stop; stop it and run this again" >&2
     exit 1
   fi
+  # The old store is read by nothing any more (the remapped engine keeps its own in a
+  # subdirectory): its images and stopped containers would only hold the disk.
+  log "removing the unremapped engine's store from $docker_root"
+  for sub in "$docker_root"/btrfs/subvolumes/*; do
+    if [ -d "$sub" ]; then btrfs subvolume delete "$sub" >/dev/null; fi
+  done
+  rm -rf "${docker_root:?}"/{btrfs,buildkit,containerd,containers,image,network,plugins,runtimes,swarm,tmp,trust,volumes}
 fi
 if ! docker version >/dev/null 2>&1; then
   mkdir -p "$docker_root"

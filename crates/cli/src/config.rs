@@ -457,7 +457,8 @@ max_ptys = 256
 [native]
 # Images, machine bundles and crun state. Default: <data_dir>/native.
 # state_dir = "/var/lib/rnr/native"
-# OCI runtime: a path or a name looked up on PATH.
+# OCI runtime: a path or a name looked up on PATH; crun or runc. gVisor (runsc) is
+# refused, saying why: the driver does not run it yet.
 runtime = "crun"
 # The platform's bridge (at most 10 bytes) and the machines' subnet (gateway .1 on the
 # bridge; lower half: machines without outbound access, upper half: with it).
