@@ -445,9 +445,9 @@ network = "rnr0"
 # btrfs data-root when no engine runs), zfs, or overlay2 on xfs mounted with pquota; on
 # another (overlay2 on ext4, the usual default) machines get no quota and rnr warns.
 disk_mib = 1024
-# Refuse an engine that does not remap user namespaces (dockerd --userns-remap=default, as
-# scripts/install-deps.sh starts it): there root in a machine is uid 0 on the host. Without
-# this, rnr uses such an engine and warns.
+# Refuse an engine that does not remap user namespaces (dockerd --userns-remap; the one
+# scripts/install-deps.sh starts remaps to rnr-dockremap): there root in a machine is uid 0
+# on the host. Without this, rnr uses such an engine and warns.
 require_userns_remap = false
 # Most ptys one machine may hold open at once (each machine's /dev/pts gets max=N, set from
 # the host: rnr must run as root, else it warns); 0: no quota. Every machine's terminals

@@ -169,6 +169,15 @@ async fn connect(cfg: &Config, store: &Store, machines: bool) -> anyhow::Result<
                 userns_remap = driver.userns_remapped(),
                 "docker driver"
             );
+            if machines && !driver.userns_remapped() {
+                // The driver logged why; also straight on stderr, as for auto's fallback.
+                eprintln!(
+                    "rnr: WARNING: the docker engine at {} does not remap user namespaces: \
+                     root in a machine is root on the host (docker.require_userns_remap \
+                     refuses such an engine)",
+                    cfg.docker.socket.display()
+                );
+            }
             Ok(Arc::new(driver))
         }
     }

@@ -79,8 +79,9 @@ pub(crate) fn no_remap_warning(socket: &Path) -> String {
         "the docker engine at {} runs containers WITHOUT user-namespace remapping: root in a \
          machine is uid 0 on the host, held back only by dropped capabilities, seccomp and \
          the engine's namespaces; a single container escape is host root. Start dockerd \
-         with --userns-remap=default (scripts/install-deps.sh does so when it starts the \
-         engine; images must then be imported again, a remapped engine keeps its own), or \
+         with --userns-remap (=default, or a user with subordinate ids; \
+         scripts/install-deps.sh starts its engine so, and restarts one it started before; \
+         images must then be imported again, a remapped engine keeps its own), or \
          set docker.require_userns_remap = true to refuse such an engine",
         socket.display()
     )
