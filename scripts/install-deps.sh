@@ -8,6 +8,8 @@ log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
 
 pkgs=(docker.io debootstrap busybox-static crun runc iptables iproute2 sqlite3 ca-certificates
+      # gVisor, which [native] runtime may name (refused by the driver for now, tested so).
+      runsc
       # nft: the bridge table pinning each machine to its MAC and address (both drivers).
       nftables
       # mkfs.btrfs: per-machine disk quotas, the native driver's (a loop-mounted btrfs pool)
@@ -117,6 +119,63 @@ docker_quotas() {
     btrfs quota rescan -w "$docker_root" >/dev/null
   fi
 }
+# Root in a machine must not be root on the host: the engine runs every container in a user
+# namespace whose ids 0..65535 are the host's $docker_remap_base.. (`--userns-remap`), the
+# subordinate ranges of a user of its own, far below the native driver's ranges (from uid
+# 1000000000 on) and above any a distribution hands out to people (100000 on). A file a
+# machine's root makes is owned by uid $docker_remap_base on the host; the host's root-owned
+# files are nobody's to the machine.
+docker_remap_user=rnr-dockremap
+docker_remap_base=800000000
+if ! id "$docker_remap_user" >/dev/null 2>&1; then
+  log "adding the system user $docker_remap_user (dockerd maps machines' root to its ids)"
+  useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin \
+    "$docker_remap_user"
+fi
+for f in /etc/subuid /etc/subgid; do
+  touch "$f"
+  grep -q "^$docker_remap_user:" "$f" && continue
+  # Another user's range over ours would share ids with every machine.
+  if awk -F: -v lo="$docker_remap_base" -v hi=$((docker_remap_base + 65536)) \
+      '$2 < hi && $2 + $3 > lo { found = 1 } END { exit !found }' "$f"; then
+    echo "$f: a range overlaps $docker_remap_base..$((docker_remap_base + 65535)), which" \
+      "$docker_remap_user needs; remove it or change docker_remap_base" >&2
+    exit 1
+  fi
+  log "giving $docker_remap_user the ids $docker_remap_base..+65536 in $f"
+  echo "$docker_remap_user:$docker_remap_base:65536" >>"$f"
+done
+# Our engine (data-root $docker_root; remapped, it keeps its store in a subdirectory named
+# after the range), as opposed to an operator's own, which is used as it is.
+docker_ours() {
+  docker info --format '{{.DockerRootDir}}' 2>/dev/null | grep -Eqx "$docker_root(/[0-9]+\.[0-9]+)?"
+}
+docker_remapped() {
+  docker info --format '{{json .SecurityOptions}}' 2>/dev/null | grep -q 'name=userns'
+}
+# Our engine started before remapping (an older version of this script): restarted once
+# with it. Its containers stop; the remapped engine has an image store of its own (images
+# are imported again by whoever uses them). The old store's unused networks go first: their
+# bridges would keep address ranges the new engine could otherwise hand out.
+if docker version >/dev/null 2>&1 && docker_ours && ! docker_remapped; then
+  log "restarting dockerd with user-namespace remapping ($docker_remap_user)"
+  docker network prune -f >/dev/null 2>&1 || true
+  pid=$(cat /var/run/docker.pid 2>/dev/null || true)
+  if [ -n "$pid" ] && kill "$pid" 2>/dev/null; then
+    for _ in $(seq 1 120); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+  fi
+  if kill -0 "$pid" 2>/dev/null; then
+    echo "dockerd ($pid) did not stop; stop it and run this again" >&2
+    exit 1
+  fi
+  # The old store is read by nothing any more (the remapped engine keeps its own in a
+  # subdirectory): its images and stopped containers would only hold the disk.
+  log "removing the unremapped engine's store from $docker_root"
+  for sub in "$docker_root"/btrfs/subvolumes/*; do
+    if [ -d "$sub" ]; then btrfs subvolume delete "$sub" >/dev/null; fi
+  done
+  rm -rf "${docker_root:?}"/{btrfs,buildkit,containerd,containers,image,network,plugins,runtimes,swarm,tmp,trust,volumes}
+fi
 if ! docker version >/dev/null 2>&1; then
   mkdir -p "$docker_root"
   if ! mountpoint -q "$docker_root"; then
@@ -134,17 +193,16 @@ if ! docker version >/dev/null 2>&1; then
   fstype=$(findmnt -n -o FSTYPE --target "$docker_root")
   [ "$fstype" = btrfs ] || { echo "$docker_root is $fstype, not btrfs" >&2; exit 1; }
   docker_quotas
-  log "starting dockerd (data-root $docker_root, storage driver btrfs)"
+  log "starting dockerd (data-root $docker_root, storage driver btrfs, root remapped to $docker_remap_user)"
   mkdir -p /var/log
   # Not systemd's docker.service: it would run with the distribution's data-root and
   # storage driver, and an operator's own configuration of it is not ours to change.
   nohup dockerd --data-root "$docker_root" --storage-driver btrfs \
-    >>/var/log/rnr-dockerd.log 2>&1 &
+    --userns-remap "$docker_remap_user" >>/var/log/rnr-dockerd.log 2>&1 &
   for _ in $(seq 1 60); do docker version >/dev/null 2>&1 && break; sleep 0.5; done
   docker version >/dev/null 2>&1 || { echo "dockerd did not start; see /var/log/rnr-dockerd.log" >&2; exit 1; }
 fi
-if mountpoint -q "$docker_root" && docker info --format '{{.DockerRootDir}}' 2>/dev/null \
-    | grep -qx "$docker_root"; then
+if mountpoint -q "$docker_root" && docker_ours; then
   # Our engine (started now or before): its quotas are checked, and repaired, on every run.
   docker_quotas
 fi

@@ -215,6 +215,9 @@ pub struct DockerSection {
     /// 0: no quota. Needs an engine whose storage driver enforces it (btrfs, zfs, overlay2
     /// on xfs with pquota); on others machines get none and `rnr serve` warns.
     pub disk_mib: u64,
+    /// Refuse an engine without user-namespace remapping (`dockerd --userns-remap`), on
+    /// which root in a machine is root on the host; without it `rnr serve` warns.
+    pub require_userns_remap: bool,
     /// Most ptys one machine may hold open at once (its /dev/pts's `max`); 0: no quota.
     /// Set from the host, so only when rnr runs as root; else `rnr serve` warns.
     pub max_ptys: u32,
@@ -226,6 +229,7 @@ impl Default for DockerSection {
             socket: "/var/run/docker.sock".into(),
             network: "rnr0".into(),
             disk_mib: 1024,
+            require_userns_remap: false,
             max_ptys: rnr_driver_docker::DEFAULT_MAX_PTYS,
         }
     }
@@ -485,6 +489,10 @@ network = "rnr0"
 # btrfs data-root when no engine runs), zfs, or overlay2 on xfs mounted with pquota; on
 # another (overlay2 on ext4, the usual default) machines get no quota and rnr warns.
 disk_mib = 1024
+# Refuse an engine that does not remap user namespaces (dockerd --userns-remap; the one
+# scripts/install-deps.sh starts remaps to rnr-dockremap): there root in a machine is uid 0
+# on the host. Without this, rnr uses such an engine and warns.
+require_userns_remap = false
 # Most ptys one machine may hold open at once (each machine's /dev/pts gets max=N, set from
 # the host: rnr must run as root, else it warns); 0: no quota. Every machine's terminals
 # draw from the host's kernel.pty.max, which one machine could otherwise exhaust.
@@ -493,7 +501,8 @@ max_ptys = 256
 [native]
 # Images, machine bundles and crun state. Default: <data_dir>/native.
 # state_dir = "/var/lib/rnr/native"
-# OCI runtime: a path or a name looked up on PATH.
+# OCI runtime: a path or a name looked up on PATH; crun or runc. gVisor (runsc) is
+# refused, saying why: the driver does not run it yet.
 runtime = "crun"
 # The platform's bridge (at most 10 bytes) and the machines' subnet (gateway .1 on the
 # bridge; lower half: machines without outbound access, upper half: with it).

@@ -96,11 +96,29 @@ fn choose_backend(cfg: &Config, owner: &str) -> Backend {
         DriverChoice::Auto => match rnr_driver_native::preflight(&native_config(cfg, owner)) {
             Ok(()) => Backend::Native,
             Err(e) => {
-                tracing::info!(reason = %e, "driver auto: using docker, the native driver cannot run here");
+                let warning = auto_fallback_warning(&e.to_string());
+                // Also straight on stderr: a log filter or JSON logs must not hide it.
+                eprintln!("rnr: WARNING: {warning}");
+                tracing::warn!(reason = %e, "{warning}");
                 Backend::Docker
             }
         },
     }
+}
+
+/// What `driver = auto` says when it falls back to Docker: why native could not be used,
+/// and what the operator loses with Docker.
+fn auto_fallback_warning(reason: &str) -> String {
+    format!(
+        "driver = auto is FALLING BACK TO DOCKER: the native driver cannot run here \
+         ({reason}). Machines are slower to start (a container through dockerd and \
+         containerd instead of one runtime call) and every exec and keystroke crosses the \
+         engine; root in them is an unprivileged host uid only if the engine remaps user \
+         namespaces, and then all machines share one uid range (native gives each its \
+         own); [native] runtime (e.g. runsc, a second kernel boundary) does not apply. Fix \
+         the above to get the native driver, or set driver = \"docker\" to choose Docker \
+         knowingly"
+    )
 }
 
 async fn connect(cfg: &Config, store: &Store, machines: bool) -> anyhow::Result<Arc<dyn Driver>> {
@@ -181,6 +199,7 @@ async fn connect_containers(
                     agent: cfg.agent(),
                     agent_stage: cfg.data_dir.join("agent"),
                     disk_mib: (cfg.docker.disk_mib > 0).then_some(cfg.docker.disk_mib),
+                    require_userns_remap: cfg.docker.require_userns_remap,
                     max_ptys: cfg.docker.max_ptys,
                 })
                 .await
@@ -193,8 +212,18 @@ async fn connect_containers(
             tracing::info!(
                 storage_driver = driver.storage_driver(),
                 disk_quota_mib = ?driver.disk_quota_mib(),
+                userns_remap = driver.userns_remapped(),
                 "docker driver"
             );
+            if machines && !driver.userns_remapped() {
+                // The driver logged why; also straight on stderr, as for auto's fallback.
+                eprintln!(
+                    "rnr: WARNING: the docker engine at {} does not remap user namespaces: \
+                     root in a machine is root on the host (docker.require_userns_remap \
+                     refuses such an engine)",
+                    cfg.docker.socket.display()
+                );
+            }
             Ok(Arc::new(driver))
         }
     }

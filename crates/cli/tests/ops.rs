@@ -74,3 +74,35 @@ fn metrics_health_and_readiness() {
         "{logs}"
     );
 }
+
+/// `driver = auto` on a host where native cannot run (here: its runtime is missing) serves
+/// with Docker, and says so loudly, with the reason, on stderr.
+#[test]
+fn auto_falls_back_to_docker_loudly() {
+    let missing = "/nonexistent/rnr-test-no-such-runtime";
+    let s = Server::start(&[("RNR_DRIVER", "auto"), ("RNR_NATIVE__RUNTIME", missing)]);
+    // Creating a machine needs the image in Docker's store, which only a docker run of the
+    // tests imports.
+    if !common::native() {
+        let m = s.create(json!({}));
+        assert!(
+            !common::docker_containers(&s.instance_owner()).is_empty(),
+            "machine {m} is a Docker container"
+        );
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let logs = s.log_text();
+    let warning = logs
+        .lines()
+        .find(|l| l.starts_with("rnr: WARNING: driver = auto is FALLING BACK TO DOCKER"))
+        .unwrap_or_else(|| panic!("no fallback warning on stderr:\n{logs}"));
+    assert!(
+        warning.contains(missing),
+        "the warning says why native was not used: {warning}"
+    );
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("WARN") && l.contains("FALLING BACK")),
+        "and the log has it as a warning:\n{logs}"
+    );
+}

@@ -10,6 +10,10 @@
 //! when the engine's storage driver can do it (btrfs, zfs, overlay2 on xfs with pquota; see
 //! `disk.rs`); on any other engine the driver warns once and machines have no disk quota.
 //!
+//! Root in a machine holds the native driver's capabilities and no more, and is an
+//! unprivileged host uid when the engine remaps user namespaces (`security.rs`): on an
+//! engine that does not, the driver warns loudly, or refuses it with
+//! [`DockerConfig::require_userns_remap`].
 //! The machine's /etc/passwd and /etc/group are the learner's to break, and the engine
 //! reads them for every exec: dockerd from the host to resolve a user name, runc inside
 //! the machine before starting anything, even as root. A FIFO there blocks either for good,
@@ -23,6 +27,7 @@ mod disk;
 mod firewall;
 mod images;
 mod ptys;
+mod security;
 
 use async_trait::async_trait;
 use bollard::container::{
@@ -75,6 +80,9 @@ pub struct DockerConfig {
     /// btrfs, whose qgroup limit is on everything the container's subvolume references);
     /// `None`: no disk quota.
     pub disk_mib: Option<u64>,
+    /// Refuse an engine that does not remap user namespaces (root in a machine would be
+    /// root on the host); without it such an engine is used with a warning.
+    pub require_userns_remap: bool,
     /// Most ptys a machine may hold open at once (its /dev/pts's `max`; 0: no quota).
     /// Setting it needs root (see `ptys.rs`).
     pub max_ptys: u32,
@@ -93,6 +101,10 @@ pub struct DockerDriver {
     /// Whether creates pass the disk size to the engine: configured, and not (or not yet)
     /// refused by its storage driver.
     quota: Arc<AtomicBool>,
+    /// Whether the engine maps root in containers to an unprivileged host uid.
+    userns_remap: bool,
+    /// Every machine's `SecurityOpt` (the seccomp profile's JSON text, made once).
+    security_opt: Arc<Vec<String>>,
     /// Whether machines get the pty quota: configured, and not (or not yet) found
     /// impossible on this host (warned about once).
     pty_quota: Arc<AtomicBool>,
@@ -148,6 +160,16 @@ impl DockerDriver {
             .await
             .map_err(|e| DriverError::Unavailable(format!("docker engine at {socket}: {e}")))?;
         let storage = disk::Storage::of(&info);
+        let userns_remap = security::userns_remapped(&info);
+        if !userns_remap {
+            let warning = security::no_remap_warning(&cfg.socket);
+            if cfg.require_userns_remap {
+                return Err(DriverError::Unavailable(format!(
+                    "docker.require_userns_remap is set, and {warning}"
+                )));
+            }
+            tracing::warn!("{warning}");
+        }
         let cfg_max_ptys = cfg.max_ptys;
         let quota = cfg.disk_mib.is_some() && storage.size_opt() != disk::SizeOpt::Unsupported;
         if cfg.disk_mib.is_some() && !quota {
@@ -168,7 +190,12 @@ impl DockerDriver {
             )?),
             None => None,
         };
+        if let (true, Some(dir)) = (userns_remap, &agent_dir) {
+            security::check_agent_reachable(dir)?;
+        }
         let driver = Self {
+            userns_remap,
+            security_opt: Arc::new(security::security_options()),
             agent_dir,
             images: images::DockerImages::new(docker.clone()),
             docker,
@@ -192,6 +219,12 @@ impl DockerDriver {
         self.cfg
             .disk_mib
             .filter(|_| self.quota.load(Ordering::Relaxed))
+    }
+
+    /// Whether root in a machine is an unprivileged host uid (the engine remaps user
+    /// namespaces, `dockerd --userns-remap`).
+    pub fn userns_remapped(&self) -> bool {
+        self.userns_remap
     }
 
     /// Each machine's pty quota when machines get one on this host.
@@ -619,10 +652,13 @@ impl Driver for DockerDriver {
                 hard: Some(0),
             }]),
             init: Some(false),
-            // No raw sockets (forged frames); pings use ICMP datagram sockets instead.
-            cap_drop: Some(vec!["NET_RAW".into()]),
+            // The native driver's capabilities, no more (none added): among what it drops,
+            // NET_RAW (forged frames; pings use ICMP datagram sockets instead).
+            cap_drop: Some(security::dropped_capabilities()),
+            // The native driver's seccomp allow-list instead of the engine's default.
+            security_opt: Some(self.security_opt.to_vec()),
             sysctls: Some(
-                netguard::machine_sysctls(i32::MAX as u32)
+                netguard::machine_sysctls(security::ping_max_gid(self.userns_remap))
                     .into_iter()
                     .map(|(k, v)| (k.to_string(), v))
                     .collect(),

@@ -117,6 +117,43 @@ pub(crate) fn on_path(program: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Checks the configured OCI runtime: crun or runc (whose command line and behaviour the
+/// driver relies on). A missing binary is named; gVisor's `runsc` is refused, saying why,
+/// rather than failing on the first machine with a flag it does not know.
+pub fn check_runtime(runtime: &Path) -> NResult<()> {
+    let err = |m: String| NativeError::other("runtime", m);
+    let out = std::process::Command::new(runtime)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| {
+            err(format!(
+                "[native] runtime: the OCI runtime {} was not found ({e}); install it \
+                 (Debian package crun) or name one that is installed",
+                runtime.display()
+            ))
+        })?;
+    if !out.status.success() {
+        return Err(err(format!(
+            "[native] runtime: {} --version failed ({}): not a working OCI runtime",
+            runtime.display(),
+            out.status
+        )));
+    }
+    let version = String::from_utf8_lossy(&out.stdout);
+    if version.starts_with("runsc") {
+        return Err(err(format!(
+            "[native] runtime: {} is gVisor ({}), which the native driver does not run \
+             yet: it takes the agent's socket as --pass-fd, not --preserve-fds, and reads \
+             a machine's network interfaces when it starts, where the driver wires them \
+             after; use crun or runc",
+            runtime.display(),
+            version.lines().next().unwrap_or("runsc").trim()
+        )));
+    }
+    Ok(())
+}
+
 /// Checks that this host can run the native driver with `cfg`: root, the runtime, overlayfs,
 /// iproute2, iptables, nftables and a cgroup hierarchy. The error says what is missing, so
 /// that a platform choosing its driver automatically can log why it fell back.
@@ -126,19 +163,7 @@ pub fn preflight(cfg: &NativeConfig) -> NResult<()> {
     if unsafe { libc::geteuid() } != 0 {
         return Err(missing("not running as root".into()));
     }
-    let ok = std::process::Command::new(&cfg.runtime)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        return Err(missing(format!(
-            "OCI runtime {} not found or not working",
-            cfg.runtime.display()
-        )));
-    }
+    check_runtime(&cfg.runtime)?;
     let fs_list = cfg.proc_root.join("filesystems");
     let filesystems = std::fs::read_to_string(&fs_list).unwrap_or_default();
     if !filesystems.lines().any(|l| l.ends_with("\toverlay")) {
@@ -167,4 +192,29 @@ pub fn preflight(cfg: &NativeConfig) -> NResult<()> {
             .map_err(|e| missing(format!("disk mode btrfs: {e}")))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod runtime_tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_runtime_is_named() {
+        let e = check_runtime(Path::new("/nonexistent/rnr-no-runsc")).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/rnr-no-runsc"), "{e}");
+        assert!(e.to_string().contains("not found"), "{e}");
+    }
+
+    #[test]
+    fn crun_is_taken_and_gvisor_refused_saying_why() {
+        // Both installed by scripts/install-deps.sh (runsc: Debian's package).
+        check_runtime(Path::new("/usr/bin/crun")).expect("crun");
+        let e = check_runtime(Path::new("/usr/bin/runsc"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("gVisor") && e.contains("use crun or runc"),
+            "{e}"
+        );
+    }
 }

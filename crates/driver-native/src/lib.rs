@@ -67,6 +67,8 @@ mod users;
 pub use config::{preflight, DiskMode, NativeConfig};
 pub use error::{NResult, NativeError};
 pub use net::Subnet;
+/// The capabilities root in a machine holds; the Docker driver grants machines the same.
+pub use oci::CAPABILITIES;
 pub use oci::{seccomp as seccomp_profile, DEFAULT_MAX_PTYS};
 
 use async_trait::async_trait;

@@ -17,6 +17,7 @@ impl NativeDriver {
     /// Prepares the state directory, the bridge and the iptables chains, and adopts the
     /// machines already recorded in `state_dir`.
     pub async fn new(cfg: NativeConfig) -> NResult<Self> {
+        crate::config::check_runtime(&cfg.runtime)?;
         let driver = Self::open(cfg)?;
         let cfg = &driver.inner.cfg;
         net::ensure_bridge(&cfg.bridge, &driver.inner.subnet).await?;

@@ -59,6 +59,8 @@ async fn connect(suite: &str) -> DockerDriver {
         agent: Some(rnr_driver::conformance::agent_path()),
         agent_stage: std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("docker-agent"),
         disk_mib: Some(DISK_MIB),
+        // The suites prove containment on the engine rnr starts, which remaps root.
+        require_userns_remap: true,
         max_ptys: rnr_driver_docker::DEFAULT_MAX_PTYS,
     })
     .await
