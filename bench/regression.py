@@ -86,7 +86,10 @@ def main():
     ap.add_argument("--n", type=int, default=100, help="native starts per round")
     ap.add_argument("--check-runs", type=int, default=20)
     ap.add_argument("--term-runs", type=int, default=3)
+    ap.add_argument("--parts", default="native,checks,terminal",
+                    help="comma-separated subset of native,checks,terminal")
     a = ap.parse_args()
+    parts = set(a.parts.split(","))
     builds = {"before": os.path.abspath(a.before), "after": os.path.abspath(a.after)}
     res = {k: {"native": [], "checks": [], "testinfra": [], "term": [], "ttyd": []} for k in builds}
     ttyd = subprocess.Popen([a.ttyd, "-W", "-p", "7681", "-i", "lo", "sh"],
@@ -95,14 +98,20 @@ def main():
         time.sleep(1)
         for r in range(a.rounds):
             for k, d in builds.items():
+                if "native" not in parts:
+                    break
                 print(f"== round {r + 1}, {k}: native", flush=True)
                 res[k]["native"].append(native_p50(d, a.n))
             for k, d in builds.items():
+                if "checks" not in parts:
+                    break
                 print(f"== round {r + 1}, {k}: checks", flush=True)
                 ours, ti = checks_p50(d, a.check_runs)
                 res[k]["checks"].append(ours)
                 res[k]["testinfra"].append(ti)
             for k, d in builds.items():
+                if "terminal" not in parts:
+                    break
                 print(f"== round {r + 1}, {k}: terminal", flush=True)
                 ours, peer = terminal(d, a.term_runs, "http://127.0.0.1:7681", ttyd.pid)
                 res[k]["term"].append(ours)
@@ -115,8 +124,13 @@ def main():
     print("\n| build | native create→exec p50 ms | 10 checks p50 ms (testinfra's) | "
           "50 MB cat MB/s (ttyd's) | echo p99 µs, 200 terminals (ttyd's) |")
     print("|---|---|---|---|---|")
+    med_or = lambda xs: med(xs) if xs else float("nan")
     for k in builds:
         r = res[k]
+        if "terminal" not in parts:
+            print(f"| {k} | {med_or(r['native']):.1f} | {med_or(r['checks']):.1f} "
+                  f"({med_or(r['testinfra']):.0f}) | not run | not run |")
+            continue
         t = lambda f, src="term": med([f(x) for x in r[src]])
         cat = lambda x: x["cat_50mb_mb_s"]
         # echo_us_*: [median p50, median p99, worst p99] of the rounds.
