@@ -25,7 +25,8 @@
 //! (the host end of its veth, in the bridge's interface group) to the machine's MAC and
 //! IPv4 address: forged sources, ARP claiming another address, IPv6 and anything not IPv4
 //! or ARP are dropped as they enter the bridge. One element per machine, added when it is
-//! wired and deleted with it ([`wire_host`], [`unpin`]). The bridges have IPv6 off (no
+//! wired and deleted with it ([`wire_host`], [`unpin`]); the vm driver pins its VMs' taps
+//! the same way ([`pin`], [`unpin_port`]). The bridges have IPv6 off (no
 //! address to reach, no router advertisement taken), the host ends no IPv6 address (a
 //! port's own stack never sees the machine's frames), the machines no IPv6 at all.
 //!
@@ -354,13 +355,13 @@ pub fn machine_mac(addr: Ipv4Addr) -> [u8; 6] {
     [0x02, 0x72, o[0], o[1], o[2], o[3]]
 }
 
-/// The key of a machine's pin: (host end of its veth, its MAC, its address), each field
-/// padded to 4 bytes as nf_tables lays out concatenations.
-fn pin_key(veth: &str, addr: Ipv4Addr) -> [u8; 28] {
+/// The key of a machine's pin: (its bridge port, its MAC, its address), each field padded
+/// to 4 bytes as nf_tables lays out concatenations.
+fn pin_key(port: &str, mac: [u8; 6], addr: Ipv4Addr) -> [u8; 28] {
     let mut k = [0u8; 28];
-    let name = veth.as_bytes();
+    let name = port.as_bytes();
     k[..name.len().min(15)].copy_from_slice(&name[..name.len().min(15)]);
-    k[16..22].copy_from_slice(&machine_mac(addr));
+    k[16..22].copy_from_slice(&mac);
     k[24..28].copy_from_slice(&addr.octets());
     k
 }
@@ -381,7 +382,14 @@ pub fn wire_host(
     let group = netguard::iface_group(bridge);
     s.add_veth(veth, pid, master, group, machine_mac(addr))?;
     std::fs::write(format!("/sys/class/net/{veth}/brport/isolated"), "1")?;
-    let key = pin_key(veth, addr);
+    pin(bridge, veth, machine_mac(addr), addr)
+}
+
+/// Pins bridge port `port` of the platform on `bridge` to `mac` and `addr`: frames entering
+/// the bridge there pass only with those as their sources (see the module's documentation).
+/// The port must be in the bridge's interface group ([`netguard::iface_group`]).
+pub fn pin(bridge: &str, port: &str, mac: [u8; 6], addr: Ipv4Addr) -> std::io::Result<()> {
+    let key = pin_key(port, mac, addr);
     netlink::Socket::open_netfilter()?.set_element(
         &pin_table(bridge),
         netguard::PIN_SET,
@@ -393,7 +401,12 @@ pub fn wire_host(
 /// Deletes the pin of the machine at `addr` on `veth` (see [`wire_host`]); a missing one
 /// is not an error.
 pub fn unpin(bridge: &str, veth: &str, addr: Ipv4Addr) -> std::io::Result<()> {
-    let key = pin_key(veth, addr);
+    unpin_port(bridge, veth, machine_mac(addr), addr)
+}
+
+/// Deletes the pin [`pin`] made; a missing one is not an error.
+pub fn unpin_port(bridge: &str, port: &str, mac: [u8; 6], addr: Ipv4Addr) -> std::io::Result<()> {
+    let key = pin_key(port, mac, addr);
     match netlink::Socket::open_netfilter()?.set_element(
         &pin_table(bridge),
         netguard::PIN_SET,

@@ -9,8 +9,13 @@
 //! * **Agent**: over one virtio-serial port, multiplexed (`mux`); exec, check suites and
 //!   terminal sessions are the agent channel's framed ones, unchanged.
 //! * **Network**: a tap per VM on bridges and iptables chains of the native driver's kind
-//!   (`rnr_driver_native::net`): no machine reaches another, the host or the API; only the
-//!   outbound half is NATed out.
+//!   (`rnr_driver_native::net`, built on `rnr_driver::netguard`): no machine reaches
+//!   another, the host or the API; only the outbound half is NATed out, filtered as a
+//!   container's (no metadata service, private ranges or SMTP; new connections
+//!   rate-limited). Each tap is pinned to its VM's MAC and IPv4 address in the bridge's
+//!   nftables table from before it is up until the VM is deleted or ends: whatever its
+//!   root forges with raw sockets (other sources, ARP for another address, IPv6, other
+//!   protocols) is dropped as it enters the bridge.
 //! * **Confinement**: QEMU starts in a mount namespace whose root holds the system's /usr
 //!   read-only, a few device nodes and the machine's own files, as an unprivileged user
 //!   (group kvm), under QEMU's seccomp sandbox with every knob denied, in a cgroup capping
@@ -33,6 +38,7 @@ pub use machine::DISKS_LABEL;
 
 use async_trait::async_trait;
 use machine::{Cgroups, Launch, Meta};
+use rnr_driver::netguard;
 use rnr_driver::{
     AgentChannel, Driver, ExecHandle, ExecRequest, ExecSpec, ImageStore, MachineInfo, MachineSpec,
     MachineStats, MachineStatus, Result,
@@ -43,6 +49,11 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
+
+/// Deletes the pin of machine `m`'s tap on the platform's `bridge`; a missing one is fine.
+fn unpin(bridge: &str, m: &Meta) -> std::io::Result<()> {
+    net::unpin_port(bridge, &m.tap, machine::mac_bytes(m.index), m.address)
+}
 
 /// A driver bound to one state directory and one owner.
 #[derive(Clone)]
@@ -119,7 +130,7 @@ impl VmDriver {
             dir: cfg.state_dir.join("images"),
             disk_mib: cfg.disk_mib,
         };
-        Ok(Self {
+        let driver = Self {
             inner: Arc::new(Inner {
                 kvm_gid: sys::group("kvm"),
                 subnet,
@@ -132,7 +143,13 @@ impl VmDriver {
                 children: Mutex::new(HashMap::new()),
                 cfg,
             }),
-        })
+        };
+        // VMs that ended while no driver watched them (one in creation has no pid yet).
+        for m in driver.metas().iter().filter(|m| m.pid > 0 && !m.running()) {
+            unpin(&driver.inner.cfg.bridge, m)
+                .map_err(|e| VmError::io(format!("machine {}: unpinning {}", m.id, m.tap), e))?;
+        }
+        Ok(driver)
     }
 
     pub fn config(&self) -> &VmConfig {
@@ -190,6 +207,17 @@ impl VmDriver {
         s.range(outbound)
             .find(|i| s.usable(*i) && !used.contains(i))
             .ok_or_else(|| VmError::other("-", "no free address left in the subnet"))
+    }
+
+    /// Pins the tap of machine `m` (see [`net::pin`]).
+    fn pin(&self, m: &Meta) -> VResult<()> {
+        net::pin(
+            &self.inner.cfg.bridge,
+            &m.tap,
+            machine::mac_bytes(m.index),
+            m.address,
+        )
+        .map_err(|e| VmError::io(format!("machine {}: pinning tap {}", m.id, m.tap), e))
     }
 
     async fn ensure_segment(&self, seg: u32) -> VResult<String> {
@@ -314,11 +342,24 @@ impl VmDriver {
         boot::set_mode(&dir, 0o700)?;
 
         // The tap: attached to a descriptor QEMU inherits, on the segment's bridge, isolated
-        // from the bridge's other ports.
+        // from the bridge's other ports, without IPv6 of its own, and pinned to the VM's
+        // MAC and address (in the bridge's interface group before it is up: no frame
+        // enters unfiltered).
         let seg = self.inner.subnet.segment_of(meta.index);
         let bridge = self.ensure_segment(seg).await?;
         let tap = sys::open_tap(&meta.tap)
             .map_err(|e| VmError::io(format!("machine {id}: creating tap {}", meta.tap), e))?;
+        let group = netguard::iface_group(&cfg.bridge).to_string();
+        net::run(
+            &id,
+            "ip",
+            &["link", "set", "dev", &meta.tap, "group", &group],
+            None,
+        )
+        .await?;
+        netguard::disable_ipv6(&meta.tap)
+            .map_err(|e| VmError::io(format!("machine {id}: tap {}", meta.tap), e))?;
+        self.pin(&meta)?;
         for args in [
             vec![
                 "link",
@@ -403,9 +444,18 @@ impl VmDriver {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id.clone(), pid);
-        // Reaped here while this driver lives; an adopted QEMU is reaped by init.
+        // Reaped here while this driver lives (an adopted QEMU is reaped by init; its pin
+        // goes on delete or at the next driver's start). A VM that crashes loses its pin
+        // at once, unless the machine is gone or made anew (another pid) meanwhile:
+        // delete unpins, and the new one's pin is its own.
+        let (bridge_name, meta_path) = (cfg.bridge.clone(), dir.join("meta.json"));
         std::thread::spawn(move || {
             let _ = child.wait();
+            if let Ok(m) = Meta::read(&meta_path) {
+                if m.pid == pid {
+                    let _ = unpin(&bridge_name, &m);
+                }
+            }
         });
 
         let patience = Duration::from_secs(cfg.boot_timeout_seconds);
@@ -461,6 +511,8 @@ impl VmDriver {
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
         Cgroups::of(&self.inner.cfg, id).remove();
+        unpin(&self.inner.cfg.bridge, &meta)
+            .map_err(|e| VmError::io(format!("machine {id}: unpinning tap {}", meta.tap), e))?;
         // The tap went with QEMU's descriptor; one left by a QEMU that never started goes.
         if Path::new("/sys/class/net").join(&meta.tap).exists() {
             let _ = net::run(id, "ip", &["link", "del", &meta.tap], None).await;

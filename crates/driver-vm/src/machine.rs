@@ -247,10 +247,20 @@ fn host_tsc_khz() -> Option<u64> {
     Some((mhz * 1000.0) as u64)
 }
 
-/// The machine's MAC address: locally administered, from its address offset.
-pub fn mac(index: u32) -> String {
+/// The machine's MAC address: locally administered, from its address offset (so its pin
+/// needs nothing recorded).
+pub fn mac_bytes(index: u32) -> [u8; 6] {
     let b = index.to_be_bytes();
-    format!("52:54:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3])
+    [0x52, 0x54, b[0], b[1], b[2], b[3]]
+}
+
+/// [`mac_bytes`] as QEMU takes it.
+pub fn mac(index: u32) -> String {
+    let m = mac_bytes(index);
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
 }
 
 /// The host's cgroups of one machine's QEMU (CPU cap, accounting, a memory guard).

@@ -4,10 +4,13 @@
 //! sockets; and, with outbound access, reaching a cloud's metadata service, private
 //! ranges or SMTP, or opening connections without limit.
 //!
-//! A learner has no raw sockets (the drivers drop CAP_NET_RAW), so the forged frames are
-//! sent from the host, as root, in the machine's network namespace: the worst a learner
-//! who broke out of the capability set could do. What stops them must be outside the
-//! machine. Every attack runs while the neighbour's echo watchdog probes.
+//! A learner in a container has no raw sockets (the drivers drop CAP_NET_RAW), so the
+//! forged frames are sent from the host, as root, in the machine's network namespace: the
+//! worst a learner who broke out of the capability set could do. A VM has no such
+//! namespace (its network stack is in its own kernel) and its root has raw sockets: there
+//! the frames are forged inside, by the probe ([`Forger`]). Either way what stops them
+//! must be outside the machine. Every attack runs while the neighbour's echo watchdog
+//! probes.
 //!
 //! The outbound attacks talk to an "outside host": a network namespace the test creates
 //! and routes from the host, holding a public address (TEST-NET-3), the metadata address
@@ -28,11 +31,11 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-type Mac = [u8; 6];
+pub(crate) type Mac = [u8; 6];
 
-const BROADCAST: Mac = [0xff; 6];
+pub(crate) const BROADCAST: Mac = [0xff; 6];
 /// A MAC address no machine has.
-const FORGED_MAC: Mac = [0x02, 0xde, 0xad, 0xbe, 0xef, 0x01];
+pub(crate) const FORGED_MAC: Mac = [0x02, 0xde, 0xad, 0xbe, 0xef, 0x01];
 /// SIOCGIFHWADDR (not in the libc crate for every Linux target).
 const SIOCGIFHWADDR: libc::c_ulong = 0x8927;
 
@@ -56,7 +59,7 @@ fn in_netns<T: Send>(ns: RawFd, f: impl FnOnce() -> io::Result<T> + Send) -> io:
 
 /// A running machine's network namespace, opened from the host.
 #[derive(Clone)]
-struct MachineNetns {
+pub(crate) struct MachineNetns {
     id: String,
     ns: Arc<File>,
 }
@@ -131,6 +134,195 @@ impl MachineNetns {
     }
 }
 
+/// Who forges a test's frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forger {
+    /// The host, as root in the machine's network namespace (a container's).
+    Host,
+    /// The machine's own root, with the probe's packet socket (a VM's).
+    MachineRoot,
+}
+
+/// A machine's link as a test sees it: its eth0, where forged frames leave from.
+#[derive(Clone)]
+pub(crate) enum Link {
+    Netns(MachineNetns),
+    Inside {
+        driver: Arc<dyn crate::Driver>,
+        id: String,
+    },
+}
+
+impl Link {
+    /// Machine `id`'s link, driven as `forger` says (the probe installed for
+    /// [`Forger::MachineRoot`]).
+    pub(crate) async fn of(h: &Harness, id: &str, forger: Forger) -> Self {
+        match forger {
+            Forger::Host => Self::Netns(MachineNetns::of(h, id).await),
+            Forger::MachineRoot => {
+                crate::isolation::probe::install(h, id).await;
+                Self::Inside {
+                    driver: h.driver.clone(),
+                    id: id.to_string(),
+                }
+            }
+        }
+    }
+
+    pub(crate) fn id(&self) -> &str {
+        match self {
+            Self::Netns(ns) => &ns.id,
+            Self::Inside { id, .. } => id,
+        }
+    }
+
+    async fn sh(&self, argv: Vec<String>) -> String {
+        let Self::Inside { driver, id } = self else {
+            unreachable!("a machine's own commands run inside it")
+        };
+        let req = crate::ExecRequest::new(ExecSpec::new(argv.clone()), Duration::from_secs(30));
+        let out = crate::collect(driver.as_ref(), id, req)
+            .await
+            .unwrap_or_else(|e| panic!("machine {id}: {argv:?}: {e}"));
+        let said = text(&out.stdout);
+        assert_eq!(
+            out.exit_code,
+            Some(0),
+            "machine {id}: {argv:?}: {said} {}",
+            text(&out.stderr)
+        );
+        said
+    }
+
+    /// eth0's MAC address and the machine's default gateway.
+    pub(crate) async fn eth0(&self) -> (Mac, Ipv4Addr) {
+        match self {
+            Self::Netns(ns) => ns.eth0().await,
+            Self::Inside { id, .. } => {
+                let said = self
+                    .sh([
+                        "/bin/sh",
+                        "-c",
+                        "cat /sys/class/net/eth0/address /proc/net/route",
+                    ]
+                    .map(String::from)
+                    .to_vec())
+                    .await;
+                let (mac, routes) = said.split_once('\n').unwrap_or_default();
+                let mac = parse_mac(mac).unwrap_or_else(|| panic!("machine {id}: eth0 {said:?}"));
+                let gw = gateway_in(routes)
+                    .unwrap_or_else(|| panic!("machine {id}: no default route in {routes:?}"));
+                (mac, gw)
+            }
+        }
+    }
+
+    /// Sends each raw Ethernet frame out of the machine's eth0.
+    pub(crate) async fn send(&self, frames: Vec<Vec<u8>>) {
+        match self {
+            Self::Netns(ns) => ns.send(frames).await,
+            Self::Inside { id, .. } => {
+                let n = frames.len();
+                let mut argv = vec![crate::isolation::probe::PATH.into(), "frames".into()];
+                argv.push("eth0".into());
+                argv.extend(frames.iter().map(|f| hex(f)));
+                let said = self.sh(argv).await;
+                assert_eq!(said.trim(), format!("sent={n}"), "machine {id}: {said}");
+            }
+        }
+    }
+
+    /// A UDP socket on `port` of every address of the machine, receiving.
+    async fn udp(&self, port: u16) -> Receiver {
+        match self {
+            Self::Netns(ns) => Receiver::Socket(
+                ns.run("binding a UDP socket", move || {
+                    UdpSocket::bind(("0.0.0.0", port))
+                })
+                .await,
+            ),
+            Self::Inside { driver, id } => {
+                let argv =
+                    [crate::isolation::probe::PATH, "udp", &port.to_string()].map(String::from);
+                let handle = driver
+                    .exec(id, ExecSpec::new(argv))
+                    .await
+                    .unwrap_or_else(|e| panic!("machine {id}: probe udp {port}: {e}"));
+                let mut r = Receiver::Probe {
+                    id: id.clone(),
+                    handle,
+                    said: String::new(),
+                };
+                let ready = r
+                    .read_for(Duration::from_secs(20), |s| s.contains("ready\n"))
+                    .await;
+                assert!(
+                    ready.contains("ready\n"),
+                    "machine {id}: probe udp: {ready:?}"
+                );
+                r
+            }
+        }
+    }
+}
+
+/// Lowercase hex, as the probe reads frames.
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A machine's UDP socket (see [`Link::udp`]).
+enum Receiver {
+    Socket(UdpSocket),
+    /// The probe's, telling what it receives on its output.
+    Probe {
+        id: String,
+        handle: crate::ExecHandle,
+        said: String,
+    },
+}
+
+impl Receiver {
+    /// The sources of the datagrams received within `within`.
+    async fn received(&mut self, within: Duration) -> Vec<SocketAddr> {
+        match self {
+            Self::Socket(s) => received(s, within),
+            Self::Probe { .. } => {
+                let seen = self.read_for(within, |_| false).await;
+                seen.lines()
+                    .filter_map(|l| l.strip_prefix("got "))
+                    .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+                    .collect()
+            }
+        }
+    }
+
+    /// The probe's output of the next `within`, or until `done` holds for it.
+    async fn read_for(&mut self, within: Duration, done: impl Fn(&str) -> bool) -> String {
+        use futures::StreamExt;
+        let Self::Probe { id, handle, said } = self else {
+            return String::new();
+        };
+        let _ = tokio::time::timeout(within, async {
+            while !done(said) {
+                match handle.output.next().await {
+                    Some(Ok(crate::OutputChunk::Stdout(b) | crate::OutputChunk::Stderr(b))) => {
+                        said.push_str(&text(&b))
+                    }
+                    other => {
+                        panic!("machine {id}: the probe's UDP socket ended: {other:?} {said:?}")
+                    }
+                }
+            }
+        })
+        .await;
+        // Whole lines only; the rest waits for the next read.
+        let cut = said.rfind('\n').map_or(0, |i| i + 1);
+        let rest = said.split_off(cut);
+        std::mem::replace(said, rest)
+    }
+}
+
 /// The elements of the pin set of bridge-family table `table`, as `nft` lists them (for a
 /// driver's own tests: which machines are pinned).
 pub fn listed_pins(table: &str) -> String {
@@ -159,7 +351,7 @@ fn process_with_cmdline(want: &[u8]) -> Option<u32> {
     })
 }
 
-fn socket(domain: i32, ty: i32, proto: i32) -> io::Result<OwnedFd> {
+pub(crate) fn socket(domain: i32, ty: i32, proto: i32) -> io::Result<OwnedFd> {
     // SAFETY: socket(2) with plain integers; the result is checked, then owned.
     let fd = unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC, proto) };
     if fd < 0 {
@@ -188,16 +380,18 @@ fn mac_of(name: &str) -> io::Result<Mac> {
 /// The default IPv4 gateway of the calling thread's namespace.
 fn default_gateway() -> io::Result<Ipv4Addr> {
     let routes = std::fs::read_to_string("/proc/thread-self/net/route")?;
-    routes
-        .lines()
-        .skip(1)
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            // The kernel prints addresses as native-endian hex of network-order words.
-            let gw = u32::from_str_radix(f.get(2)?, 16).ok()?;
-            (f.get(1) == Some(&"00000000")).then(|| Ipv4Addr::from(gw.to_le_bytes()))
-        })
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no default route"))
+    gateway_in(&routes).ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no default route"))
+}
+
+/// The default gateway of a /proc/net/route table.
+fn gateway_in(routes: &str) -> Option<Ipv4Addr> {
+    routes.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        // The kernel prints addresses as native-endian hex of network-order words
+        // (x86-64, the probe's only target, is little-endian).
+        let gw = u32::from_str_radix(f.get(2)?, 16).ok()?;
+        (f.get(1) == Some(&"00000000")).then(|| Ipv4Addr::from(gw.to_le_bytes()))
+    })
 }
 
 fn send_frames(frames: &[Vec<u8>]) -> io::Result<()> {
@@ -234,7 +428,7 @@ fn send_frames(frames: &[Vec<u8>]) -> io::Result<()> {
 }
 
 /// Frames built by hand, as a learner's tool would.
-mod frame {
+pub(crate) mod frame {
     use super::Mac;
     use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -378,7 +572,7 @@ mod frame {
     }
 }
 
-fn parse_mac(s: &str) -> Option<Mac> {
+pub(crate) fn parse_mac(s: &str) -> Option<Mac> {
     let v: Vec<u8> = s
         .trim()
         .split(':')
@@ -388,7 +582,7 @@ fn parse_mac(s: &str) -> Option<Mac> {
     v.try_into().ok()
 }
 
-fn fmt_mac(m: &Mac) -> String {
+pub(crate) fn fmt_mac(m: &Mac) -> String {
     m.iter()
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
@@ -396,7 +590,7 @@ fn fmt_mac(m: &Mac) -> String {
 }
 
 /// The MAC address of the host interface holding `addr` (a machine's gateway).
-fn host_mac_of(addr: Ipv4Addr) -> Mac {
+pub(crate) fn host_mac_of(addr: Ipv4Addr) -> Mac {
     let (name, _) = host_ipv4_interfaces()
         .into_iter()
         .find(|(_, a)| *a == addr)
@@ -417,6 +611,104 @@ fn host_arp_entry(addr: Ipv4Addr) -> Option<Mac> {
         (f.first()?.parse::<Ipv4Addr>().ok()? == addr && *f.get(2)? != "0x0")
             .then(|| parse_mac(f.get(3)?))?
     })
+}
+
+/// Every frame crossing any of the host's interfaces (in its network namespace) that
+/// carries `needle` and one byte after it: which byte, on which interface, in which
+/// direction. Captures from [`Sniffer::start`] until [`Sniffer::finish`].
+pub(crate) struct Sniffer {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<Sighting>>,
+}
+
+/// One frame a [`Sniffer`] saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Sighting {
+    /// The byte after the needle.
+    pub tag: u8,
+    pub ifname: String,
+    /// `sll_pkttype`: PACKET_OUTGOING (4) for a frame the host sent on `ifname`.
+    pub pkttype: u8,
+}
+
+impl Sniffer {
+    pub(crate) fn start(needle: Vec<u8>) -> Self {
+        let s = socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW,
+            i32::from((libc::ETH_P_ALL as u16).to_be()),
+        )
+        .expect("a packet socket on the host");
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 100_000,
+        };
+        // SAFETY: setsockopt with a timeval that outlives the call.
+        let r = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0, "SO_RCVTIMEO: {}", io::Error::last_os_error());
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            let mut buf = vec![0u8; 65536];
+            while !flag.load(Ordering::Relaxed) {
+                // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
+                let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+                let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+                // SAFETY: recvfrom into a buffer and an address that outlive the call.
+                let n = unsafe {
+                    libc::recvfrom(
+                        s.as_raw_fd(),
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                        0,
+                        (&mut from as *mut libc::sockaddr_ll).cast(),
+                        &mut len,
+                    )
+                };
+                let Ok(n) = usize::try_from(n) else { continue };
+                let f = &buf[..n];
+                let Some(at) = f.windows(needle.len()).position(|w| w == needle) else {
+                    continue;
+                };
+                if let Some(tag) = f.get(at + needle.len()) {
+                    seen.push(Sighting {
+                        tag: *tag,
+                        ifname: ifname_of(from.sll_ifindex),
+                        pkttype: from.sll_pkttype,
+                    });
+                }
+            }
+            seen
+        });
+        Self { stop, thread }
+    }
+
+    pub(crate) fn finish(self) -> Vec<Sighting> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("sniffer thread")
+    }
+}
+
+fn ifname_of(index: i32) -> String {
+    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: if_indextoname writes at most IF_NAMESIZE bytes into `name`.
+    let p = unsafe { libc::if_indextoname(index as libc::c_uint, name.as_mut_ptr()) };
+    if p.is_null() {
+        return format!("#{index}");
+    }
+    // SAFETY: on success `name` holds a NUL-terminated string.
+    unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// One IPv6 address of the host, from /proc/net/if_inet6.
@@ -464,7 +756,7 @@ fn received(sock: &UdpSocket, within: Duration) -> Vec<SocketAddr> {
 /// Proves that the frames a test forges leave machine `ns` and reach the host when they
 /// carry the machine's own addresses: the host opens a UDP flow to the machine, and a
 /// reply built like the forged frames (but true) must arrive.
-async fn raw_control(ns: &MachineNetns, me: (Mac, Ipv4Addr), gw: (Mac, Ipv4Addr)) {
+async fn raw_control(ns: &Link, me: (Mac, Ipv4Addr), gw: (Mac, Ipv4Addr)) {
     let sock = UdpSocket::bind("0.0.0.0:0").expect("host UDP socket");
     let port = sock.local_addr().unwrap().port();
     sock.send_to(b"flow", (me.1, 7009))
@@ -480,11 +772,16 @@ async fn raw_control(ns: &MachineNetns, me: (Mac, Ipv4Addr), gw: (Mac, Ipv4Addr)
     assert!(
         got.iter().any(|a| a.ip() == IpAddr::V4(me.1)),
         "control: a raw frame with machine {}'s own addresses reaches the host ({got:?})",
-        ns.id
+        ns.id()
     );
 }
 
 pub async fn ipv6_host_listener_unreachable(h: Harness) {
+    ipv6_host_unreachable(h, Forger::Host).await
+}
+
+/// [`ipv6_host_listener_unreachable`] with the raw frames forged by `forger`.
+pub(crate) async fn ipv6_host_unreachable(h: Harness, forger: Forger) {
     let (id, _g, dog) = setup(&h, "ipv6").await;
     // The platform's API or any host service, listening on every IPv6 (and IPv4) address.
     let tcp = TcpListener::bind("[::]:0").expect("host listener on [::]");
@@ -525,7 +822,7 @@ pub async fn ipv6_host_listener_unreachable(h: Harness) {
     );
     let out = attack(&h, &id, &script, Duration::from_secs(120)).await;
     // As a learner with raw sockets: UDP to each address, and to all nodes.
-    let ns = MachineNetns::of(&h, &id).await;
+    let ns = Link::of(&h, &id, forger).await;
     let (mac, gw) = ns.eth0().await;
     let gw_mac = host_mac_of(gw);
     let src = frame::link_local(mac);
@@ -604,8 +901,13 @@ impl Drop for UndoAdvertisement {
 }
 
 pub async fn router_advertisement_ignored(h: Harness) {
+    router_advertisement(h, Forger::Host).await
+}
+
+/// [`router_advertisement_ignored`] with the advertisement forged by `forger`.
+pub(crate) async fn router_advertisement(h: Harness, forger: Forger) {
     let (id, _g, dog) = setup(&h, "routeradv").await;
-    let ns = MachineNetns::of(&h, &id).await;
+    let ns = Link::of(&h, &id, forger).await;
     let (mac, _) = ns.eth0().await;
     // A documentation prefix of this process's own.
     let pid = std::process::id();
@@ -734,27 +1036,30 @@ async fn victim(h: &Harness, tag: &str) -> (String, Ipv4Addr, Cleanup) {
 }
 
 pub async fn spoofed_sources_dropped(h: Harness) {
+    spoofed_sources(h, Forger::Host).await
+}
+
+/// [`spoofed_sources_dropped`] with the frames forged by `forger`.
+pub(crate) async fn spoofed_sources(h: Harness, forger: Forger) {
     let (id, _g, dog) = setup(&h, "spoofer").await;
     let (vid, vaddr, _gv) = victim(&h, "spoofed").await;
     let me = match h.driver.inspect(&id).await.expect("inspect").address {
         Some(IpAddr::V4(a)) => a,
         other => panic!("machine {id} has an IPv4 address: {other:?}"),
     };
-    let ns = MachineNetns::of(&h, &id).await;
-    let vns = MachineNetns::of(&h, &vid).await;
+    let ns = Link::of(&h, &id, forger).await;
+    let vns = Link::of(&h, &vid, forger).await;
     let (mac, gw) = ns.eth0().await;
     let (vmac, _) = vns.eth0().await;
     let gw_mac = host_mac_of(gw);
     // A socket in the victim, and a flow the host opened to the victim (like the
     // checker's): replies to it pass the host's filters, so a forged one would too.
-    let in_victim = vns
-        .run("binding a UDP socket", || UdpSocket::bind("0.0.0.0:7002"))
-        .await;
+    let mut in_victim = vns.udp(7002).await;
     let host = UdpSocket::bind("0.0.0.0:0").expect("host UDP socket");
     let hport = host.local_addr().unwrap().port();
     host.send_to(b"control", (vaddr, 7002))
         .expect("send to victim");
-    let control = received(&in_victim, Duration::from_secs(2));
+    let control = in_victim.received(Duration::from_secs(2)).await;
     assert_eq!(control.len(), 1, "control: the victim's socket receives");
     let udp = |src_mac: Mac, dst_mac: Mac, src: Ipv4Addr, dst: Ipv4Addr, dport: u16| {
         let p = frame::ipv4_udp(src, 7002, dst, dport, b"forged");
@@ -775,7 +1080,7 @@ pub async fn spoofed_sources_dropped(h: Harness) {
     ];
     ns.send(frames).await;
     let at_host = received(&host, Duration::from_secs(1));
-    let at_victim = received(&in_victim, Duration::from_millis(200));
+    let at_victim = in_victim.received(Duration::from_millis(200)).await;
     raw_control(&ns, (mac, me), (gw_mac, gw)).await;
     let probes = dog.finish("forging source addresses").await;
     assert!(
@@ -802,6 +1107,11 @@ fn fetch(addr: Ipv4Addr) -> Result<String, String> {
 }
 
 pub async fn arp_spoofing_without_effect(h: Harness) {
+    arp_spoofing(h, Forger::Host).await
+}
+
+/// [`arp_spoofing_without_effect`] with the ARP messages forged by `forger`.
+pub(crate) async fn arp_spoofing(h: Harness, forger: Forger) {
     let (id, _g, dog) = setup(&h, "arpspoof").await;
     let (vid, vaddr, _gv) = victim(&h, "arpvictim").await;
     let _listener = h
@@ -820,9 +1130,9 @@ pub async fn arp_spoofing_without_effect(h: Harness) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let ns = MachineNetns::of(&h, &id).await;
+    let ns = Link::of(&h, &id, forger).await;
     let (mac, gw) = ns.eth0().await;
-    let (vmac, _) = MachineNetns::of(&h, &vid).await.eth0().await;
+    let (vmac, _) = Link::of(&h, &vid, forger).await.eth0().await;
     let gw_mac = host_mac_of(gw);
     assert_eq!(
         host_arp_entry(vaddr),
@@ -941,8 +1251,16 @@ impl Outside {
                 }
             }
         }
-        let routes = Command::new("ip").args(["-4", "route", "show"]).output();
-        let routes = String::from_utf8_lossy(&routes.expect("ip route").stdout).into_owned();
+        let routes = || {
+            let out = Command::new("ip").args(["-4", "route", "show"]).output();
+            String::from_utf8_lossy(&out.expect("ip route").stdout).into_owned()
+        };
+        // The previous holder's namespace may still be going away (see the destructor).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while routes().contains(" dev rnroh") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let routes = routes();
         for a in [OUTSIDE_PUBLIC, METADATA].iter().chain(&OUTSIDE_PRIVATE) {
             assert!(
                 !routes.lines().any(|l| covers(l, *a)),
@@ -1058,7 +1376,11 @@ impl Drop for Outside {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        // The veth pair, its addresses and the routes through it go with the namespace.
+        // Deleting the host end takes the pair, its addresses and routes at once; the
+        // namespace alone would take them later, in the kernel's own time (after the lock
+        // is free, under load).
+        let host = format!("rnroh{}", self.name.trim_start_matches("rnro"));
+        let _ = Command::new("ip").args(["link", "del", &host]).status();
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();
@@ -1138,14 +1460,27 @@ pub async fn private_ranges_and_smtp_unreachable(h: Harness) {
 }
 
 pub async fn outbound_rate_limited(h: Harness) {
+    outbound_rate(h, false).await
+}
+
+/// [`outbound_rate_limited`], the burst opened by the shell's `nc`s or, `with_probe`, by
+/// the probe from one process (a machine whose CPU is emulated forks them slower than
+/// the limit).
+pub(crate) async fn outbound_rate(h: Harness, with_probe: bool) {
     // Room for the burst's processes.
     let (id, _g, dog, outside) = outbound_setup(&h, "ratelimit", 512, 256).await;
     const ATTEMPTS: u32 = 150;
-    let script = format!(
-        "i=0; while [ $i -lt {ATTEMPTS} ]; do \
-           nc -w 1 {OUTSIDE_PUBLIC} 8080 </dev/null >/dev/null 2>&1 & i=$((i+1)); \
-         done; wait; echo done"
-    );
+    let script = if with_probe {
+        crate::isolation::probe::install(&h, &id).await;
+        let probe = crate::isolation::probe::PATH;
+        format!("{probe} connect {OUTSIDE_PUBLIC} 8080 {ATTEMPTS} 900 && echo done")
+    } else {
+        format!(
+            "i=0; while [ $i -lt {ATTEMPTS} ]; do \
+               nc -w 1 {OUTSIDE_PUBLIC} 8080 </dev/null >/dev/null 2>&1 & i=$((i+1)); \
+             done; wait; echo done"
+        )
+    };
     let started = Instant::now();
     let out = attack(&h, &id, &script, Duration::from_secs(60)).await;
     let elapsed = started.elapsed();

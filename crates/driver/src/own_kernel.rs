@@ -6,14 +6,25 @@
 //! their kernel stays in it (the host's mounts, modules, sysctls and files are untouched),
 //! a reboot brings the machine back with its disk, and the agent's disk cannot be changed.
 //! Every other attack (fork bomb, memory, disk, CPU, reaching other machines, the host's
-//! services, a session impostor) is the shared one, unchanged, and the neighbour's echo is
-//! timed throughout as there.
+//! services, a session impostor, the metadata service, private ranges and SMTP) is the
+//! shared one, unchanged, and the neighbour's echo is timed throughout as there; the
+//! outbound rate limit is the shared attack with its burst opened faster
+//! ([`outbound_burst_rate_limited`]).
+//!
+//! The network attacks that forge frames are sent, for a container, from the host in the
+//! machine's network namespace. A VM has none (its network stack is in its own kernel),
+//! and its root legitimately holds raw sockets: here the same frames are forged inside,
+//! by the probe, as that root, and must die where the VM's tap enters the host's bridge
+//! just the same (`rnr_driver::netguard`'s pins). The attack that checks a container has
+//! no raw sockets becomes one that uses them: nothing they forge leaves the tap.
 //!
 //! A driver crate instantiates it with `rnr_driver::own_kernel_isolation_tests!(setup);`.
 
 use crate::conformance::Harness;
 use crate::isolation::{attack, setup, tempfile_dir};
+use crate::isolation_net::{self as net, frame, Forger, Link};
 use crate::{collect, ExecRequest, ExecSpec};
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
@@ -38,6 +49,24 @@ pub const REPLACED: &[(&str, &str)] = &[
     ),
     ("core_dumps_off", "core_dumps_stay_inside"),
     ("pty_quota", "ptys_stay_inside"),
+    (
+        "ipv6_host_listener_unreachable",
+        "ipv6_from_root_unreachable",
+    ),
+    (
+        "router_advertisement_ignored",
+        "router_advertisement_from_root_ignored",
+    ),
+    ("raw_sockets_refused", "raw_frames_stay_pinned"),
+    ("outbound_rate_limited", "outbound_burst_rate_limited"),
+    (
+        "spoofed_sources_dropped",
+        "spoofed_sources_from_root_dropped",
+    ),
+    (
+        "arp_spoofing_without_effect",
+        "arp_spoofing_from_root_without_effect",
+    ),
 ];
 
 fn host_mounts() -> usize {
@@ -330,6 +359,120 @@ pub async fn ptys_stay_inside(h: Harness) {
     probes.assert_prompt();
 }
 
+/// The host's IPv6 addresses and listeners stay out of reach of the VM, by its shell's
+/// tools and by UDP frames its root forges (a VM's kernel may well run IPv6 on its eth0:
+/// the tap lets none of it into the bridge).
+pub async fn ipv6_from_root_unreachable(h: Harness) {
+    net::ipv6_host_unreachable(h, Forger::MachineRoot).await
+}
+
+/// A router advertisement the VM's root sends makes no address or route on the host.
+pub async fn router_advertisement_from_root_ignored(h: Harness) {
+    net::router_advertisement(h, Forger::MachineRoot).await
+}
+
+/// Frames the VM's root forges with another machine's, the gateway's or a stranger's
+/// sources reach neither the host's flows nor the neighbour.
+pub async fn spoofed_sources_from_root_dropped(h: Harness) {
+    net::spoofed_sources(h, Forger::MachineRoot).await
+}
+
+/// ARP replies and announcements the VM's root forges (for a neighbour's address, for
+/// the gateway's) change neither the host's nor the neighbour's ARP table.
+pub async fn arp_spoofing_from_root_without_effect(h: Harness) {
+    net::arp_spoofing(h, Forger::MachineRoot).await
+}
+
+/// [`crate::isolation::outbound_rate_limited`] with the burst opened by the probe from one
+/// process: the shared attack forks an `nc` per connection, which an emulated VM (TCG)
+/// does slower than the limit, so that every connection would pass and prove nothing.
+pub async fn outbound_burst_rate_limited(h: Harness) {
+    net::outbound_rate(h, true).await
+}
+
+/// In place of [`crate::isolation::raw_sockets_refused`]: a VM's root has raw sockets (its
+/// own kernel's), and what they forge must not leave its tap. From inside, through a
+/// packet socket: frames with another source MAC, another IPv4 source, the gateway's
+/// address, IPv6, a VLAN tag, an unknown protocol, ARP for the gateway's address and ARP
+/// from another MAC. A capture on every host interface sees each of them arrive on
+/// exactly one (the VM's port: they did leave the VM) and go nowhere from there, while a
+/// true frame sent the same way reaches the host's bridge too.
+pub async fn raw_frames_stay_pinned(h: Harness) {
+    let (id, _g, dog) = setup(&h, "rawframes").await;
+    let link = Link::of(&h, &id, Forger::MachineRoot).await;
+    let (mac, gw) = link.eth0().await;
+    let me = match h.driver.inspect(&id).await.expect("inspect").address {
+        Some(IpAddr::V4(a)) => a,
+        other => panic!("machine {id} has an IPv4 address: {other:?}"),
+    };
+    let gw_mac = net::host_mac_of(gw);
+    let needle = format!("rnr-raw-{}-{id}:", std::process::id()).into_bytes();
+    let mark = |tag: u8| [&needle[..], &[tag]].concat();
+    let udp = |src_mac, src: Ipv4Addr, tag| {
+        let p = frame::ipv4_udp(src, 7011, gw, 9, &mark(tag));
+        frame::ethernet(gw_mac, src_mac, frame::IPV4, &p)
+    };
+    let zero = [0u8; 6];
+    let arp = |sha, spa, tag| {
+        let a = [frame::arp(1, sha, spa, zero, gw), mark(tag)].concat();
+        frame::ethernet(net::BROADCAST, mac, frame::ARP, &a)
+    };
+    let ll = frame::link_local(mac);
+    let all_nodes = frame::multicast_mac(frame::ALL_NODES);
+    let v6 = frame::ipv6_udp(ll, 7011, frame::ALL_NODES, 9, &mark(3));
+    // 802.1Q, VLAN 5, carrying an IPv4 datagram with the VM's own addresses.
+    let tagged = [
+        &[0x00, 0x05, 0x08, 0x00][..],
+        &frame::ipv4_udp(me, 7011, gw, 9, &mark(4)),
+    ]
+    .concat();
+    let forged = vec![
+        udp(net::FORGED_MAC, me, 0),
+        udp(mac, Ipv4Addr::new(198, 51, 100, 9), 1),
+        udp(mac, gw, 2),
+        frame::ethernet(all_nodes, mac, frame::IPV6, &v6),
+        frame::ethernet(gw_mac, mac, 0x8100, &tagged),
+        frame::ethernet(net::BROADCAST, mac, 0x88b5, &mark(5)),
+        arp(mac, gw, 6),
+        arp(net::FORGED_MAC, me, 7),
+    ];
+    const TRUE: u8 = 99;
+    let count = forged.len() as u8;
+    let sniffer = net::Sniffer::start(needle.clone());
+    for _ in 0..3 {
+        link.send(forged.clone()).await;
+    }
+    link.send(vec![udp(mac, me, TRUE)]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seen = sniffer.finish();
+    let probes = dog.finish("forging frames with raw sockets").await;
+    let gw_if = crate::isolation::host_ipv4_interfaces()
+        .into_iter()
+        .find(|(_, a)| *a == gw)
+        .map(|(n, _)| n)
+        .unwrap_or_else(|| panic!("no host interface holds {gw}"));
+    let on = |tag: u8| -> Vec<&net::Sighting> { seen.iter().filter(|s| s.tag == tag).collect() };
+    let truth = on(TRUE);
+    assert!(
+        truth.iter().any(|s| s.ifname == gw_if),
+        "control: machine {id}'s true frame reaches the bridge {gw_if}: {truth:?}"
+    );
+    for tag in 0..count {
+        let sightings = on(tag);
+        let Some(port) = sightings.first().map(|s| s.ifname.clone()) else {
+            panic!("control: forged frame {tag} left machine {id} (seen: {seen:?})")
+        };
+        assert!(
+            port != gw_if
+                && sightings
+                    .iter()
+                    .all(|s| s.ifname == port && s.pkttype != libc::PACKET_OUTGOING),
+            "forged frame {tag} of machine {id} went past its port {port}: {sightings:?}"
+        );
+    }
+    probes.assert_prompt();
+}
+
 /// Asserts that the shared attacks named plus the ones this suite replaces are the whole
 /// isolation suite: an attack added there fails here until a VM driver runs it.
 pub fn assert_complete(shared: &[&str]) {
@@ -348,11 +491,15 @@ macro_rules! own_kernel_isolation_tests {
     ($setup:path) => {
         $crate::own_kernel_isolation_tests!(@shared $setup;
             fork_bomb, memory_hog, disk_fill, cpu_spin, other_machines_unreachable,
-            host_services_unreachable, session_impostor_reaches_nobody, hostile_account_files);
+            host_services_unreachable, session_impostor_reaches_nobody, hostile_account_files,
+            metadata_unreachable, private_ranges_and_smtp_unreachable);
         $crate::own_kernel_isolation_tests!(@own $setup;
             mounts_stay_inside, modules_stay_inside, sysctls_stay_inside, reboot_comes_back,
             no_host_files_or_devices, agent_disk_read_only, syscalls_stay_inside,
-            core_dumps_stay_inside, ptys_stay_inside);
+            core_dumps_stay_inside, ptys_stay_inside, ipv6_from_root_unreachable,
+            router_advertisement_from_root_ignored, raw_frames_stay_pinned,
+            spoofed_sources_from_root_dropped, arp_spoofing_from_root_without_effect,
+            outbound_burst_rate_limited);
     };
     (@shared $setup:path; $($name:ident),*) => {
         $(

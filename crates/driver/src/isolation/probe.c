@@ -2,7 +2,8 @@
  * probe.c: the isolation suite's helper, run as root inside a machine (compiled on the
  * host with `gcc -static`, copied in through an exec's stdin). It does what a shell
  * cannot: issue a system call by number through each of the three x86-64 entry points,
- * hold thousands of ptys open, and crash to see whether a core is dumped.
+ * hold thousands of ptys open, crash to see whether a core is dumped, and (as a VM's
+ * root, who has raw sockets) forge Ethernet frames and report the datagrams it receives.
  *
  *   probe sys LABEL:ABI:NR:A0:A1:A2:A3:A4:A5 ...
  *       ABI is 64 (`syscall`), 32 (`int $0x80`, i386 numbers) or x32 (`syscall` with
@@ -17,17 +18,34 @@
  *   probe core
  *       Prints RLIMIT_CORE ("soft=S hard=H"), tries to raise it ("raise=ERRNO"), then
  *       crashes a child with SIGSEGV and prints "signal=S dumped=0|1" (WCOREDUMP).
+ *   probe frames IFACE HEX...
+ *       Sends each HEX-encoded Ethernet frame, as it is, out of interface IFACE through a
+ *       packet socket (a VM's root forging frames); prints "sent=N", or fails with
+ *       "FAIL: ..." and exit code 1.
+ *   probe udp PORT
+ *       Binds UDP PORT on every address, prints "ready", then "got ADDR:PORT BYTES" per
+ *       datagram until a byte or EOF arrives on stdin.
+ *   probe connect ADDR PORT N MS
+ *       Starts N TCP connections to ADDR:PORT at once (non-blocking, from this one
+ *       process), waits up to MS milliseconds for them, closes them all and prints
+ *       "connected=K of N".
  */
 #define _GNU_SOURCE
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/if_packet.h>
+#include <net/if.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #define X32_BIT 0x40000000L
@@ -164,6 +182,110 @@ static int probe_core(void) {
     return 0;
 }
 
+static int unhex(char c) {
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+static int probe_frames(const char *iface, int n, char **hex) {
+    int s = socket(AF_PACKET, SOCK_RAW, 0);
+    unsigned idx = if_nametoindex(iface);
+    if (s < 0 || idx == 0) {
+        printf("FAIL: packet socket on %s: %s\n", iface, strerror(errno));
+        return 1;
+    }
+    int sent = 0;
+    for (int i = 0; i < n; i++) {
+        unsigned char buf[2048];
+        size_t len = strlen(hex[i]) / 2;
+        if (len < 14 || len > sizeof buf) {
+            printf("FAIL: frame %d has %zu bytes\n", i, len);
+            return 1;
+        }
+        for (size_t k = 0; k < len; k++) {
+            int hi = unhex(hex[i][2 * k]), lo = unhex(hex[i][2 * k + 1]);
+            if (hi < 0 || lo < 0) {
+                printf("FAIL: frame %d is not lowercase hex\n", i);
+                return 1;
+            }
+            buf[k] = (unsigned char)(hi << 4 | lo);
+        }
+        struct sockaddr_ll to = {.sll_family = AF_PACKET, .sll_ifindex = (int)idx, .sll_halen = 6};
+        memcpy(to.sll_addr, buf, 6);
+        if (sendto(s, buf, len, 0, (struct sockaddr *)&to, sizeof to) < 0) {
+            printf("FAIL: sending frame %d: %s\n", i, strerror(errno));
+            return 1;
+        }
+        sent++;
+    }
+    printf("sent=%d\n", sent);
+    return 0;
+}
+
+static int probe_udp(int port) {
+    int s = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in at = {.sin_family = AF_INET, .sin_port = htons((unsigned short)port)};
+    if (s < 0 || bind(s, (struct sockaddr *)&at, sizeof at) < 0) {
+        printf("FAIL: binding UDP %d: %s\n", port, strerror(errno));
+        return 1;
+    }
+    printf("ready\n");
+    for (;;) {
+        struct pollfd fds[2] = {{.fd = 0, .events = POLLIN}, {.fd = s, .events = POLLIN}};
+        if (poll(fds, 2, -1) < 0 && errno != EINTR)
+            return 1;
+        if (fds[0].revents)
+            return 0;
+        if (fds[1].revents & POLLIN) {
+            char buf[2048];
+            struct sockaddr_in from;
+            socklen_t fl = sizeof from;
+            ssize_t n = recvfrom(s, buf, sizeof buf, 0, (struct sockaddr *)&from, &fl);
+            if (n >= 0)
+                printf("got %s:%d %zd\n", inet_ntoa(from.sin_addr), ntohs(from.sin_port), n);
+        }
+    }
+}
+
+static int probe_connect(const char *addr, int port, int n, int ms) {
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons((unsigned short)port)};
+    struct pollfd *fds = calloc((size_t)n, sizeof *fds);
+    if (!fds || inet_pton(AF_INET, addr, &to.sin_addr) != 1) {
+        printf("FAIL: address %s\n", addr);
+        return 1;
+    }
+    for (int i = 0; i < n; i++) {
+        fds[i].fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        fds[i].events = POLLOUT;
+        if (fds[i].fd < 0 ||
+            (connect(fds[i].fd, (struct sockaddr *)&to, sizeof to) < 0 && errno != EINPROGRESS)) {
+            printf("FAIL: connection %d: %s\n", i, strerror(errno));
+            return 1;
+        }
+    }
+    int connected = 0, pending = n;
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    while (pending > 0) {
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        long left = ms - ((now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000);
+        if (left <= 0 || poll(fds, (nfds_t)n, (int)left) <= 0)
+            break;
+        for (int i = 0; i < n; i++) {
+            if (fds[i].fd < 0 || !fds[i].revents)
+                continue;
+            int err = 0;
+            socklen_t len = sizeof err;
+            getsockopt(fds[i].fd, SOL_SOCKET, SO_ERROR, &err, &len);
+            connected += err == 0;
+            close(fds[i].fd);
+            fds[i].fd = -1;
+            pending--;
+        }
+    }
+    printf("connected=%d of %d\n", connected, n);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (argc >= 2 && strcmp(argv[1], "sys") == 0)
@@ -172,6 +294,14 @@ int main(int argc, char **argv) {
         return probe_ptys(strtol(argv[2], NULL, 0), strtol(argv[3], NULL, 0));
     if (argc >= 2 && strcmp(argv[1], "core") == 0)
         return probe_core();
-    fprintf(stderr, "usage: probe sys SPEC... | ptys N SECONDS | core\n");
+    if (argc >= 3 && strcmp(argv[1], "frames") == 0)
+        return probe_frames(argv[2], argc - 3, argv + 3);
+    if (argc >= 6 && strcmp(argv[1], "connect") == 0)
+        return probe_connect(argv[2], (int)strtol(argv[3], NULL, 0), (int)strtol(argv[4], NULL, 0),
+                             (int)strtol(argv[5], NULL, 0));
+    if (argc >= 3 && strcmp(argv[1], "udp") == 0)
+        return probe_udp((int)strtol(argv[2], NULL, 0));
+    fprintf(stderr, "usage: probe sys SPEC... | ptys N SECONDS | core | frames IFACE HEX... | "
+                    "udp PORT | connect ADDR PORT N MS\n");
     return 2;
 }
