@@ -57,9 +57,11 @@ fn build_image(data_dir: &Path, env: &[(String, String)]) {
 }
 
 /// Builds and imports the tiny image: once per test binary into Docker, into each data
-/// dir's own image store with the native driver.
+/// dir's own image store with the native driver or with VMs on (the vm driver's store
+/// lives in the data dir whatever the container driver).
 pub fn ensure_image(data_dir: &Path, env: &[(String, String)]) {
-    if native() {
+    let per_data_dir = native() || env.iter().any(|(k, _)| k.starts_with("RNR_VM__"));
+    if per_data_dir {
         build_image(data_dir, env);
     } else {
         IMAGE_ONCE.call_once(|| build_image(data_dir, env));
