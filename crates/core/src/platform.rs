@@ -357,7 +357,11 @@ impl Platform {
         let min = self.policy.min_free_disk_mib;
         let (s, d, k) = tokio::join!(
             within("store", limit, async move {
-                store.probe_write(limit).await.map_err(|e| e.to_string())
+                // Half the time for the lock: a locked database says so, not just "no answer".
+                store
+                    .probe_write(limit / 2)
+                    .await
+                    .map_err(|e| e.to_string())
             }),
             within("driver", limit, async move {
                 driver.ready().await.map_err(|e| e.to_string())
