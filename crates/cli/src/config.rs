@@ -781,6 +781,56 @@ mod tests {
     }
 
     #[test]
+    fn crash_safety_settings_layer_like_every_other() {
+        figment::Jail::expect_with(|jail| {
+            let c = load(None, &FlagOverrides::default()).expect("loads");
+            assert_eq!(
+                (
+                    c.delete_timeout_seconds,
+                    c.parallel_deletes,
+                    c.ready_timeout_ms,
+                    c.min_free_disk_mib,
+                    c.native.runtime_timeout_seconds,
+                    c.checker.max_attempts,
+                    c.checker.retry_delay_ms
+                ),
+                (60, 4, 2000, 256, 60, 3, 1000)
+            );
+            jail.create_file(
+                "c.toml",
+                "parallel_deletes = 8\nready_timeout_ms = 700\n[native]\n\
+                 runtime_timeout_seconds = 5\n[checker]\nmax_attempts = 5\n",
+            )?;
+            jail.set_env("RNR_PARALLEL_DELETES", "2");
+            jail.set_env("RNR_CHECKER__RETRY_DELAY_MS", "10");
+            // Fault injection is not configuration: it is let through, not refused.
+            jail.set_env("RNR_FAULT", "create:reserved");
+            let c = load(Some(Path::new("c.toml")), &FlagOverrides::default()).expect("loads");
+            assert_eq!(
+                (
+                    c.parallel_deletes,
+                    c.ready_timeout_ms,
+                    c.native.runtime_timeout_seconds,
+                    c.checker.max_attempts,
+                    c.checker.retry_delay_ms
+                ),
+                (2, 700, 5, 5, 10)
+            );
+            let p = crate::serve::policy(&c);
+            assert_eq!(p.parallel_deletes, 2);
+            assert_eq!(p.ready_timeout, std::time::Duration::from_millis(700));
+            assert_eq!(p.disk_dirs, std::slice::from_ref(&c.data_dir));
+            jail.set_env("RNR_MIN_FREE_DISK_MIB", "lots");
+            let err = env_error();
+            assert!(
+                err.contains("min_free_disk_mib") && err.contains("lots"),
+                "{err}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
     fn log_format_is_text_or_json() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("RNR_LOG_FORMAT", "json");

@@ -9,11 +9,11 @@
 
 mod common;
 
-use common::{machines, native, write, Server};
+use common::{exercise_server, machines, native, webhook_sink, Server};
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write as _};
+use std::io::{BufRead, BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -32,15 +32,13 @@ message = "create /tmp/flag"
 
 /// A server with an exercise (`crash`, with a setup script) and `env`.
 fn server(env: &[(&str, &str)]) -> (Server, tempfile::TempDir) {
-    let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join("crash");
-    write(&dir, "exercise.toml", EXERCISE);
-    write(&dir, "README.md", "# crash");
-    write(&dir, "setup.sh", "echo set up > /root/setup\n");
-    write(&dir, "solution.sh", "touch /tmp/flag\n");
-    let mut all = vec![("RNR_CHECKER__EXERCISES_DIR", root.path().to_str().unwrap())];
-    all.extend_from_slice(env);
-    (Server::start(&all), root)
+    let files = [
+        ("exercise.toml", EXERCISE),
+        ("README.md", "# crash"),
+        ("setup.sh", "echo set up > /root/setup\n"),
+        ("solution.sh", "touch /tmp/flag\n"),
+    ];
+    exercise_server("crash", &files, env)
 }
 
 /// Every machine the platform has not deleted: id → (state, error).
@@ -315,40 +313,15 @@ fn check_half_built(
     );
 }
 
-/// A webhook sink answering 200 to every delivery; sends each body's run id.
-fn webhook_sink() -> (String, std::sync::mpsc::Receiver<Value>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { return };
-            let mut reader = BufReader::new(conn.try_clone().unwrap());
-            let mut len = 0;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap();
-                }
-                if line == "\r\n" {
-                    break;
-                }
-            }
-            let mut body = vec![0; len];
-            if reader.read_exact(&mut body).is_err() {
-                continue;
-            }
-            let _ = write!(
-                conn,
-                "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-            );
-            let _ = tx.send(serde_json::from_slice(&body).unwrap_or(Value::Null));
-        }
-    });
-    (url, rx)
+/// Webhook deliveries as JSON, all answered 200.
+fn deliveries() -> (String, impl Fn(Duration) -> Option<Value>) {
+    let (url, rx) = webhook_sink(0);
+    let next = move |limit| {
+        rx.recv_timeout(limit)
+            .ok()
+            .map(|(_, body)| serde_json::from_slice(&body).unwrap_or(Value::Null))
+    };
+    (url, next)
 }
 
 fn wait_run(s: &Server, run: &str, what: &dyn Fn(&Value) -> bool) -> Value {
@@ -380,7 +353,7 @@ fn check_runs_killed_each_attempt_are_capped_and_webhooks_survive_a_crash() {
         .as_str()
         .unwrap()
         .to_string();
-    let (url, rx) = webhook_sink();
+    let (url, next_delivery) = deliveries();
     s.set_env("RNR_FAULT", Some("check:claimed"));
     s.restart_after_sigkill();
     let (st, v) = s.call(
@@ -410,7 +383,7 @@ fn check_runs_killed_each_attempt_are_capped_and_webhooks_survive_a_crash() {
         why.contains("2 attempts") && why.contains("max_attempts = 2"),
         "{r}"
     );
-    let hook = rx.recv_timeout(Duration::from_secs(30)).expect("webhook");
+    let hook = next_delivery(Duration::from_secs(30)).expect("webhook");
     assert_eq!(
         (hook["id"].as_str(), hook["state"].as_str()),
         (Some(run.as_str()), Some("errored"))
@@ -430,14 +403,10 @@ fn check_runs_killed_each_attempt_are_capped_and_webhooks_survive_a_crash() {
     let run = v["id"].as_str().unwrap().to_string();
     let logs = s.wait_crash(Duration::from_secs(60));
     assert!(logs.contains("killed at webhook:delivered"), "{logs}");
-    let first = rx
-        .recv_timeout(Duration::from_secs(5))
-        .expect("first delivery");
+    let first = next_delivery(Duration::from_secs(5)).expect("first delivery");
     s.set_env("RNR_FAULT", None);
     s.start_again();
-    let again = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("delivered again");
+    let again = next_delivery(Duration::from_secs(30)).expect("delivered again");
     assert_eq!(first, again, "the same body again");
     assert_eq!(again["id"], run.as_str());
     assert_eq!(again["state"], "done");
@@ -578,8 +547,15 @@ fn readyz_names_a_hanging_runtime_and_creates_do_not_hang() {
     ]);
     assert_ready(&s, "at start");
     let kept = s.create(json!({}))["id"].as_str().unwrap().to_string();
+    let doomed = s.create(json!({}))["id"].as_str().unwrap().to_string();
 
     std::fs::write(&hang, "").unwrap();
+    // A delete meanwhile fails within the runtime timeout, saying so; it is retried once
+    // the runtime answers.
+    let t = Instant::now();
+    let (st, v) = s.call(Method::DELETE, &format!("/api/v1/machines/{doomed}"), None);
+    assert!(st >= 500, "{st} {v}");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     assert_not_ready(&s, "driver", "", Duration::from_secs(3));
     let t = Instant::now();
     let (st, v) = s.call(
@@ -605,6 +581,21 @@ fn readyz_names_a_hanging_runtime_and_creates_do_not_hang() {
 
     std::fs::remove_file(&hang).unwrap();
     assert_ready(&s, "the runtime answering again");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, m) = s.call(Method::GET, &format!("/api/v1/machines/{doomed}"), None);
+        if m["state"] == "deleted" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{doomed} not deleted: {m}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let logs = s.log_text();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains(&format!("machine={doomed}")) && l.contains("retries")),
+        "the failed delete is logged with its machine:\n{logs}"
+    );
     // The failed machine expires and is reaped; only the kept one is left.
     let deadline = Instant::now() + Duration::from_secs(30);
     while machines(&s).len() > 1 {

@@ -16,6 +16,69 @@ use std::time::Duration;
 pub const IMAGE: &str = "tiny";
 pub const NETWORK: &str = "rnr-test-api";
 
+/// A server whose exercises dir holds exercise `name` made of `files` (relative path,
+/// text), with `extra` environment; the dir lives as long as the returned guard.
+pub fn exercise_server(
+    name: &str,
+    files: &[(&str, &str)],
+    extra: &[(&str, &str)],
+) -> (Server, tempfile::TempDir) {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join(name);
+    for (file, text) in files {
+        write(&dir, file, text);
+    }
+    let mut env = vec![("RNR_CHECKER__EXERCISES_DIR", root.path().to_str().unwrap())];
+    env.extend_from_slice(extra);
+    let s = Server::start(&env);
+    (s, root)
+}
+
+/// A one-thread HTTP server answering 500 to the first `failures` requests and 200 after;
+/// returns its URL and what it received (head, body).
+pub fn webhook_sink(failures: usize) -> (String, mpsc::Receiver<(String, Vec<u8>)>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for (n, conn) in listener.incoming().enumerate() {
+            let Ok(mut conn) = conn else { return };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut head = String::new();
+            let mut len = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+                head.push_str(&line);
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut body = vec![0; len];
+            if reader.read_exact(&mut body).is_err() {
+                continue;
+            }
+            let status = if n < failures {
+                "500 Internal Server Error"
+            } else {
+                "200 OK"
+            };
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            );
+            let _ = tx.send((head, body));
+        }
+    });
+    (url, rx)
+}
+
 /// Writes `text` to `dir/name`, making the folders on the way (exercise folders).
 pub fn write(dir: &Path, name: &str, text: &str) {
     let p = dir.join(name);
