@@ -609,3 +609,89 @@ fn readyz_names_a_hanging_runtime_and_creates_do_not_hang() {
     }
     assert_host_holds_only(&s, &[kept], "after the hang");
 }
+
+/// A stand-in for the Docker Engine's socket that forwards to the real one until it is
+/// "stopped": then every open connection is cut and new ones are closed at once, as with a
+/// dockerd that went away, without stopping the engine other tests use.
+struct EngineSocket {
+    path: PathBuf,
+    stopped: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<std::os::unix::net::UnixStream>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl EngineSocket {
+    fn new(engine: &'static str) -> Self {
+        use std::os::unix::net::{UnixListener, UnixStream};
+        use std::sync::atomic::Ordering;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("docker.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let stopped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (st, op) = (stopped.clone(), open.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(client) = conn else { return };
+                if st.load(Ordering::SeqCst) {
+                    continue; // dropped: closed at once
+                }
+                let Ok(server) = UnixStream::connect(engine) else {
+                    continue;
+                };
+                let mut held = op.lock().unwrap();
+                for s in [&client, &server] {
+                    held.push(s.try_clone().unwrap());
+                }
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Self {
+            path,
+            stopped,
+            open,
+            _dir: dir,
+        }
+    }
+
+    fn stop(&self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        for s in self.open.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn start(&self) {
+        self.stopped
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A stopped Docker Engine flips `/readyz` within its timeout, naming the driver; back, the
+/// platform is ready again.
+#[test]
+fn readyz_names_a_stopped_docker_engine() {
+    if native() {
+        eprintln!("a Docker test: it runs in the docker pass");
+        return;
+    }
+    let engine = EngineSocket::new("/var/run/docker.sock");
+    let s = Server::start(&[
+        ("RNR_READY_TIMEOUT_MS", "500"),
+        ("RNR_DOCKER__SOCKET", engine.path.to_str().unwrap()),
+    ]);
+    assert_ready(&s, "at start");
+    engine.stop();
+    assert_not_ready(&s, "driver", "docker engine", Duration::from_secs(3));
+    engine.start();
+    assert_ready(&s, "the engine back");
+}
