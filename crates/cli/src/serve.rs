@@ -360,6 +360,13 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let driver = connect_driver(&cfg, &store).await?;
     let driver_name = driver.name();
     let platform = Platform::new(store.clone(), driver, policy(&cfg));
+    // Before reconciling: a delete a crash interrupted, carried out now, ends the
+    // machine's terminals and recordings like any other.
+    let terminals = rnr_terminal::Gateway::new(
+        platform.clone(),
+        rnr_terminal::GatewayConfig::new(&cfg.terminal, &cfg.data_dir),
+    )
+    .await?;
     let report = platform
         .reconcile()
         .await
@@ -389,11 +396,6 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     tracing::info!(driver = %driver_name, data_dir = %cfg.data_dir.display(), capacity = cfg.capacity, "platform ready");
     // Kept free of fields so scripts can read the address off the end of the line.
     tracing::info!("rnr listening on http://{addr}");
-    let terminals = rnr_terminal::Gateway::new(
-        platform.clone(),
-        rnr_terminal::GatewayConfig::new(&cfg.terminal, &cfg.data_dir),
-    )
-    .await?;
     {
         // Typing in a terminal triggers live checking of that machine.
         let live = checker.clone();
