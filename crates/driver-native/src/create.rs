@@ -45,6 +45,7 @@ impl NativeDriver {
                 return Err(e);
             }
         };
+        rnr_driver::fault::point("native:create:dir");
         let mut meta = Meta {
             id: id.to_string(),
             owner: cfg.owner.clone(),

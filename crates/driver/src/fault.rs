@@ -23,8 +23,10 @@ pub const POINTS: &[&str] = &[
     "create:driver_creating",
     "create:driver_created",
     "create:setup",
-    // The native driver within its create: the machine's record written, its writable
-    // layer made, its runtime started (network not yet wired), network wired.
+    // The native driver within its create: the machine's directory made (no record in it
+    // yet), its record written, its writable layer made, its runtime started (network not
+    // yet wired), network wired.
+    "native:create:dir",
     "native:create:recorded",
     "native:create:disk",
     "native:create:runtime_started",
