@@ -95,6 +95,11 @@ pub struct CheckerConfig {
     pub retention: Option<Duration>,
     /// How often the retention task looks for old runs.
     pub retention_interval: Duration,
+    /// Most times a run is taken up (a restart interrupting it, or the machine's driver or
+    /// the store failing it, counts one); past it the run ends `errored`, saying so.
+    pub max_attempts: u32,
+    /// Wait before a run that failed for want of its driver or store is tried again.
+    pub retry_delay: Duration,
 }
 
 impl Default for CheckerConfig {
@@ -106,7 +111,21 @@ impl Default for CheckerConfig {
             debounce: Duration::from_millis(1500),
             retention: Some(Duration::from_secs(30 * 86_400)),
             retention_interval: Duration::from_secs(3600),
+            max_attempts: 3,
+            retry_delay: Duration::from_secs(1),
         }
+    }
+}
+
+/// Whether a run that failed this way may succeed if tried again: the machine's driver or
+/// the store failed it, not the exercise or the machine's state.
+fn worth_retrying(e: &CheckerError) -> bool {
+    match e {
+        CheckerError::Store(_) => true,
+        CheckerError::Core { source, .. } => {
+            matches!(source, CoreError::Driver { .. } | CoreError::Store(_))
+        }
+        _ => false,
     }
 }
 
@@ -206,6 +225,8 @@ impl Checker {
             pids: req.limits.pids.or(m.limits.pids),
         };
         let platform = &self.inner.platform;
+        // Until its setup is done a restart removes it as half-built.
+        req.setup_follows = true;
         let machine = platform
             .create(req)
             .await
@@ -216,7 +237,12 @@ impl Checker {
                 .set_exercise(&id, &ex.name)
                 .await
                 .map_err(|e| CheckerError::core(&id, e))?;
-            engine::setup(platform, &id, &ex).await
+            rnr_driver::fault::point("create:setup");
+            engine::setup(platform, &id, &ex).await?;
+            platform
+                .mark_ready(&id)
+                .await
+                .map_err(|e| CheckerError::core(&id, e))
         };
         if let Err(e) = ready.await {
             // A machine whose setup failed is of no use to a learner.
@@ -394,11 +420,23 @@ impl Checker {
         &self,
         shutdown: CancellationToken,
     ) -> Result<Vec<tokio::task::JoinHandle<()>>> {
-        let requeued = self.inner.runs.requeue_interrupted().await?;
+        let max = i64::from(self.inner.config.max_attempts.max(1));
+        let (requeued, given_up) = self
+            .inner
+            .runs
+            .requeue_interrupted(max, rnr_core::now_ms())
+            .await?;
         if requeued > 0 {
             tracing::warn!(
                 requeued,
                 "check runs interrupted by a restart were queued again"
+            );
+        }
+        if given_up > 0 {
+            tracing::warn!(
+                given_up,
+                max_attempts = max,
+                "check runs interrupted by restarts on each attempt were given up (errored)"
             );
         }
         let mut tasks = Vec::new();
@@ -443,11 +481,25 @@ impl Checker {
                 }
                 continue;
             };
+            rnr_driver::fault::point("check:claimed");
             // A shutdown mid-run leaves it `running`; the next start queues it again.
             let outcome = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 o = self.execute(&run) => o,
             };
+            let max = i64::from(self.inner.config.max_attempts.max(1));
+            if let Err(e) = &outcome {
+                if worth_retrying(e) && run.attempts < max {
+                    let delay = self.inner.config.retry_delay;
+                    let at = rnr_core::now_ms()
+                        .saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
+                    tracing::warn!(run = %run.id, machine = %run.machine_id, attempt = run.attempts, max_attempts = max, error = %e, "check run failed; it is tried again");
+                    if let Err(e) = runs.retry(&run.id, &e.to_string(), at).await {
+                        tracing::warn!(run = %run.id, error = %e, "cannot queue a check run again");
+                    }
+                    continue;
+                }
+            }
             if let Ok(r) = &outcome {
                 let m = self.inner.platform.metrics();
                 m.checks_run
@@ -461,6 +513,10 @@ impl Checker {
                 Ok(r) => {
                     serde_json::to_string(r).map_err(|e| format!("cannot encode the report: {e}"))
                 }
+                Err(e) if worth_retrying(e) => Err(format!(
+                    "{e} (given up after {} attempts, the most [checker] max_attempts allows)",
+                    run.attempts
+                )),
                 Err(e) => Err(e.to_string()),
             };
             let finished = match &text {

@@ -94,7 +94,12 @@ pub(crate) async fn run(checker: Checker, shutdown: CancellationToken) {
         };
         for run in due {
             let (state, error, next) = match deliver(&client, &secret, &run).await {
-                Ok(()) => (WebhookState::Delivered, None, 0),
+                Ok(()) => {
+                    // Delivered but not yet recorded: a crash here delivers it again after
+                    // the restart (at least once; the LMS tells repeats by X-Rnr-Run).
+                    rnr_driver::fault::point("webhook:delivered");
+                    (WebhookState::Delivered, None, 0)
+                }
                 Err(e) if run.webhook_attempts + 1 >= MAX_ATTEMPTS => {
                     (WebhookState::Failed, Some(e), 0)
                 }

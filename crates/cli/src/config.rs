@@ -75,6 +75,17 @@ pub struct Config {
     pub default_ttl_seconds: u64,
     pub max_ttl_seconds: u64,
     pub reap_interval_seconds: u64,
+    /// Longest wait for the driver to delete one machine; a delete that takes longer is
+    /// given up on (it goes on in the background) and retried by a later reaper pass.
+    pub delete_timeout_seconds: u64,
+    /// Expired machines the reaper deletes at once.
+    pub parallel_deletes: usize,
+    /// How long `/readyz` waits for each part (store, driver, disk) before it counts it as
+    /// not answering.
+    pub ready_timeout_ms: u64,
+    /// `/readyz` fails while the data dir's filesystem (or the native driver's state
+    /// dir's) has less free than this, in MiB.
+    pub min_free_disk_mib: u64,
     pub allow_outbound: bool,
     pub default_limits: Limits,
     pub max_limits: Limits,
@@ -191,6 +202,11 @@ pub struct CheckerSection {
     /// Finished check runs older than this many days are deleted (each machine keeps its
     /// latest); 0 keeps them all.
     pub retention_days: u64,
+    /// Most times a check run is taken up (interrupted by a restart, or failed by the
+    /// machine's driver or the store); past it the run ends `errored`, saying why.
+    pub max_attempts: u32,
+    /// Wait before a failed run is tried again, in milliseconds.
+    pub retry_delay_ms: u64,
 }
 
 impl Default for CheckerSection {
@@ -201,6 +217,8 @@ impl Default for CheckerSection {
             webhook_secret: None,
             debounce_ms: 1500,
             retention_days: 30,
+            max_attempts: 3,
+            retry_delay_ms: 1000,
         }
     }
 }
@@ -306,6 +324,8 @@ pub struct NativeSection {
     pub disk_pool_gib: u64,
     /// Most ptys one machine may hold open at once (its /dev/pts's `max`); 0: no quota.
     pub max_ptys: u32,
+    /// Longest a runtime call (run, delete, list) may take before it is killed and fails.
+    pub runtime_timeout_seconds: u64,
 }
 
 impl Default for NativeSection {
@@ -321,6 +341,7 @@ impl Default for NativeSection {
             disk: DiskMode::Auto,
             disk_pool_gib: 64,
             max_ptys: rnr_driver_native::DEFAULT_MAX_PTYS,
+            runtime_timeout_seconds: 60,
         }
     }
 }
@@ -336,6 +357,10 @@ impl Default for Config {
             default_ttl_seconds: 3600,
             max_ttl_seconds: 86_400,
             reap_interval_seconds: 5,
+            delete_timeout_seconds: 60,
+            parallel_deletes: 4,
+            ready_timeout_ms: 2000,
+            min_free_disk_mib: 256,
             allow_outbound: false,
             default_limits: Limits::default(),
             max_limits: Limits {
@@ -383,6 +408,8 @@ const NOT_CONFIG_ENV: &[&str] = &[
     "log",
     "test_driver",
     "isolation_echo_ms",
+    // Fault injection for the crash tests (rnr_driver::fault), not a setting.
+    "fault",
 ];
 
 pub fn load(file: Option<&Path>, flags: &FlagOverrides) -> anyhow::Result<Config> {
@@ -457,6 +484,18 @@ default_ttl_seconds = 3600
 max_ttl_seconds = 86400
 # How often expired machines are looked for and deleted.
 reap_interval_seconds = 5
+# Longest wait for the driver to delete one machine. A delete that takes longer is given up
+# on (it goes on in the background) and retried by a later reaper pass, as is one that a
+# crash interrupted; the reaper deletes this many machines at once, so one stuck delete
+# never stops the others.
+delete_timeout_seconds = 60
+parallel_deletes = 4
+# GET /readyz answers 503 naming each part that fails: the store (a write transaction must
+# start), the driver (crun or dockerd must answer), the disk (the data dir's filesystem
+# must keep min_free_disk_mib MiB free). Each part gets ready_timeout_ms, so the answer
+# comes in about that time whatever hangs.
+ready_timeout_ms = 2000
+min_free_disk_mib = 256
 # Whether a request may give a machine outbound network access.
 allow_outbound = false
 # "text" or "json" logs (level: RNR_LOG, e.g. RNR_LOG=debug).
@@ -523,6 +562,9 @@ disk_pool_gib = 64
 # Most ptys one machine may hold open at once (its /dev/pts is mounted with max=N); 0: no
 # quota. Every machine's terminals draw from the host's kernel.pty.max.
 max_ptys = 256
+# Longest a runtime call (run, delete, list) may take; one that takes longer is killed and
+# fails, so a hanging runtime never holds a create, a delete or /readyz.
+runtime_timeout_seconds = 60
 
 [terminal]
 # Lifetime of a terminal token; connected browsers are sent fresh ones before it ends.
@@ -552,6 +594,11 @@ debounce_ms = 1500
 # Finished check runs older than this many days are deleted (hourly; each machine keeps
 # its latest run, and runs with an undelivered webhook stay); 0 keeps every run.
 retention_days = 30
+# Most times a check run is taken up: a restart interrupting it counts one, and so does a
+# failure of the machine's driver or of the store (then it is tried again retry_delay_ms
+# later). Past it the run ends "errored" with a message saying so; never queued for ever.
+max_attempts = 3
+retry_delay_ms = 1000
 
 [http]
 # A connection must send a complete request head within this many seconds of opening, and
@@ -727,6 +774,56 @@ mod tests {
             let err = env_error();
             assert!(
                 err.contains("anonymous") && err.contains("sometimes"),
+                "{err}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn crash_safety_settings_layer_like_every_other() {
+        figment::Jail::expect_with(|jail| {
+            let c = load(None, &FlagOverrides::default()).expect("loads");
+            assert_eq!(
+                (
+                    c.delete_timeout_seconds,
+                    c.parallel_deletes,
+                    c.ready_timeout_ms,
+                    c.min_free_disk_mib,
+                    c.native.runtime_timeout_seconds,
+                    c.checker.max_attempts,
+                    c.checker.retry_delay_ms
+                ),
+                (60, 4, 2000, 256, 60, 3, 1000)
+            );
+            jail.create_file(
+                "c.toml",
+                "parallel_deletes = 8\nready_timeout_ms = 700\n[native]\n\
+                 runtime_timeout_seconds = 5\n[checker]\nmax_attempts = 5\n",
+            )?;
+            jail.set_env("RNR_PARALLEL_DELETES", "2");
+            jail.set_env("RNR_CHECKER__RETRY_DELAY_MS", "10");
+            // Fault injection is not configuration: it is let through, not refused.
+            jail.set_env("RNR_FAULT", "create:reserved");
+            let c = load(Some(Path::new("c.toml")), &FlagOverrides::default()).expect("loads");
+            assert_eq!(
+                (
+                    c.parallel_deletes,
+                    c.ready_timeout_ms,
+                    c.native.runtime_timeout_seconds,
+                    c.checker.max_attempts,
+                    c.checker.retry_delay_ms
+                ),
+                (2, 700, 5, 5, 10)
+            );
+            let p = crate::serve::policy(&c);
+            assert_eq!(p.parallel_deletes, 2);
+            assert_eq!(p.ready_timeout, std::time::Duration::from_millis(700));
+            assert_eq!(p.disk_dirs, std::slice::from_ref(&c.data_dir));
+            jail.set_env("RNR_MIN_FREE_DISK_MIB", "lots");
+            let err = env_error();
+            assert!(
+                err.contains("min_free_disk_mib") && err.contains("lots"),
                 "{err}"
             );
             Ok(())

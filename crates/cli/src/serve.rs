@@ -60,6 +60,7 @@ pub fn native_config(cfg: &Config, owner: &str) -> rnr_driver_native::NativeConf
     c.disk = n.disk;
     c.disk_pool_gib = n.disk_pool_gib;
     c.max_ptys = n.max_ptys;
+    c.runtime_timeout = Duration::from_secs(n.runtime_timeout_seconds.max(1));
     c.cgroup_root = cfg.cgroup_root.clone();
     c.proc_root = cfg.proc_root.clone();
     c.agent = cfg.agent();
@@ -239,11 +240,20 @@ pub fn policy(cfg: &Config) -> MachinePolicy {
         max_limits: cfg.max_limits,
         allow_outbound: cfg.allow_outbound,
         max_exec_timeout: Duration::from_secs(600),
+        delete_timeout: Duration::from_secs(cfg.delete_timeout_seconds.max(1)),
+        parallel_deletes: cfg.parallel_deletes.max(1),
+        ready_timeout: Duration::from_millis(cfg.ready_timeout_ms.max(1)),
+        disk_dirs: {
+            let mut dirs = vec![cfg.data_dir.clone()];
+            dirs.extend(cfg.native.state_dir.clone());
+            dirs.extend(cfg.vm.state_dir.clone());
+            dirs
+        },
+        min_free_disk_mib: cfg.min_free_disk_mib,
         key_quotas: rnr_core::KeyQuotas {
             max_machines: cfg.quotas.max_machines_per_key,
             creations_per_minute: cfg.quotas.creations_per_minute_per_key,
         },
-        ..MachinePolicy::default()
     }
 }
 
@@ -287,6 +297,8 @@ pub fn checker_config(cfg: &Config) -> rnr_checker::CheckerConfig {
         debounce: Duration::from_millis(c.debounce_ms),
         retention: (c.retention_days > 0).then(|| Duration::from_secs(c.retention_days * 86_400)),
         retention_interval: Duration::from_secs(3600),
+        max_attempts: c.max_attempts.max(1),
+        retry_delay: Duration::from_millis(c.retry_delay_ms),
     }
 }
 
@@ -329,6 +341,13 @@ fn raise_nofile_limit() {
 
 pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     raise_nofile_limit();
+    match rnr_driver::fault::check_env() {
+        Ok(None) => {}
+        Ok(Some(point)) => {
+            eprintln!("rnr: WARNING: fault injection armed: this process kills itself at {point} (RNR_FAULT; tests only)");
+        }
+        Err(e) => anyhow::bail!("{e}"),
+    }
     // Refused before anything starts: a typo in an origin or CIDR names itself.
     let http = http_config(&cfg).context("invalid configuration")?;
     if cfg.agent().is_none() {
@@ -341,6 +360,13 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let driver = connect_driver(&cfg, &store).await?;
     let driver_name = driver.name();
     let platform = Platform::new(store.clone(), driver, policy(&cfg));
+    // Before reconciling: a delete a crash interrupted, carried out now, ends the
+    // machine's terminals and recordings like any other.
+    let terminals = rnr_terminal::Gateway::new(
+        platform.clone(),
+        rnr_terminal::GatewayConfig::new(&cfg.terminal, &cfg.data_dir),
+    )
+    .await?;
     let report = platform
         .reconcile()
         .await
@@ -349,6 +375,8 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         adopted = report.adopted.len(),
         vanished = report.vanished.len(),
         orphans_removed = report.orphans_removed.len(),
+        half_built_removed = report.half_built_removed.len(),
+        deletes_finished = report.deletes_finished.len(),
         "reconciled machines with the driver"
     );
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
@@ -368,11 +396,6 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     tracing::info!(driver = %driver_name, data_dir = %cfg.data_dir.display(), capacity = cfg.capacity, "platform ready");
     // Kept free of fields so scripts can read the address off the end of the line.
     tracing::info!("rnr listening on http://{addr}");
-    let terminals = rnr_terminal::Gateway::new(
-        platform.clone(),
-        rnr_terminal::GatewayConfig::new(&cfg.terminal, &cfg.data_dir),
-    )
-    .await?;
     {
         // Typing in a terminal triggers live checking of that machine.
         let live = checker.clone();

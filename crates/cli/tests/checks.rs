@@ -6,11 +6,11 @@
 
 mod common;
 
-use common::{ensure_debian, rnr, write, Server};
+use common::{ensure_debian, exercise_server, rnr, webhook_sink, write, Server};
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -435,15 +435,12 @@ message = "create /tmp/flag"
 "#;
 
 fn quick_server(extra: &[(&str, &str)]) -> (Server, tempfile::TempDir) {
-    let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join("quick");
-    write(&dir, "exercise.toml", QUICK);
-    write(&dir, "README.md", "# quick");
-    write(&dir, "solution.sh", "touch /tmp/flag\n");
-    let mut env = vec![("RNR_CHECKER__EXERCISES_DIR", root.path().to_str().unwrap())];
-    env.extend_from_slice(extra);
-    let s = Server::start(&env);
-    (s, root)
+    let files = [
+        ("exercise.toml", QUICK),
+        ("README.md", "# quick"),
+        ("solution.sh", "touch /tmp/flag\n"),
+    ];
+    exercise_server("quick", &files, extra)
 }
 
 fn count(s: &Server, state: &str) -> i64 {
@@ -519,52 +516,12 @@ fn a_burst_of_500_runs_is_queued_none_lost_none_twice_and_survives_a_restart() {
     assert_eq!(count(&s, "queued") + count(&s, "running"), 0);
 }
 
-/// A one-thread HTTP server answering 500 to the first request and 200 after; returns
-/// what it received (headers, body).
-fn webhook_sink() -> (String, std::sync::mpsc::Receiver<(String, Vec<u8>)>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for (n, conn) in listener.incoming().enumerate() {
-            let Ok(mut conn) = conn else { return };
-            let mut reader = BufReader::new(conn.try_clone().unwrap());
-            let mut head = String::new();
-            let mut len = 0;
-            loop {
-                let mut line = String::new();
-                reader.read_line(&mut line).unwrap();
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap();
-                }
-                head.push_str(&line);
-                if line == "\r\n" || line.is_empty() {
-                    break;
-                }
-            }
-            let mut body = vec![0; len];
-            reader.read_exact(&mut body).unwrap();
-            let status = if n == 0 {
-                "500 Internal Server Error"
-            } else {
-                "200 OK"
-            };
-            let _ = write!(
-                conn,
-                "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-            );
-            let _ = tx.send((head, body));
-        }
-    });
-    (url, rx)
-}
-
 #[test]
 fn webhooks_are_signed_and_retried() {
     let (s, _root) = quick_server(&[("RNR_CHECKER__WEBHOOK_SECRET", "s3cret")]);
     let m = s.create(json!({"exercise": "quick"}));
     let id = m["id"].as_str().unwrap();
-    let (url, rx) = webhook_sink();
+    let (url, rx) = webhook_sink(1);
     let (status, v) = s.call(
         Method::POST,
         &format!("/api/v1/machines/{id}/checks"),

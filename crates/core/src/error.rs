@@ -31,6 +31,9 @@ pub enum CoreError {
         #[source]
         source: DriverError,
     },
+    /// `/readyz`: the parts that do not answer as they must, each with why.
+    #[error("not ready: {}", problems.join("; "))]
+    NotReady { problems: Vec<String> },
     #[error(transparent)]
     Store(#[from] StoreError),
 }

@@ -9,13 +9,14 @@ use crate::{now_ms, random_id, CoreError, Metrics, Result};
 use bytes::Bytes;
 use futures::StreamExt;
 use rnr_driver::{
-    collect, Driver, DriverError, ExecOutcome, ExecRequest, ExecSpec, Limits, MachineInfo,
+    collect, fault, Driver, DriverError, ExecOutcome, ExecRequest, ExecSpec, Limits, MachineInfo,
     MachineKind, MachineSpec, MachineStats, MachineStatus, NetworkSpec,
 };
 use rnr_store::checks::CheckRunState;
-use rnr_store::{Inserted, MachineRow, MachineState, Quota, Store};
+use rnr_store::{CreationStep, Inserted, MachineRow, MachineState, Quota, Store};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -44,6 +45,13 @@ pub struct MachinePolicy {
     pub delete_timeout: Duration,
     /// Expired machines the reaper deletes at once.
     pub parallel_deletes: usize,
+    /// How long `/readyz` waits for each part (the store's write lock, the driver's
+    /// backend, the data disk) before it counts it as not answering.
+    pub ready_timeout: Duration,
+    /// Directories whose filesystems must keep `min_free_disk_mib` free for the platform
+    /// to be ready (the data dir, the drivers' state dirs).
+    pub disk_dirs: Vec<PathBuf>,
+    pub min_free_disk_mib: u64,
     /// What every API key may use unless it was created with limits of its own.
     pub key_quotas: KeyQuotas,
 }
@@ -90,6 +98,9 @@ impl Default for MachinePolicy {
             max_exec_timeout: Duration::from_secs(600),
             delete_timeout: Duration::from_secs(60),
             parallel_deletes: 4,
+            ready_timeout: Duration::from_secs(2),
+            disk_dirs: Vec::new(),
+            min_free_disk_mib: 256,
             key_quotas: KeyQuotas::default(),
         }
     }
@@ -114,6 +125,9 @@ pub struct CreateMachine {
     pub outbound: Option<bool>,
     /// Who the machine is for (a learner id, an operator name).
     pub owner: Option<String>,
+    /// The caller sets the machine up before it is of use (an exercise's setup) and says
+    /// so with [`Platform::mark_ready`]; until then a restart removes it as half-built.
+    pub setup_follows: bool,
     /// The API key that asked for it (directly, or through a link it made); its quotas
     /// apply.
     pub api_key_id: Option<String>,
@@ -143,6 +157,11 @@ pub struct ReconcileReport {
     pub vanished: Vec<String>,
     /// Machines the driver had that the store does not consider alive; removed.
     pub orphans_removed: Vec<String>,
+    /// Machines whose creation a restart interrupted; whatever the driver had of them was
+    /// removed and they are marked failed.
+    pub half_built_removed: Vec<String>,
+    /// Machines whose delete a restart interrupted, now deleted.
+    pub deletes_finished: Vec<String>,
 }
 
 /// The platform: store + driver + policy.
@@ -326,14 +345,40 @@ impl Platform {
         Ok(self.metrics.render(&by_state, self.policy.capacity))
     }
 
-    /// Whether the store and the driver both answer.
+    /// Whether the platform can take work: a write transaction on the store can start,
+    /// the driver's backend answers, and the data disks have room. Each is given the
+    /// policy's `ready_timeout` and all are asked at once, so the answer comes within that
+    /// time whatever hangs; [`CoreError::NotReady`] names each part that failed and why.
     pub async fn ready(&self) -> Result<()> {
-        self.store.count_active().await?;
-        self.driver
-            .list()
-            .await
-            .map_err(|e| CoreError::driver("-", e))?;
-        Ok(())
+        let limit = self.policy.ready_timeout;
+        let store = self.store.clone();
+        let driver = self.driver.clone();
+        let dirs = self.policy.disk_dirs.clone();
+        let min = self.policy.min_free_disk_mib;
+        let (s, d, k) = tokio::join!(
+            within("store", limit, async move {
+                // Half the time for the lock: a locked database says so, not just "no answer".
+                store
+                    .probe_write(limit / 2)
+                    .await
+                    .map_err(|e| e.to_string())
+            }),
+            within("driver", limit, async move {
+                driver.ready().await.map_err(|e| e.to_string())
+            }),
+            within("disk", limit, async move {
+                // statvfs can block (a hung network filesystem): off the runtime.
+                tokio::task::spawn_blocking(move || disks_have_room(&dirs, min))
+                    .await
+                    .map_err(|e| e.to_string())?
+            }),
+        );
+        let problems: Vec<String> = [s, d, k].into_iter().flatten().collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(CoreError::NotReady { problems })
+        }
     }
 
     fn count_driver_error(&self, e: &DriverError) {
@@ -468,6 +513,11 @@ impl Platform {
                 });
             }
         }
+        fault::point("create:reserved");
+        self.store
+            .set_creation_step(&id, CreationStep::DriverCreating)
+            .await?;
+        fault::point("create:driver_creating");
         let spec = MachineSpec {
             id: id.clone(),
             kind: req.kind.unwrap_or_default(),
@@ -479,8 +529,15 @@ impl Platform {
         };
         match self.driver.create(&spec).await {
             Ok(info) => {
+                fault::point("create:driver_created");
                 let address = info.address.map(|a| a.to_string());
                 self.store.set_running(&id, address.as_deref()).await?;
+                let step = if req.setup_follows {
+                    CreationStep::DriverCreated
+                } else {
+                    CreationStep::Ready
+                };
+                self.store.set_creation_step(&id, step).await?;
                 let machine = self.get(&id).await?;
                 if machine.state == MachineState::Deleted {
                     // Deleted while it was being created: the driver's copy must go too.
@@ -507,6 +564,15 @@ impl Platform {
         }
     }
 
+    /// Records that machine `id`, created with `setup_follows`, is set up and of use: from
+    /// now on a restart adopts it.
+    pub async fn mark_ready(&self, id: &str) -> Result<()> {
+        self.store
+            .set_creation_step(id, CreationStep::Ready)
+            .await?;
+        Ok(())
+    }
+
     pub async fn get(&self, id: &str) -> Result<Machine> {
         self.store
             .get(id)
@@ -524,14 +590,28 @@ impl Platform {
         if m.state == MachineState::Deleted {
             return Ok(());
         }
-        self.driver_delete(id).await.map_err(|e| {
+        // Recorded first: a delete that times out, fails or is cut short by a crash is
+        // carried out by a later reaper pass or the next start.
+        self.store.request_delete(id, now_ms()).await?;
+        self.delete_recorded(id).await.map_err(|e| {
             self.count_driver_error(&e);
+            tracing::warn!(machine = %id, error = %e, "delete not done; a later reaper pass retries it");
             CoreError::driver(id, e)
         })?;
-        self.store.set_deleted(id, now_ms()).await?;
         tracing::info!(machine = %id, "machine deleted");
         self.deleted(id).await;
         Ok(())
+    }
+
+    /// The driver's part of a delete already recorded, then the store's.
+    async fn delete_recorded(&self, id: &str) -> Result<(), DriverError> {
+        fault::point("delete:requested");
+        self.driver_delete(id).await?;
+        fault::point("delete:driver_deleted");
+        self.store
+            .set_deleted(id, now_ms())
+            .await
+            .map_err(|e| DriverError::backend(id, format!("recording the delete: {e}")))
     }
 
     /// Runs a one-shot command in a running machine.
@@ -699,7 +779,13 @@ impl Platform {
         let expired = self.store.expired(now_ms()).await?;
         let mut deletes = futures::stream::iter(expired)
             .map(|id| async move {
-                let r = self.driver_delete(&id).await;
+                let r = match self.store.request_delete(&id, now_ms()).await {
+                    Ok(()) => self.delete_recorded(&id).await,
+                    Err(e) => Err(DriverError::backend(
+                        &id,
+                        format!("recording the delete: {e}"),
+                    )),
+                };
                 (id, r)
             })
             .buffer_unordered(self.policy.parallel_deletes.max(1));
@@ -707,7 +793,6 @@ impl Platform {
         while let Some((id, r)) = deletes.next().await {
             match r {
                 Ok(()) => {
-                    self.store.set_deleted(&id, now_ms()).await?;
                     self.metrics.machines_reaped.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(machine = %id, "machine expired and was deleted");
                     self.deleted(&id).await;
@@ -715,7 +800,7 @@ impl Platform {
                 }
                 Err(e) => {
                     self.count_driver_error(&e);
-                    tracing::warn!(machine = %id, error = %e, "cannot delete expired machine")
+                    tracing::warn!(machine = %id, error = %e, "cannot delete expired machine; the next pass retries")
                 }
             }
         }
@@ -738,9 +823,12 @@ impl Platform {
         }
     }
 
-    /// Brings the store and the driver into agreement, as after a restart: machines still
-    /// running are adopted, those gone are marked failed, and driver machines the store
-    /// does not consider alive are removed.
+    /// Brings the store and the driver into agreement, as after a restart: machines whose
+    /// creation completed and that still run are adopted; those gone are marked failed;
+    /// those whose creation a restart interrupted (any step short of ready) are half-built:
+    /// whatever the driver has of them is removed and they are marked failed; deletes a
+    /// restart interrupted are carried out; and driver machines the store does not
+    /// consider alive are removed. Each is logged with its machine id.
     pub async fn reconcile(&self) -> Result<ReconcileReport> {
         let live: HashMap<String, rnr_driver::MachineInfo> = self
             .driver
@@ -750,16 +838,66 @@ impl Platform {
             .into_iter()
             .map(|m| (m.id.clone(), m))
             .collect();
+        let progress: HashMap<String, rnr_store::Progress> = self
+            .store
+            .progress()
+            .await?
+            .into_iter()
+            .map(|p| (p.id.clone(), p))
+            .collect();
         let known = self
             .store
             .list(&[MachineState::Creating, MachineState::Running])
             .await?;
         let mut report = ReconcileReport::default();
+        let mut handled: HashSet<String> = HashSet::new();
+        for p in progress.values().filter(|p| p.delete_requested) {
+            handled.insert(p.id.clone());
+            match self.delete_recorded(&p.id).await {
+                Ok(()) => {
+                    tracing::info!(machine = %p.id, "delete interrupted by a restart carried out");
+                    self.deleted(&p.id).await;
+                    report.deletes_finished.push(p.id.clone());
+                }
+                Err(e) => {
+                    tracing::warn!(machine = %p.id, error = %e, "interrupted delete not done; the reaper retries it")
+                }
+            }
+        }
         for m in &known {
+            if handled.contains(&m.id) {
+                continue;
+            }
+            let step = progress
+                .get(&m.id)
+                .map_or(CreationStep::Reserved, |p| p.step);
+            if step != CreationStep::Ready {
+                handled.insert(m.id.clone());
+                let why = format!(
+                    "creation interrupted by a restart of rnr serve (at step {}); its parts \
+                     were removed",
+                    step.as_str()
+                );
+                match self.driver_delete(&m.id).await {
+                    Ok(()) | Err(DriverError::NotFound(_)) => {
+                        tracing::warn!(machine = %m.id, step = step.as_str(), had_parts = live.contains_key(&m.id), "half-built machine removed");
+                        self.store.set_failed(&m.id, &why).await?;
+                        report.half_built_removed.push(m.id.clone());
+                    }
+                    Err(e) => {
+                        // Failed all the same: never adopted; the reaper deletes it at its
+                        // expiry, which retries the driver.
+                        tracing::warn!(machine = %m.id, error = %e, "cannot remove half-built machine");
+                        self.store.set_failed(&m.id, &why).await?;
+                    }
+                }
+                continue;
+            }
             match live.get(&m.id) {
                 Some(info) if info.status == MachineStatus::Running => {
                     let address = info.address.map(|a| a.to_string());
                     self.store.set_running(&m.id, address.as_deref()).await?;
+                    tracing::info!(machine = %m.id, "machine adopted");
                     report.adopted.push(m.id.clone());
                 }
                 other => {
@@ -775,7 +913,7 @@ impl Platform {
             }
         }
         for id in live.keys() {
-            if report.adopted.contains(id) {
+            if report.adopted.contains(id) || handled.contains(id) {
                 continue;
             }
             match self.driver_delete(id).await {
@@ -789,6 +927,52 @@ impl Platform {
         report.adopted.sort();
         report.vanished.sort();
         report.orphans_removed.sort();
+        report.half_built_removed.sort();
+        report.deletes_finished.sort();
         Ok(report)
+    }
+}
+
+/// Whether each of `dirs`' filesystems has at least `min_mib` MiB free (for unprivileged
+/// users, as rnr's writes may not dip into root's reserve either way); why not otherwise.
+fn disks_have_room(dirs: &[PathBuf], min_mib: u64) -> Result<(), String> {
+    use std::os::unix::ffi::OsStrExt;
+    for dir in dirs {
+        let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+            .map_err(|_| format!("{} has a NUL byte", dir.display()))?;
+        // SAFETY: statvfs is plain old data; zeroed is a valid initial value.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: statvfs(2) reads a NUL-terminated path and writes into the struct it is
+        // given; both outlive the call.
+        if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+            return Err(format!(
+                "cannot read the free space of {}: {}",
+                dir.display(),
+                std::io::Error::last_os_error()
+            ));
+        }
+        #[allow(clippy::unnecessary_cast)] // u64 on some targets, u32 on others
+        let free_mib = (st.f_bavail as u64).saturating_mul(st.f_frsize as u64) >> 20;
+        if free_mib < min_mib {
+            return Err(format!(
+                "{} has {free_mib} MiB free, under the {min_mib} MiB it must keep free \
+                 (min_free_disk_mib)",
+                dir.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `None` if `check` succeeds within `limit`; else what is wrong with `part`.
+async fn within(
+    part: &str,
+    limit: Duration,
+    check: impl Future<Output = Result<(), String>>,
+) -> Option<String> {
+    match tokio::time::timeout(limit, check).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(format!("{part}: {e}")),
+        Err(_) => Some(format!("{part}: no answer within {} ms", limit.as_millis())),
     }
 }

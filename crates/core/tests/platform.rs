@@ -289,10 +289,20 @@ async fn extend_stays_within_the_maximum_lifetime() {
 async fn reconcile_after_a_restart() {
     let mut tp = TestPlatform::start(policy()).await;
     let mut ids = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..5 {
         ids.push(tp.platform.create(CreateMachine::default()).await.unwrap());
     }
     let (alive, crashed, vanished) = (ids[0].clone(), ids[1].id.clone(), ids[2].id.clone());
+    // Whole in the driver, but its creation had not been recorded complete (its setup was
+    // still running): half-built, never adopted.
+    let unfinished = ids[3].id.clone();
+    tp.store
+        .set_creation_step(&unfinished, rnr_store::CreationStep::DriverCreated)
+        .await
+        .unwrap();
+    // A delete was asked for and the crash came before the driver was done.
+    let deleting = ids[4].id.clone();
+    tp.store.request_delete(&deleting, 1).await.unwrap();
     tp.sh(&alive.id, "echo kept > /root/state").await;
     // A machine whose create the crash interrupted: a row, nothing in the driver.
     let interrupted = rnr_core::Machine {
@@ -317,11 +327,16 @@ async fn reconcile_after_a_restart() {
     assert_eq!(report.adopted, vec![alive.id.clone()]);
     assert_eq!(
         report.vanished,
-        sorted(vec![
-            crashed.clone(),
-            vanished.clone(),
-            "m-interrupted".into()
-        ])
+        sorted(vec![crashed.clone(), vanished.clone()])
+    );
+    assert_eq!(
+        report.half_built_removed,
+        sorted(vec![unfinished.clone(), "m-interrupted".into()])
+    );
+    assert_eq!(report.deletes_finished, vec![deleting.clone()]);
+    assert_eq!(
+        tp.platform.get(&deleting).await.unwrap().state,
+        MachineState::Deleted
     );
     assert!(
         report.orphans_removed.contains(&"m-orphan".to_string()),
@@ -337,7 +352,11 @@ async fn reconcile_after_a_restart() {
         (&vanished, "machine vanished while the platform was down"),
         (
             &"m-interrupted".to_string(),
-            "machine vanished while the platform was down",
+            "creation interrupted by a restart of rnr serve (at step reserved); its parts were removed",
+        ),
+        (
+            &unfinished,
+            "creation interrupted by a restart of rnr serve (at step driver_created); its parts were removed",
         ),
     ] {
         let m = tp.platform.get(id).await.unwrap();

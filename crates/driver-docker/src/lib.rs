@@ -944,6 +944,15 @@ impl Driver for DockerDriver {
     fn images(&self) -> &dyn ImageStore {
         &self.images
     }
+
+    /// The engine answers a ping (a stopped or hung dockerd does not).
+    async fn ready(&self) -> Result<()> {
+        self.docker
+            .ping()
+            .await
+            .map_err(|e| DriverError::Unavailable(format!("docker engine: {e}")))?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -48,6 +48,10 @@ pub struct NativeConfig {
     /// Most ptys a machine may hold open at once (its /dev/pts's `max`; default 256, 0:
     /// no quota): every machine's terminals draw from the host's `kernel.pty.max`.
     pub max_ptys: u32,
+    /// Longest a runtime call (`run`, `delete`, `list`) may take; one that takes longer is
+    /// killed and fails, so a hanging runtime never holds a create, a delete or a worker
+    /// for ever.
+    pub runtime_timeout: std::time::Duration,
 }
 
 impl NativeConfig {
@@ -68,6 +72,7 @@ impl NativeConfig {
             disk_pool_gib: 64,
             agent: None,
             max_ptys: crate::oci::DEFAULT_MAX_PTYS,
+            runtime_timeout: std::time::Duration::from_secs(60),
         }
     }
 }

@@ -45,6 +45,7 @@ impl NativeDriver {
                 return Err(e);
             }
         };
+        rnr_driver::fault::point("native:create:dir");
         let mut meta = Meta {
             id: id.to_string(),
             owner: cfg.owner.clone(),
@@ -72,7 +73,10 @@ impl NativeDriver {
         // Released before anything slow, and before a cleanup that may prune.
         drop(images);
         let res = match recorded {
-            Ok(()) => self.create_inner(spec, &mut meta).await,
+            Ok(()) => {
+                rnr_driver::fault::point("native:create:recorded");
+                self.create_inner(spec, &mut meta).await
+            }
             Err(e) => Err(e),
         };
         if let Err(e) = res {
@@ -172,6 +176,7 @@ impl NativeDriver {
             }
         };
         let disk_time = t_disk.elapsed();
+        rnr_driver::fault::point("native:create:disk");
         let mut userns_fd = None;
         let lower = match meta.range {
             Some(range) => {
@@ -244,14 +249,32 @@ impl NativeDriver {
             .arg(id)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::from(log));
+            .stderr(Stdio::from(log))
+            // Killed if it outlives the runtime timeout; the teardown after the failure
+            // removes whatever it had made.
+            .kill_on_drop(true);
         let t1 = t0.elapsed();
-        let status = cmd.status().await.map_err(|e| {
+        let starting = |e| {
             NativeError::io(
                 format!("machine {id}: starting {}", cfg.runtime.display()),
                 e,
             )
-        })?;
+        };
+        let mut child = cmd.spawn().map_err(starting)?;
+        let status = tokio::time::timeout(cfg.runtime_timeout, child.wait())
+            .await
+            .map_err(|_| {
+                NativeError::other(
+                    id,
+                    format!(
+                        "`{} run` did not finish within {} s ([native] \
+                         runtime_timeout_seconds) and was killed",
+                        cfg.runtime.display(),
+                        cfg.runtime_timeout.as_secs_f64()
+                    ),
+                )
+            })?
+            .map_err(starting)?;
         drop(userns_fd);
         drop(listener);
         if !status.success() {
@@ -280,6 +303,7 @@ impl NativeDriver {
         if compiled.is_none() {
             self.keep_seccomp_bpf(id);
         }
+        rnr_driver::fault::point("native:create:runtime_started");
 
         let t2 = t0.elapsed();
         // Network: veth into the segment's bridge, then address and route inside.
@@ -306,6 +330,7 @@ impl NativeDriver {
         .map_err(|e| NativeError::other(id, e))?
         .map_err(|e| NativeError::io(format!("machine {id}: wiring its network"), e))?;
         let t3 = t0.elapsed() - wired.elapsed();
+        rnr_driver::fault::point("native:create:network");
         tracing::debug!(
             machine = id,
             prepare = ?t1,
@@ -343,12 +368,13 @@ impl NativeDriver {
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped());
-            if let Err(e) = net::run_cmd(id, cmd, None).await {
+            if let Err(e) = net::run_cmd_within(id, cmd, None, Some(cfg.runtime_timeout)).await {
                 if cfg.state_dir.join("run").join("crun").join(id).exists() {
                     return Err(e);
                 }
             }
         }
+        rnr_driver::fault::point("native:delete:runtime");
         // Should crun have lost track of it, make sure init is gone.
         if let (Some(pid), Some(start)) = (meta.init_pid, meta.init_start) {
             if matches!(sys::proc_start(&cfg.proc_root, pid), Some((s, _)) if s == start) {

@@ -271,6 +271,16 @@ impl Pool {
         Ok((upper, work))
     }
 
+    /// The names in the pool: one subvolume per machine that has a disk.
+    pub fn volumes(&self) -> Vec<String> {
+        std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
     /// Deletes machine `id`'s subvolume and everything in it, if there is one; its space
     /// (and its qgroup) are freed by btrfs in the background.
     pub fn destroy(&self, id: &str) -> NResult<()> {

@@ -34,6 +34,9 @@ pub(crate) fn check_traversable(dir: &Path) -> NResult<()> {
 /// The agent's socket in a machine's host-side directory.
 pub(crate) const AGENT_SOCKET: &str = "agent.sock";
 
+/// A machine's record in its directory.
+pub(crate) const META_FILE: &str = "machine.json";
+
 /// What the driver records per machine (`machines/<id>/machine.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Meta {
@@ -99,13 +102,13 @@ impl NativeDriver {
 }
 
 pub(crate) fn read_meta(dir: &Path) -> NResult<Meta> {
-    let path = dir.join("machine.json");
+    let path = dir.join(META_FILE);
     let data = std::fs::read(&path).map_err(|e| io_err("reading", &path, e))?;
     serde_json::from_slice(&data).map_err(|e| NativeError::other(path.display().to_string(), e))
 }
 
 pub(crate) fn write_meta(dir: &Path, meta: &Meta) -> NResult<()> {
-    let path = dir.join("machine.json");
+    let path = dir.join(META_FILE);
     let tmp = dir.join(".machine.json.tmp");
     let data = serde_json::to_vec(meta).map_err(|e| NativeError::other(&meta.id, e))?;
     std::fs::write(&tmp, data).map_err(|e| io_err("writing", &tmp, e))?;

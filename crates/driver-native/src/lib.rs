@@ -162,6 +162,10 @@ impl Driver for NativeDriver {
         Ok(self.cgroup_stats(id)?)
     }
 
+    async fn ready(&self) -> Result<()> {
+        Ok(self.runtime_answers().await?)
+    }
+
     fn images(&self) -> &dyn ImageStore {
         &self.inner.images
     }

@@ -148,10 +148,22 @@ pub async fn run(id: &str, program: &str, args: &[&str], stdin: Option<&str>) ->
 /// Runs a prepared command (see [`run`]).
 pub async fn run_cmd(
     id: &str,
-    mut cmd: tokio::process::Command,
+    cmd: tokio::process::Command,
     stdin: Option<&str>,
 ) -> NResult<String> {
+    run_cmd_within(id, cmd, stdin, None).await
+}
+
+/// [`run_cmd`], killing the command and failing if it has not finished within `limit`.
+pub async fn run_cmd_within(
+    id: &str,
+    mut cmd: tokio::process::Command,
+    stdin: Option<&str>,
+    limit: Option<std::time::Duration>,
+) -> NResult<String> {
     let desc = format!("{:?}", cmd.as_std());
+    // Dropped on a timeout: the command is killed rather than left running.
+    cmd.kill_on_drop(true);
     let mut child = cmd
         .spawn()
         .map_err(|e| NativeError::io(format!("machine {id}: spawning {desc}"), e))?;
@@ -160,10 +172,20 @@ pub async fn run_cmd(
             .await
             .map_err(|e| NativeError::io(format!("machine {id}: writing to {desc}"), e))?;
     }
-    let out = child
-        .wait_with_output()
-        .await
-        .map_err(|e| NativeError::io(format!("machine {id}: waiting for {desc}"), e))?;
+    let waited = child.wait_with_output();
+    let out = match limit {
+        Some(limit) => tokio::time::timeout(limit, waited).await.map_err(|_| {
+            NativeError::other(
+                id,
+                format!(
+                    "{desc} did not finish within {} s and was killed",
+                    limit.as_secs_f64()
+                ),
+            )
+        })?,
+        None => waited.await,
+    }
+    .map_err(|e| NativeError::io(format!("machine {id}: waiting for {desc}"), e))?;
     if !out.status.success() {
         return Err(NativeError::Command {
             id: id.to_string(),

@@ -73,6 +73,23 @@ impl NativeDriver {
         Ok(cmd)
     }
 
+    /// Whether the runtime answers: `<runtime> --root <state> list` within the runtime
+    /// timeout (a hanging runtime would hang every create and delete too).
+    pub(crate) async fn runtime_answers(&self) -> NResult<()> {
+        let cfg = &self.inner.cfg;
+        let mut cmd = tokio::process::Command::new(&cfg.runtime);
+        cmd.arg("--root")
+            .arg(cfg.state_dir.join("run").join("crun"))
+            .arg("list")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        crate::net::run_cmd_within("runtime", cmd, None, Some(cfg.runtime_timeout)).await?;
+        let machines = machines_dir(&cfg.state_dir);
+        std::fs::read_dir(&machines).map_err(|e| io_err("reading", &machines, e))?;
+        Ok(())
+    }
+
     /// Running while its init lives (the same pid with the same start time), stopped once it
     /// is gone, creating until it has started.
     pub(crate) fn status_of(&self, meta: &Meta) -> MachineStatus {

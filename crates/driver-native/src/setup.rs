@@ -6,7 +6,7 @@ use crate::alloc::Alloc;
 use crate::config::{DiskMode, NativeConfig};
 use crate::error::{io_err, NResult, NativeError};
 use crate::image::Images;
-use crate::layout::{check_traversable, machines_dir, mkdir_mode, read_meta};
+use crate::layout::{check_name, check_traversable, machines_dir, mkdir_mode, read_meta};
 use crate::net::{self, Subnet};
 use crate::{disk, Inner, NativeDriver};
 use std::collections::{BTreeSet, HashMap};
@@ -21,7 +21,64 @@ impl NativeDriver {
         let driver = Self::open(cfg)?;
         let cfg = &driver.inner.cfg;
         net::ensure_bridge(&cfg.bridge, &driver.inner.subnet).await?;
+        driver.sweep_leftovers().await;
         Ok(driver)
+    }
+
+    /// Removes what a crash left of machines that have no record (their creation was cut
+    /// short before it wrote one, or their teardown after it removed it): a machine
+    /// directory without `machine.json`, the runtime's state or a disk subvolume without a
+    /// machine directory. Every other part of a machine is made after its record and
+    /// removed before it, so [`NativeDriver::delete`] finds it. Only when the driver starts
+    /// for `rnr serve`: then no create of this state dir is under way.
+    async fn sweep_leftovers(&self) {
+        let cfg = &self.inner.cfg;
+        let machines = machines_dir(&cfg.state_dir);
+        let recorded = |id: &str| machines.join(id).join(crate::layout::META_FILE).exists();
+        for entry in std::fs::read_dir(&machines).into_iter().flatten().flatten() {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            if !recorded(&id) {
+                tracing::warn!(machine = %id, "removing a machine directory left without a record");
+                if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+                    tracing::warn!(machine = %id, error = %e, "cannot remove it");
+                }
+            }
+        }
+        let crun = cfg.state_dir.join("run").join("crun");
+        for entry in std::fs::read_dir(&crun).into_iter().flatten().flatten() {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            if entry.path().is_dir() && !recorded(&id) && check_name("machine", &id).is_ok() {
+                tracing::warn!(machine = %id, "removing runtime state left without a record");
+                let cmd = self
+                    .crun(crate::sys::MountPlan::default(), true)
+                    .map(|mut c| {
+                        c.args(["delete", "-f", &id])
+                            .stdin(std::process::Stdio::null())
+                            .stdout(std::process::Stdio::null())
+                            .stderr(std::process::Stdio::piped());
+                        c
+                    });
+                let r = match cmd {
+                    Ok(c) => net::run_cmd_within(&id, c, None, Some(cfg.runtime_timeout))
+                        .await
+                        .map(|_| ()),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = r {
+                    tracing::warn!(machine = %id, error = %e, "cannot remove it");
+                }
+            }
+        }
+        if let Some(pool) = &self.inner.pool {
+            for id in pool.volumes() {
+                if !recorded(&id) && check_name("machine", &id).is_ok() {
+                    tracing::warn!(machine = %id, "removing a disk left without a record");
+                    if let Err(e) = pool.destroy(&id) {
+                        tracing::warn!(machine = %id, error = %e, "cannot remove it");
+                    }
+                }
+            }
+        }
     }
 
     /// Like [`NativeDriver::new`] but leaves the host's network alone: enough for image

@@ -156,6 +156,15 @@ impl Driver for Kinds {
     async fn stats(&self, id: &str) -> Result<Option<MachineStats>> {
         self.owner_of(id).await.stats(id).await
     }
+
+    /// Ready when every driver is: a platform whose VMs' driver hangs is not ready either.
+    async fn ready(&self) -> Result<()> {
+        self.container.ready().await?;
+        if let Ok(vm) = &self.vm {
+            vm.ready().await?;
+        }
+        Ok(())
+    }
 }
 
 /// Every driver's image store as one: an import goes to each, a listing is their union.

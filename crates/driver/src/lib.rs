@@ -8,6 +8,7 @@
 pub mod agent;
 mod error;
 mod exec;
+pub mod fault;
 pub mod files;
 mod images;
 mod kinds;
@@ -91,5 +92,12 @@ pub trait Driver: Send + Sync + 'static {
     async fn stats(&self, id: &str) -> Result<Option<MachineStats>> {
         let _ = id;
         Ok(None)
+    }
+
+    /// Whether the backend answers now (the runtime, the engine): `/readyz` asks this,
+    /// within a timeout of its own, so an implementation may take as long as its backend
+    /// does. The default lists the machines.
+    async fn ready(&self) -> Result<()> {
+        self.list().await.map(|_| ())
     }
 }

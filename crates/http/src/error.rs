@@ -129,6 +129,9 @@ impl From<CoreError> for HttpError {
             CoreError::Driver { .. } => {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "driver_error", message)
             }
+            CoreError::NotReady { .. } => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", message)
+            }
             CoreError::Store(_) => Self::internal(message),
         }
     }

@@ -77,12 +77,13 @@ pub(crate) async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Readiness: the store and the driver both answer; load balancers stop sending work
+/// Readiness: a write transaction can start, the driver's backend answers and the data
+/// disk has room, each within `ready_timeout_ms`; load balancers stop sending work
 /// otherwise
 #[utoipa::path(get, path = "/readyz", tag = "ops",
     responses(
         (status = 200, description = "`ready`", content_type = "text/plain", body = String),
-        (status = 503, description = "The store or the driver does not answer", body = ErrorBody),
+        (status = 503, description = "`not_ready`: the message names each part that fails (`store:`, `driver:`, `disk:`) and why", body = ErrorBody),
     ))]
 pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
     match state.platform.ready().await {

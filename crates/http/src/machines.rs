@@ -197,6 +197,7 @@ pub async fn create_machine(
         api_key_id: Some(caller.key_id),
         client_addr: None,
         quotas: Vec::new(),
+        setup_follows: false,
     };
     let machine = match req.exercise {
         Some(exercise) => state.checker.create_machine(create, &exercise).await?,

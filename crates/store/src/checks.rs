@@ -246,15 +246,18 @@ impl CheckRuns {
         })
     }
 
-    /// Takes a queued run and marks it running; `None` when the queue is empty. Owners are
+    /// Takes a queued run (due at `now_ms`: retries wait their delay) and marks it running;
+    /// `None` when none is due. Owners are
     /// served in turn: the one served longest ago (or never) goes first, and of its runs
     /// the oldest, so one owner's many runs cannot starve another's one.
     pub async fn claim(&self, now_ms: i64) -> Result<Option<CheckRunRow>> {
         let sql = format!(
             "UPDATE check_runs SET state = ?1, started_at = ?2, attempts = attempts + 1, \
                  claim_seq = (SELECT COALESCE(MAX(claim_seq), 0) + 1 FROM check_runs) \
-             WHERE seq = (SELECT seq FROM check_runs WHERE state = ?3 AND owner = ( \
-                     SELECT q.owner FROM check_runs q WHERE q.state = ?3 GROUP BY q.owner \
+             WHERE seq = (SELECT seq FROM check_runs WHERE state = ?3 AND not_before <= ?2 \
+                 AND owner = ( \
+                     SELECT q.owner FROM check_runs q WHERE q.state = ?3 \
+                     AND q.not_before <= ?2 GROUP BY q.owner \
                      ORDER BY (SELECT COALESCE(MAX(s.claim_seq), 0) FROM check_runs s \
                                WHERE s.owner = q.owner), MIN(q.seq) LIMIT 1) \
                  ORDER BY seq LIMIT 1) \
@@ -324,17 +327,53 @@ impl CheckRuns {
         Ok(r.rows_affected() == 1)
     }
 
-    /// After a crash: runs left `running` go back to the queue (checks only read the
-    /// machine, so running one again is safe; its result was never recorded). Returns
-    /// how many.
-    pub async fn requeue_interrupted(&self) -> Result<u64> {
+    /// After a crash: runs left `running` that were claimed fewer than `max_attempts`
+    /// times go back to the queue (checks only read the machine, so running one again is
+    /// safe; its result was never recorded); the others end `errored`, saying so, so that
+    /// a run that brings the server down is not taken up forever. Returns how many were
+    /// queued again and how many were given up.
+    pub async fn requeue_interrupted(&self, max_attempts: i64, now_ms: i64) -> Result<(u64, u64)> {
+        let given_up = sqlx::query(
+            "UPDATE check_runs SET state = ?1, finished_at = ?2, \
+                 error = 'interrupted by a restart of rnr serve on each of its ' || attempts || \
+                     ' attempts (the most is [checker] max_attempts = ' || ?3 || ')', \
+                 webhook_state = CASE WHEN webhook_url IS NULL THEN NULL ELSE ?4 END, \
+                 webhook_next_at = ?2 \
+             WHERE state = ?5 AND attempts >= ?3",
+        )
+        .bind(CheckRunState::Errored)
+        .bind(now_ms)
+        .bind(max_attempts)
+        .bind(WebhookState::Pending)
+        .bind(CheckRunState::Running)
+        .execute(&self.pool)
+        .await
+        .map_err(q("give up interrupted check runs"))?;
         let r = sqlx::query("UPDATE check_runs SET state = ? WHERE state = ?")
             .bind(CheckRunState::Queued)
             .bind(CheckRunState::Running)
             .execute(&self.pool)
             .await
             .map_err(q("requeue interrupted check runs"))?;
-        Ok(r.rows_affected())
+        Ok((r.rows_affected(), given_up.rows_affected()))
+    }
+
+    /// Puts a running run that could not be carried out back in the queue, to be taken
+    /// again no sooner than `not_before` (its error kept until then). `false` if it was
+    /// not running.
+    pub async fn retry(&self, id: &str, error: &str, not_before: i64) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE check_runs SET state = ?, error = ?, not_before = ? WHERE id = ? AND state = ?",
+        )
+        .bind(CheckRunState::Queued)
+        .bind(error)
+        .bind(not_before)
+        .bind(id)
+        .bind(CheckRunState::Running)
+        .execute(&self.pool)
+        .await
+        .map_err(q(format!("queue check run {id} again")))?;
+        Ok(r.rows_affected() == 1)
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<CheckRunRow>> {
@@ -508,7 +547,7 @@ mod tests {
         }
         // Reopened as after a crash: the running one is queued again, nothing is lost.
         let runs = Store::open(&path).await.unwrap().check_runs();
-        assert_eq!(runs.requeue_interrupted().await.unwrap(), 1);
+        assert_eq!(runs.requeue_interrupted(3, 1).await.unwrap(), (1, 0));
         let done = Finished::Done { report: "{}" };
         let tasks: Vec<_> = (0..8)
             .map(|_| {
@@ -699,5 +738,45 @@ mod tests {
                 .as_deref(),
             Some("o2")
         );
+    }
+
+    #[tokio::test]
+    async fn interrupted_runs_are_retried_a_few_times_then_given_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let runs = Store::open(&dir.path().join("rnr.db"))
+            .await
+            .unwrap()
+            .check_runs();
+        let mut hooked = run("r", CheckTrigger::Api, false);
+        hooked.webhook_url = Some("http://lms.example/hook");
+        runs.enqueue(&hooked).await.unwrap();
+        // Claimed and interrupted twice: queued again each time.
+        for attempt in 1..=2 {
+            let r = runs.claim(1).await.unwrap().unwrap();
+            assert_eq!(r.attempts, attempt);
+            assert_eq!(runs.requeue_interrupted(3, 1).await.unwrap(), (1, 0));
+        }
+        // A failed attempt waits its delay before a worker takes it again.
+        let r = runs.claim(1).await.unwrap().unwrap();
+        assert!(runs
+            .retry(&r.id, "agent did not answer", 500)
+            .await
+            .unwrap());
+        assert!(runs.claim(499).await.unwrap().is_none(), "not before 500");
+        let r = runs.claim(500).await.unwrap().unwrap();
+        assert_eq!(r.attempts, 4);
+        // Interrupted again past the most attempts: given up, with a message and its
+        // webhook due, never queued again.
+        assert_eq!(runs.requeue_interrupted(3, 1).await.unwrap(), (0, 1));
+        let r = runs.get("r").await.unwrap().unwrap();
+        assert_eq!(r.state, CheckRunState::Errored);
+        let why = r.error.unwrap_or_default();
+        assert!(
+            why.contains("4 attempts") && why.contains("max_attempts = 3"),
+            "{why}"
+        );
+        assert_eq!(r.webhook_state, Some(WebhookState::Pending));
+        assert!(runs.claim(10_000).await.unwrap().is_none());
+        assert_eq!(runs.requeue_interrupted(3, 1).await.unwrap(), (0, 0));
     }
 }

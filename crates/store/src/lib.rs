@@ -4,9 +4,11 @@
 
 pub mod checks;
 mod learners;
+mod lifecycle;
 mod quotas;
 mod terminals;
 
+pub use lifecycle::{CreationStep, Progress};
 pub use quotas::{Inserted, Quota};
 pub use terminals::TerminalRow;
 
@@ -184,6 +186,8 @@ const KEY_COLUMNS: &str = "id, name, created_at, revoked_at, max_machines, creat
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: SqlitePool,
+    /// How the pool's connections were opened (a probe opens one of its own alike).
+    options: SqliteConnectOptions,
 }
 
 pub(crate) const MACHINE_COLUMNS: &str =
@@ -207,7 +211,7 @@ impl Store {
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
-            .connect_with(opts)
+            .connect_with(opts.clone())
             .await
             .map_err(|source| StoreError::Open {
                 path: path.to_path_buf(),
@@ -220,7 +224,10 @@ impl Store {
                 path: path.to_path_buf(),
                 source,
             })?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            options: opts,
+        })
     }
 
     /// A metadata value, set to `make()` the first time it is asked for.
@@ -276,10 +283,12 @@ impl Store {
             .collect()
     }
 
-    /// Machines not yet deleted whose time is up at `now_ms`.
+    /// Machines not yet deleted whose time is up at `now_ms`, or whose delete was asked
+    /// for and not carried out (it timed out, or a crash interrupted it).
     pub async fn expired(&self, now_ms: i64) -> Result<Vec<String>> {
         sqlx::query_scalar(
-            "SELECT id FROM machines WHERE state != 'deleted' AND expires_at <= ? ORDER BY expires_at",
+            "SELECT id FROM machines WHERE state != 'deleted' \
+             AND (expires_at <= ? OR delete_requested_at IS NOT NULL) ORDER BY expires_at",
         )
         .bind(now_ms)
         .fetch_all(&self.pool)

@@ -16,6 +16,69 @@ use std::time::Duration;
 pub const IMAGE: &str = "tiny";
 pub const NETWORK: &str = "rnr-test-api";
 
+/// A server whose exercises dir holds exercise `name` made of `files` (relative path,
+/// text), with `extra` environment; the dir lives as long as the returned guard.
+pub fn exercise_server(
+    name: &str,
+    files: &[(&str, &str)],
+    extra: &[(&str, &str)],
+) -> (Server, tempfile::TempDir) {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join(name);
+    for (file, text) in files {
+        write(&dir, file, text);
+    }
+    let mut env = vec![("RNR_CHECKER__EXERCISES_DIR", root.path().to_str().unwrap())];
+    env.extend_from_slice(extra);
+    let s = Server::start(&env);
+    (s, root)
+}
+
+/// A one-thread HTTP server answering 500 to the first `failures` requests and 200 after;
+/// returns its URL and what it received (head, body).
+pub fn webhook_sink(failures: usize) -> (String, mpsc::Receiver<(String, Vec<u8>)>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for (n, conn) in listener.incoming().enumerate() {
+            let Ok(mut conn) = conn else { return };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut head = String::new();
+            let mut len = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+                head.push_str(&line);
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut body = vec![0; len];
+            if reader.read_exact(&mut body).is_err() {
+                continue;
+            }
+            let status = if n < failures {
+                "500 Internal Server Error"
+            } else {
+                "200 OK"
+            };
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            );
+            let _ = tx.send((head, body));
+        }
+    });
+    (url, rx)
+}
+
 /// Writes `text` to `dir/name`, making the folders on the way (exercise folders).
 pub fn write(dir: &Path, name: &str, text: &str) {
     let p = dir.join(name);
@@ -105,7 +168,12 @@ pub struct Server {
 impl Server {
     /// Starts `rnr serve` on a fresh data dir with an API key.
     pub fn start(extra_env: &[(&str, &str)]) -> Self {
-        let tmp = tempfile::tempdir().expect("tempdir");
+        Self::start_in(tempfile::tempdir().expect("tempdir"), extra_env)
+    }
+
+    /// Starts `rnr serve` on data dir `tmp` (made by the caller, e.g. on a small
+    /// filesystem of its own) with an API key.
+    pub fn start_in(tmp: tempfile::TempDir, extra_env: &[(&str, &str)]) -> Self {
         let data_dir = tmp.path().to_path_buf();
         let mut env = driver_env();
         // The vm driver's settings too: an image is imported into every driver's store.
@@ -151,6 +219,24 @@ impl Server {
 
     /// (Re)starts the server process on the same data dir.
     pub fn spawn(&mut self, tx: mpsc::Sender<String>) {
+        let (child, url_rx) = self.launch(tx);
+        self.url = url_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("rnr serve printed its address");
+        self.child = Some(child);
+    }
+
+    /// Starts the server again after it ended, armed with a fault it may reach before it
+    /// listens (see [`Server::wait_crash`]): its address is not waited for.
+    pub fn start_dying(&mut self) {
+        assert!(self.child.is_none(), "the server still runs");
+        let (tx, logs) = mpsc::channel();
+        self.logs = logs;
+        let (child, _) = self.launch(tx);
+        self.child = Some(child);
+    }
+
+    fn launch(&mut self, tx: mpsc::Sender<String>) -> (Child, mpsc::Receiver<String>) {
         let mut cmd = rnr();
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&self.data_dir)
@@ -174,10 +260,7 @@ impl Server {
                 let _ = tx.send(line);
             }
         });
-        self.url = url_rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("rnr serve printed its address");
-        self.child = Some(child);
+        (child, url_rx)
     }
 
     pub fn restart_after_sigkill(&mut self) {
@@ -185,6 +268,53 @@ impl Server {
             c.kill().expect("SIGKILL rnr serve");
             c.wait().unwrap();
         }
+        let (tx, logs) = mpsc::channel();
+        self.logs = logs;
+        self.spawn(tx);
+    }
+
+    /// Sets (`Some`) or removes (`None`) a variable of the server's environment, for its
+    /// next (re)start.
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.extra_env.retain(|(k, _)| k != key);
+        if let Some(v) = value {
+            self.extra_env.push((key.to_string(), v.to_string()));
+        }
+    }
+
+    /// Waits for the server to end by itself (a fault it was armed with killed it) and
+    /// returns its log; a server that did not end within `limit` fails the test.
+    pub fn wait_crash(&mut self, limit: Duration) -> String {
+        let mut child = self.child.take().expect("a running server");
+        let deadline = std::time::Instant::now() + limit;
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "rnr serve did not die within {limit:?}:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        let logs = self.log_text();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "killed by SIGKILL: {status}\n{logs}"
+        );
+        logs
+    }
+
+    /// Starts the server again after it ended (see [`Server::wait_crash`]).
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the server still runs");
         let (tx, logs) = mpsc::channel();
         self.logs = logs;
         self.spawn(tx);
