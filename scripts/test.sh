@@ -71,8 +71,8 @@ else
     -- --test-threads=1
 fi
 
-# The API and web terminal integration tests again on the native (crun) driver; the pass
-# above used docker.
-echo "==> cargo test -p rnr --test api --test terminal (native driver)" >&2
-RNR_TEST_DRIVER=native cargo test -p rnr --locked --test api --test terminal \
+# The API, web terminal and pytest-sandbox integration tests again on the native (crun)
+# driver; the pass above used docker.
+echo "==> cargo test -p rnr --test api --test terminal --test check_sandbox (native driver)" >&2
+RNR_TEST_DRIVER=native cargo test -p rnr --locked --test api --test terminal --test check_sandbox \
   -- --test-threads="${RNR_TEST_THREADS:-4}"

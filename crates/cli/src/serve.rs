@@ -274,9 +274,44 @@ pub fn http_config(cfg: &Config) -> anyhow::Result<rnr_http::HttpConfig> {
     )?)
 }
 
-pub fn checker_config(cfg: &Config) -> rnr_checker::CheckerConfig {
+/// The checker's settings; a bad `webhook_allow` or `pytest_subnet` entry is refused
+/// naming it.
+pub fn checker_config(cfg: &Config) -> anyhow::Result<rnr_checker::CheckerConfig> {
     let c = &cfg.checker;
-    rnr_checker::CheckerConfig {
+    let webhook_allow = c
+        .webhook_allow
+        .iter()
+        .map(|a| {
+            a.parse::<ipnet::IpNet>()
+                .or_else(|_| a.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .with_context(|| {
+                    format!("[checker] webhook_allow: {a:?} is not an IP address or CIDR")
+                })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let subnet: ipnet::Ipv4Net = c.pytest_subnet.parse().with_context(|| {
+        format!(
+            "[checker] pytest_subnet: {:?} is not an IPv4 CIDR",
+            c.pytest_subnet
+        )
+    })?;
+    anyhow::ensure!(
+        subnet.prefix_len() <= 24,
+        "[checker] pytest_subnet: {subnet} is too small (at most /24: one address per check running at once)"
+    );
+    let mut hide = rnr_checker::sandbox::SandboxConfig::default().hide;
+    hide.push(cfg.data_dir.clone());
+    let sandbox = rnr_checker::sandbox::SandboxConfig {
+        enabled: c.pytest_sandbox,
+        cgroup_root: cfg.cgroup_root.clone(),
+        proc_root: cfg.proc_root.clone(),
+        uid_base: c.pytest_uid_base,
+        subnet,
+        memory_mib: c.pytest_memory_mib,
+        pids: c.pytest_pids,
+        hide,
+    };
+    Ok(rnr_checker::CheckerConfig {
         exercises_dir: Some(
             c.exercises_dir
                 .clone()
@@ -284,10 +319,12 @@ pub fn checker_config(cfg: &Config) -> rnr_checker::CheckerConfig {
         ),
         workers: c.workers,
         webhook_secret: c.webhook_secret.clone(),
+        webhook_allow,
+        sandbox,
         debounce: Duration::from_millis(c.debounce_ms),
         retention: (c.retention_days > 0).then(|| Duration::from_secs(c.retention_days * 86_400)),
         retention_interval: Duration::from_secs(3600),
-    }
+    })
 }
 
 async fn shutdown_signal(token: CancellationToken) {
@@ -331,6 +368,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     raise_nofile_limit();
     // Refused before anything starts: a typo in an origin or CIDR names itself.
     let http = http_config(&cfg).context("invalid configuration")?;
+    let checker_cfg = checker_config(&cfg).context("invalid configuration")?;
     if cfg.agent().is_none() {
         tracing::warn!(
             "no in-machine agent: set agent_path / RNR_AGENT_PATH (scripts/build-agent.sh) or put \
@@ -362,8 +400,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         let interval = Duration::from_secs(cfg.reap_interval_seconds.max(1));
         tokio::spawn(async move { platform.run_reaper(interval, token).await })
     };
-    let checker =
-        rnr_checker::Checker::new(platform.clone(), store.check_runs(), checker_config(&cfg));
+    let checker = rnr_checker::Checker::new(platform.clone(), store.check_runs(), checker_cfg);
     let checker_tasks = checker.start(token.clone()).await?;
     tracing::info!(driver = %driver_name, data_dir = %cfg.data_dir.display(), capacity = cfg.capacity, "platform ready");
     // Kept free of fields so scripts can read the address off the end of the line.
