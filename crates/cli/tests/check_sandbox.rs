@@ -25,6 +25,21 @@ name = "py"
 kind = "pytest"
 file = "checks/test_escape.py"
 timeout_seconds = 60
+
+[[check]]
+name = "hang"
+kind = "pytest"
+file = "checks/test_hang.py"
+timeout_seconds = 3
+"#;
+
+/// A check that outlives its time, with a process of its own in the background.
+const HANG: &str = r#"
+import subprocess, time
+
+def test_hang():
+    subprocess.Popen(["sleep", "314"], start_new_session=True)
+    time.sleep(60)
 "#;
 
 /// A web server in the machine: a page, a redirect on the machine, one off it (to the
@@ -184,12 +199,13 @@ def test_left_behind():
     )
 }
 
-/// Processes on the host whose command line is `sleep 313`.
-fn sleepers() -> usize {
+/// Processes on the host whose command line is `sleep <n>`.
+fn sleepers(n: u32) -> usize {
+    let cmdline = format!("sleep\0{n}\0").into_bytes();
     std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
-        .filter(|c| c == b"sleep\x00313\x00")
+        .filter(|c| *c == cmdline)
         .count()
 }
 
@@ -213,6 +229,7 @@ fn a_pytest_check_reaches_only_its_machine() {
     ]);
     let data_dir = s.data_dir.to_str().unwrap().to_string();
     write(&dir, "checks/test_escape.py", &checks(&data_dir, host_port));
+    write(&dir, "checks/test_hang.py", HANG);
     let other = s.create(json!({"exercise": "escape", "ttl_seconds": 600}));
     write(&dir, "checks/other_ip", other["address"].as_str().unwrap());
     let m = s.create(json!({"exercise": "escape", "ttl_seconds": 600}));
@@ -223,16 +240,33 @@ fn a_pytest_check_reaches_only_its_machine() {
     eprintln!("the check ran in {:?}", started.elapsed());
     assert_eq!(run["state"], "done", "{run}");
     let results = run["results"].as_array().expect("results");
-    assert_eq!(results.len(), 11, "{run}");
+    assert_eq!(results.len(), 12, "{run}");
     for r in results {
-        assert_eq!(r["status"], "passed", "{}: {r}", r["name"]);
+        if r["name"] == "hang" {
+            // Cut off at its timeout, the whole cgroup with it.
+            assert_eq!(r["status"], "errored", "{r}");
+            assert!(
+                r["detail"]
+                    .as_str()
+                    .unwrap()
+                    .contains("did not finish within 3s"),
+                "{r}"
+            );
+        } else {
+            assert_eq!(r["status"], "passed", "{}: {r}", r["name"]);
+        }
     }
     // Nothing of the run is left on the host.
     assert!(
         !std::path::Path::new("/tmp/rnr-sandbox-probe").exists(),
         "the check wrote to the host's /tmp"
     );
-    assert_eq!(sleepers(), 0, "a process of the check outlived it");
+    assert_eq!(sleepers(313), 0, "a process of the check outlived it");
+    assert_eq!(
+        sleepers(314),
+        0,
+        "a process of the timed-out check outlived it"
+    );
     let links = std::process::Command::new("ip")
         .args(["-o", "link"])
         .output()
