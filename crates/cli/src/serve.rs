@@ -369,6 +369,12 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     // Refused before anything starts: a typo in an origin or CIDR names itself.
     let http = http_config(&cfg).context("invalid configuration")?;
     let checker_cfg = checker_config(&cfg).context("invalid configuration")?;
+    if !checker_cfg.sandbox.enabled {
+        tracing::warn!(
+            "[checker] pytest_sandbox = false: pytest checks run unconfined, as rnr's own user \
+             with its files and network; only for a trusted development host"
+        );
+    }
     if cfg.agent().is_none() {
         tracing::warn!(
             "no in-machine agent: set agent_path / RNR_AGENT_PATH (scripts/build-agent.sh) or put \
