@@ -4,7 +4,9 @@
 //! parser, a body that never ends. So pytest gets nothing of the host it does not need:
 //!
 //! * its own unprivileged uid and gid (`uid_base` + the run's slot, no supplementary
-//!   groups, no new privileges), and a clean environment (no `RNR_*`, no secrets);
+//!   groups, no new privileges), a seccomp filter against namespaces of its own and the
+//!   kernel's rarer doors (`seccomp_filter`), no descriptor of rnr's but stdio, and a
+//!   clean environment (no `RNR_*`, no secrets);
 //! * its own cgroup (memory and pids capped; cgroup v1 or v2 under the `cgroup_root`
 //!   passed in), killed whole when the check ends or times out;
 //! * its own mount namespace whose root is an empty, read-only tmpfs holding only `/usr`,
@@ -422,6 +424,7 @@ impl Sandbox {
             steps: layout.steps(),
             uid: self.uid,
             workdir: cstr("/tmp"),
+            filter: seccomp_filter(),
         }
     }
 }
@@ -599,6 +602,117 @@ impl Layout {
     }
 }
 
+/// Where a seccomp filter's jump goes.
+#[derive(Clone, Copy)]
+enum To {
+    Next,
+    Allow,
+    Deny,
+    NoSys,
+}
+
+/// The sandbox's seccomp filter. An unprivileged process may still make namespaces of its
+/// own (a user namespace gives it capabilities there) and reach the parts of the kernel
+/// they open, new mount APIs, io_uring, BPF, keyrings: none of which a check needs, so
+/// they fail with EPERM. `clone3` fails with ENOSYS (its flags are out of a filter's
+/// reach; the C library falls back to `clone`, whose namespace flags are refused).
+fn seccomp_filter() -> Vec<libc::sock_filter> {
+    const LD_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const JEQ: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const JGE: u16 = 0x35; // BPF_JMP | BPF_JGE | BPF_K
+    const JSET: u16 = 0x45; // BPF_JMP | BPF_JSET | BPF_K
+    const RET: u16 = 0x06; // BPF_RET | BPF_K
+    const ALLOW: u32 = 0x7fff_0000;
+    #[cfg(target_arch = "x86_64")]
+    const ARCH: u32 = 0xc000_003e;
+    #[cfg(target_arch = "aarch64")]
+    const ARCH: u32 = 0xc000_00b7;
+    let namespaces = (libc::CLONE_NEWUSER
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWNET
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWCGROUP) as u32;
+    let denied = [
+        libc::SYS_unshare,
+        libc::SYS_setns,
+        libc::SYS_mount,
+        libc::SYS_umount2,
+        libc::SYS_pivot_root,
+        libc::SYS_chroot,
+        libc::SYS_open_tree,
+        libc::SYS_move_mount,
+        libc::SYS_fsopen,
+        libc::SYS_fsconfig,
+        libc::SYS_fsmount,
+        libc::SYS_fspick,
+        libc::SYS_mount_setattr,
+        libc::SYS_bpf,
+        libc::SYS_perf_event_open,
+        libc::SYS_userfaultfd,
+        libc::SYS_io_uring_setup,
+        libc::SYS_io_uring_enter,
+        libc::SYS_io_uring_register,
+        libc::SYS_keyctl,
+        libc::SYS_add_key,
+        libc::SYS_request_key,
+    ];
+    // (code, k, jump if true, jump if false)
+    let mut prog: Vec<(u16, u32, To, To)> = vec![(LD_ABS, 4, To::Next, To::Next)];
+    prog.push((JEQ, ARCH, To::Next, To::Deny));
+    prog.push((LD_ABS, 0, To::Next, To::Next));
+    // The x32 ABI's numbers (x86_64 with bit 30 set) are no way around the list.
+    #[cfg(target_arch = "x86_64")]
+    prog.push((JGE, 0x4000_0000, To::Deny, To::Next));
+    for nr in denied {
+        prog.push((JEQ, nr as u32, To::Deny, To::Next));
+    }
+    prog.push((JEQ, libc::SYS_clone3 as u32, To::NoSys, To::Next));
+    prog.push((JEQ, libc::SYS_clone as u32, To::Next, To::Allow));
+    // clone's flags are its first argument (the low half, at offset 16).
+    prog.push((LD_ABS, 16, To::Next, To::Next));
+    prog.push((JSET, namespaces, To::Deny, To::Allow));
+    let n = prog.len();
+    // After the program: allow, deny, no such call.
+    let (allow, deny, nosys) = (n, n + 1, n + 2);
+    let mut out: Vec<libc::sock_filter> = prog
+        .iter()
+        .enumerate()
+        .map(|(i, &(code, k, t, f))| {
+            let off = |to: To| -> u8 {
+                let target = match to {
+                    To::Next => i + 1,
+                    To::Allow => allow,
+                    To::Deny => deny,
+                    To::NoSys => nosys,
+                };
+                u8::try_from(target - i - 1).unwrap_or(0)
+            };
+            let jumps = code & 0x07 == 0x05;
+            libc::sock_filter {
+                code,
+                jt: if jumps { off(t) } else { 0 },
+                jf: if jumps { off(f) } else { 0 },
+                k,
+            }
+        })
+        .collect();
+    for k in [
+        ALLOW,
+        libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+        libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
+    ] {
+        out.push(libc::sock_filter {
+            code: RET,
+            jt: 0,
+            jf: 0,
+            k,
+        });
+    }
+    out
+}
+
 /// Everything the child needs between fork and exec, made beforehand: that code must not
 /// allocate (the parent has other threads), only make system calls.
 #[derive(Debug)]
@@ -609,6 +723,7 @@ pub struct Plan {
     steps: Vec<Step>,
     uid: u32,
     workdir: CString,
+    filter: Vec<libc::sock_filter>,
 }
 
 fn check(r: libc::c_int) -> std::io::Result<()> {
@@ -746,6 +861,29 @@ impl Plan {
             };
             check(libc::setrlimit(libc::RLIMIT_CORE, &core))?;
             check(libc::chdir(self.workdir.as_ptr()))?;
+            // Nothing of rnr's but stdio crosses exec, whoever forgot O_CLOEXEC (a
+            // library's socket, a database file). Kernels before 5.11: one by one.
+            if libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            ) != 0
+            {
+                for fd in 3..65_536 {
+                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                }
+            }
+            // Last: from here on the calls above are refused.
+            let prog = libc::sock_fprog {
+                len: self.filter.len() as libc::c_ushort,
+                filter: self.filter.as_ptr().cast_mut(),
+            };
+            check(libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &prog as *const libc::sock_fprog,
+            ))?;
         }
         Ok(())
     }

@@ -148,6 +148,14 @@ def test_host_files_are_out_of_sight():
     # rnr itself, its environment: not even visible.
     assert not os.path.exists("/proc/%d/environ" % os.getppid()), "rnr's /proc"
     assert not os.path.exists("/proc/1"), "pid 1"
+    # No descriptor of rnr's came along (its listeners, its database).
+    links = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            links.append(os.readlink("/proc/self/fd/" + fd))
+        except OSError:
+            pass  # the listing's own descriptor, closed by now
+    assert not [l for l in links if l.startswith("socket:") or DATA_DIR in l], links
 
 
 def test_host_paths_are_read_only():
@@ -167,6 +175,14 @@ def test_host_and_other_machines_are_unreachable(s):
         ("169.254.169.254", 80),
     ]:
         assert not reaches(host, port), "%s:%d is reachable" % (host, port)
+
+
+def test_no_namespaces_of_its_own():
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for flag in [0x10000000, 0x40000000, 0x20000]:  # user, net, mount
+        assert libc.unshare(flag) == -1 and ctypes.get_errno() == 1, "unshare(%#x)" % flag
 
 
 def test_fork_bomb_is_capped():
@@ -240,7 +256,7 @@ fn a_pytest_check_reaches_only_its_machine() {
     eprintln!("the check ran in {:?}", started.elapsed());
     assert_eq!(run["state"], "done", "{run}");
     let results = run["results"].as_array().expect("results");
-    assert_eq!(results.len(), 12, "{run}");
+    assert_eq!(results.len(), 13, "{run}");
     for r in results {
         if r["name"] == "hang" {
             // Cut off at its timeout, the whole cgroup with it.
