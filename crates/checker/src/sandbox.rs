@@ -229,7 +229,8 @@ impl Sandbox {
                  runs them unconfined, as rnr's own user: trusted hosts only)",
             ));
         }
-        let size = 1u32 << (32 - u32::from(cfg.subnet.prefix_len()));
+        let size = u32::try_from(1u64 << (32 - u32::from(cfg.subnet.prefix_len().max(1))))
+            .unwrap_or(u32::MAX);
         let mut last = None;
         for _ in 0..16 {
             let mut b = [0u8; 4];
@@ -854,6 +855,9 @@ impl Plan {
             check(libc::setgroups(0, std::ptr::null()))?;
             check(libc::setresgid(self.uid, self.uid, self.uid))?;
             check(libc::setresuid(self.uid, self.uid, self.uid))?;
+            if libc::getuid() != self.uid || libc::geteuid() != self.uid || self.uid == 0 {
+                return Err(std::io::Error::from_raw_os_error(libc::EPERM));
+            }
             check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
             let core = libc::rlimit {
                 rlim_cur: 0,

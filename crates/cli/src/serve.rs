@@ -296,8 +296,16 @@ pub fn checker_config(cfg: &Config) -> anyhow::Result<rnr_checker::CheckerConfig
         )
     })?;
     anyhow::ensure!(
-        subnet.prefix_len() <= 24,
-        "[checker] pytest_subnet: {subnet} is too small (at most /24: one address per check running at once)"
+        (8..=24).contains(&subnet.prefix_len()),
+        "[checker] pytest_subnet: {subnet} must be a /8 to a /24 (one address per check running at once)"
+    );
+    // Below 65536 are the host's own users; u32::MAX is "no change" to setresuid.
+    let last = u64::from(c.pytest_uid_base) + (1u64 << (32 - subnet.prefix_len()));
+    anyhow::ensure!(
+        c.pytest_uid_base >= 65_536 && last < u64::from(u32::MAX),
+        "[checker] pytest_uid_base: {} must be at least 65536 and leave room for {} uids below 4294967295",
+        c.pytest_uid_base,
+        1u64 << (32 - subnet.prefix_len())
     );
     let mut hide = rnr_checker::sandbox::SandboxConfig::default().hide;
     hide.push(cfg.data_dir.clone());
@@ -449,4 +457,46 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     }
     store.close().await;
     res.context("HTTP server failed")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checker(f: impl FnOnce(&mut crate::config::CheckerSection)) -> anyhow::Result<()> {
+        let mut cfg = Config::default();
+        f(&mut cfg.checker);
+        checker_config(&cfg).map(|_| ())
+    }
+
+    #[test]
+    fn bad_checker_settings_are_refused_naming_them() {
+        checker(|_| {}).expect("the defaults");
+        let e = checker(|c| c.webhook_allow = vec!["10.0.0.0/8".into(), "lms.local".into()])
+            .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("webhook_allow: \"lms.local\""),
+            "{e:#}"
+        );
+        let e = checker(|c| c.pytest_subnet = "198.18.0.0/28".into()).unwrap_err();
+        assert!(format!("{e:#}").contains("pytest_subnet"), "{e:#}");
+        // uid 0 to 65535 are the host's own users; -1 would leave the check root.
+        for base in [0, u32::MAX - 10] {
+            let e = checker(|c| c.pytest_uid_base = base).unwrap_err();
+            assert!(format!("{e:#}").contains("pytest_uid_base"), "{e:#}");
+        }
+        let allowed = checker_config(&Config {
+            checker: crate::config::CheckerSection {
+                webhook_allow: vec!["127.0.0.1".into(), "fd00::/8".into()],
+                ..Default::default()
+            },
+            ..Config::default()
+        })
+        .unwrap()
+        .webhook_allow;
+        assert_eq!(
+            allowed,
+            ["127.0.0.1/32".parse().unwrap(), "fd00::/8".parse().unwrap()]
+        );
+    }
 }
