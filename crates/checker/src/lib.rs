@@ -418,6 +418,16 @@ impl Checker {
                 "check runs interrupted by a restart were queued again"
             );
         }
+        let sandbox = self.inner.config.sandbox.clone();
+        // SAFETY: geteuid(2) cannot fail.
+        if sandbox.enabled && unsafe { libc::geteuid() } == 0 {
+            match tokio::task::spawn_blocking(move || sandbox::sweep(&sandbox)).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => tracing::warn!(rules = n, "deleted rules of check sandboxes gone"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot sweep old check sandbox rules"),
+                Err(e) => tracing::warn!(error = %e, "cannot sweep old check sandbox rules"),
+            }
+        }
         let mut tasks = Vec::new();
         for _ in 0..self.inner.config.workers.max(1) {
             let me = self.clone();

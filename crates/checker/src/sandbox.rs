@@ -169,6 +169,65 @@ impl Drop for Wiring {
     }
 }
 
+/// Deletes the rules of sandboxes whose veth is gone: left by an rnr killed mid-check
+/// (rnr's own and other instances' on the host alike; a live run's veth exists before
+/// its rules). Returns how many were deleted.
+pub fn sweep(cfg: &SandboxConfig) -> Result<usize> {
+    // The host's interfaces (rnr's namespace: the process's, not a thread's).
+    let dev = cfg.proc_root.join("net/dev");
+    let dev = std::fs::read_to_string(&dev).map_err(io(format!("reading {}", dev.display())))?;
+    let links: std::collections::HashSet<&str> = dev
+        .lines()
+        .filter_map(|l| Some(l.split_once(':')?.0.trim()))
+        .collect();
+    let gone = |name: &str| !links.contains(name);
+    let net = cfg.subnet;
+    let mut script = String::new();
+    let mut n = 0;
+    for table in ["filter", "nat"] {
+        let out = std::process::Command::new("iptables-save")
+            .args(["-t", table])
+            .output()
+            .map_err(io("iptables-save"))?;
+        let mut lines = String::new();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Some(rule) = line.strip_prefix("-A ") else {
+                continue;
+            };
+            let words: Vec<&str> = rule.split_whitespace().collect();
+            let arg = |flag: &str| {
+                words
+                    .windows(2)
+                    .find(|w| w[0] == flag)
+                    .map(|w| w[1].to_string())
+            };
+            // Filter rules name the veth; the NAT rule, the sandbox's address (its slot).
+            let veth = arg("-i")
+                .or_else(|| arg("-o"))
+                .filter(|i| i.starts_with("rnrc"));
+            let by_address = || {
+                let src: ipnet::Ipv4Net = arg("-s")?.parse().ok()?;
+                let slot = u32::from(src.addr()).checked_sub(u32::from(net.network()))?;
+                (table == "nat" && net.contains(&src.addr()) && rule.contains("MASQUERADE"))
+                    .then(|| format!("rnrc{slot:x}"))
+            };
+            if let Some(name) = veth.or_else(by_address) {
+                if gone(&name) {
+                    lines.push_str(&format!("-D {rule}\n"));
+                    n += 1;
+                }
+            }
+        }
+        if !lines.is_empty() {
+            script.push_str(&format!("*{table}\n{lines}COMMIT\n"));
+        }
+    }
+    if !script.is_empty() {
+        run_script("iptables-restore", &["-w", "--noflush"], &script)?;
+    }
+    Ok(n)
+}
+
 /// One run's sandbox: its slot, namespaces, cgroup and rules, removed when dropped.
 #[derive(Debug)]
 pub struct Sandbox {

@@ -225,8 +225,49 @@ fn sleepers(n: u32) -> usize {
         .count()
 }
 
+/// A rule as an rnr killed mid-check leaves it, for a veth long gone; deleted when
+/// dropped if the server did not sweep it.
+struct StaleRule(&'static str);
+
+impl StaleRule {
+    fn add(rule: &'static str) -> Self {
+        let args: Vec<&str> = rule.split(' ').collect();
+        let ok = std::process::Command::new("iptables")
+            .args(["-w", "-I"])
+            .args(&args)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        Self(rule)
+    }
+
+    fn present(&self) -> bool {
+        let args: Vec<&str> = self.0.split(' ').collect();
+        std::process::Command::new("iptables")
+            .args(["-w", "-C"])
+            .args(&args)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    }
+}
+
+impl Drop for StaleRule {
+    fn drop(&mut self) {
+        if self.present() {
+            let args: Vec<&str> = self.0.split(' ').collect();
+            let _ = std::process::Command::new("iptables")
+                .args(["-w", "-D"])
+                .args(&args)
+                .status();
+        }
+    }
+}
+
 #[test]
 fn a_pytest_check_reaches_only_its_machine() {
+    let stale = StaleRule::add("INPUT -i rnrcfffffff -j DROP");
     // A host service on every address: the loopback, the machines' gateway.
     let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
     let host_port = listener.local_addr().unwrap().port();
@@ -243,6 +284,10 @@ fn a_pytest_check_reaches_only_its_machine() {
         ("RNR_CHECKER__EXERCISES_DIR", root.path().to_str().unwrap()),
         ("RNR_CHECKER__WEBHOOK_SECRET", SECRET),
     ]);
+    assert!(
+        !stale.present(),
+        "the server did not sweep a gone sandbox's rule"
+    );
     let data_dir = s.data_dir.to_str().unwrap().to_string();
     write(&dir, "checks/test_escape.py", &checks(&data_dir, host_port));
     write(&dir, "checks/test_hang.py", HANG);
