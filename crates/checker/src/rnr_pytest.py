@@ -141,10 +141,11 @@ def _default_timeout():
         return
     original = requests.sessions.Session.request
 
-    def request(self, method, url, **kw):
-        if kw.get("timeout") is None:
+    def request(self, method, url, *args, **kw):
+        # timeout is the seventh argument after the URL, if given by position.
+        if len(args) < 7 and kw.get("timeout") is None:
             kw["timeout"] = HTTP_TIMEOUT
-        return original(self, method, url, **kw)
+        return original(self, method, url, *args, **kw)
 
     requests.sessions.Session.request = request
 
