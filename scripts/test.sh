@@ -71,9 +71,10 @@ else
     -- --test-threads=1
 fi
 
-# The API, web terminal and crash-consistency integration tests again on the native (crun)
-# driver; the pass above used docker. The crash tests kill rnr serve inside the native
-# driver's own steps too and look for its leftovers on the host (~20 s).
-echo "==> cargo test -p rnr --test api --test terminal --test crash (native driver)" >&2
+# The API, web terminal, crash-consistency and pytest-sandbox integration tests again on
+# the native (crun) driver; the pass above used docker. The crash tests kill rnr serve
+# inside the native driver's own steps too and look for its leftovers on the host (~20 s).
+echo "==> cargo test -p rnr --test api --test terminal --test crash --test check_sandbox (native driver)" >&2
 RNR_TEST_DRIVER=native cargo test -p rnr --locked --test api --test terminal --test crash \
+  --test check_sandbox \
   -- --test-threads="${RNR_TEST_THREADS:-4}"

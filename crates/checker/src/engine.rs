@@ -7,6 +7,7 @@
 //! whose needs did not pass is skipped, whatever it found.
 
 use crate::exercise::Exercise;
+use crate::sandbox::SandboxConfig;
 use crate::wire::{Check, CheckKind, HttpCheck, Outcome, RunsOn, Status, Suite};
 use crate::{pytest, CheckerError, Result};
 use bytes::Bytes;
@@ -245,8 +246,13 @@ async fn http_once(client: &reqwest::Client, c: &HttpCheck, url: &str) -> (Statu
     (Status::Passed, format!("{url} answered {code} as expected"))
 }
 
-/// Runs every check of `exercise` against machine `id`.
-pub async fn run(platform: &Platform, id: &str, exercise: &Exercise) -> Result<RunReport> {
+/// Runs every check of `exercise` against machine `id`, pytest checks in `sandbox`.
+pub async fn run(
+    platform: &Platform,
+    sandbox: &SandboxConfig,
+    id: &str,
+    exercise: &Exercise,
+) -> Result<RunReport> {
     let started = Instant::now();
     let machine = platform
         .get(id)
@@ -296,11 +302,13 @@ pub async fn run(platform: &Platform, id: &str, exercise: &Exercise) -> Result<R
         let results = match (unmet, &c.kind) {
             (Some(n), _) => vec![skipped(c, n)],
             (None, CheckKind::Http(h)) => vec![result(c, http(c, h, address).await)],
-            (None, CheckKind::Pytest(p)) => pytest::run(platform, id, address, exercise, c, p)
-                .await
-                .into_iter()
-                .map(|o| result(c, o))
-                .collect(),
+            (None, CheckKind::Pytest(p)) => {
+                pytest::run(platform, sandbox, id, address, exercise, c, p)
+                    .await
+                    .into_iter()
+                    .map(|o| result(c, o))
+                    .collect()
+            }
             (None, other) => {
                 let why = format!("a {} check runs in the machine", other.name());
                 vec![result(c, errored(c, why))]

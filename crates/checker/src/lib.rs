@@ -10,6 +10,7 @@ pub mod engine;
 pub mod exercise;
 mod live;
 mod pytest;
+pub mod sandbox;
 pub mod webhook;
 
 /// The check wire format, shared with the agent (one definition for both sides).
@@ -57,6 +58,12 @@ pub enum CheckerError {
         #[source]
         source: CoreError,
     },
+    #[error("check sandbox: {what}: {source}")]
+    Sandbox {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -88,6 +95,11 @@ pub struct CheckerConfig {
     pub workers: usize,
     /// Key for the HMAC-SHA256 signature of webhook bodies; webhooks need one.
     pub webhook_secret: Option<String>,
+    /// Destinations webhooks may reach although they are not public addresses (an LMS on
+    /// the operator's own network); see [`webhook::forbidden`].
+    pub webhook_allow: Vec<ipnet::IpNet>,
+    /// How pytest checks are confined.
+    pub sandbox: sandbox::SandboxConfig,
     /// Quiet time after terminal activity before a live run.
     pub debounce: Duration,
     /// Finished runs older than this are deleted (each machine's latest is kept); `None`
@@ -108,6 +120,8 @@ impl Default for CheckerConfig {
             exercises_dir: None,
             workers: 4,
             webhook_secret: None,
+            webhook_allow: Vec::new(),
+            sandbox: sandbox::SandboxConfig::default(),
             debounce: Duration::from_millis(1500),
             retention: Some(Duration::from_secs(30 * 86_400)),
             retention_interval: Duration::from_secs(3600),
@@ -328,6 +342,9 @@ impl Checker {
                     "webhooks are disabled: the platform has no webhook_secret configured",
                 ));
             }
+            webhook::check_destination(url, &self.inner.config.webhook_allow)
+                .await
+                .map_err(|m| CheckerError::invalid("webhook_url", m))?;
         }
         let id = format!("c-{}", rnr_core::random_id(12));
         let owner = Self::queue_owner(&machine);
@@ -439,6 +456,16 @@ impl Checker {
                 "check runs interrupted by restarts on each attempt were given up (errored)"
             );
         }
+        let sandbox = self.inner.config.sandbox.clone();
+        // SAFETY: geteuid(2) cannot fail.
+        if sandbox.enabled && unsafe { libc::geteuid() } == 0 {
+            match tokio::task::spawn_blocking(move || sandbox::sweep(&sandbox)).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => tracing::warn!(rules = n, "deleted rules of check sandboxes gone"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot sweep old check sandbox rules"),
+                Err(e) => tracing::warn!(error = %e, "cannot sweep old check sandbox rules"),
+            }
+        }
         let mut tasks = Vec::new();
         for _ in 0..self.inner.config.workers.max(1) {
             let me = self.clone();
@@ -538,7 +565,8 @@ impl Checker {
     async fn execute(&self, run: &CheckRunRow) -> Result<RunReport> {
         let ex = self.exercise(&run.exercise)?;
         let platform = &self.inner.platform;
-        let mut report = engine::run(platform, &run.machine_id, &ex).await?;
+        let mut report =
+            engine::run(platform, &self.inner.config.sandbox, &run.machine_id, &ex).await?;
         if ex.manifest.sticky {
             live::apply_sticky(&self.inner.runs, &run.machine_id, &mut report).await?;
         }

@@ -1,6 +1,7 @@
 //! The checker on a platform on the fake driver (real store, real agent in every machine;
 //! no root, Docker or crun): the run queue under a burst and across a restart, per-check
-//! results and the score of a small exercise, live checking's debounce, webhooks.
+//! results and the score of a small exercise, live checking's debounce, webhooks (signed,
+//! retried, only to admitted destinations, never redirected, side by side).
 
 use rnr_checker::{
     CheckRunRow, CheckRunState, CheckTrigger, Checker, CheckerConfig, CheckerError, RunReport,
@@ -398,6 +399,7 @@ async fn webhooks_are_signed_and_retried() {
     let secret = "s3cret";
     let s = Setup::new(CheckerConfig {
         webhook_secret: Some(secret.into()),
+        webhook_allow: vec!["127.0.0.1/32".parse().unwrap()],
         ..CheckerConfig::default()
     })
     .await;
@@ -453,4 +455,143 @@ async fn webhooks_are_signed_and_retried() {
         assert!((v["report"]["score"].as_f64().unwrap() - 1.0 / 6.0).abs() < 1e-9);
     }
     assert_eq!(got[0].body, got[1].body, "the same body each time");
+}
+
+/// A receiver answering each request with `status` (and `location`) after `delay`;
+/// returns its URL and when each request arrived.
+async fn receiver(
+    status: u16,
+    location: Option<String>,
+    delay: Duration,
+) -> (String, Arc<Mutex<Vec<Instant>>>) {
+    let got: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let seen = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move || {
+            let (seen, location) = (seen.clone(), location.clone());
+            async move {
+                seen.lock().unwrap().push(Instant::now());
+                tokio::time::sleep(delay).await;
+                let mut resp = axum::http::Response::builder()
+                    .status(status)
+                    .header("content-length", "0");
+                if let Some(l) = location {
+                    resp = resp.header("location", l);
+                }
+                resp.body(axum::body::Body::empty()).unwrap()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, got)
+}
+
+/// The run's webhook once it left `pending` or its first attempt was recorded.
+async fn attempted(s: &Setup, id: &str) -> CheckRunRow {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let run = s.checker.get_run(id).await.unwrap();
+        if run.webhook_attempts > 0 {
+            return run;
+        }
+        assert!(Instant::now() < deadline, "never attempted: {run:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_to_private_addresses_are_refused_unless_allowed() {
+    let s = Setup::new(CheckerConfig {
+        webhook_secret: Some("k".into()),
+        ..CheckerConfig::default()
+    })
+    .await;
+    let m = s.machine().await;
+    let (url, got) = receiver(200, None, Duration::ZERO).await;
+    let name = url.replace("127.0.0.1", "localhost");
+    for bad in [
+        url.as_str(),
+        name.as_str(),
+        "http://169.254.169.254/latest/meta-data",
+        "http://10.0.0.1/hook",
+        "http://[::1]:9/hook",
+        "http://[fe80::1]/hook",
+        "http://100.64.1.1/hook",
+    ] {
+        let e = s.checker.enqueue(&m, None, Some(bad)).await.unwrap_err();
+        let text = e.to_string();
+        assert!(
+            matches!(&e, CheckerError::InvalidRequest { field, .. } if field == "webhook_url")
+                && text.contains(bad)
+                && text.contains("webhook_allow"),
+            "{bad}: {text}"
+        );
+    }
+    assert!(got.lock().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_redirects_are_not_followed() {
+    let s = Setup::new(CheckerConfig {
+        webhook_secret: Some("k".into()),
+        webhook_allow: vec!["127.0.0.1/32".parse().unwrap()],
+        ..CheckerConfig::default()
+    })
+    .await;
+    let m = s.machine().await;
+    let (target, reached) = receiver(200, None, Duration::ZERO).await;
+    let (url, got) = receiver(307, Some(target.clone()), Duration::ZERO).await;
+    s.start().await;
+    let id = s.enqueue(&m, Some(&url)).await;
+    let run = attempted(&s, &id).await;
+    assert_eq!(run.webhook_state, Some(WebhookState::Pending), "{run:?}");
+    let error = run.webhook_error.unwrap_or_default();
+    assert!(
+        error.contains("307") && error.contains("no redirect") && error.contains(&target),
+        "{error}"
+    );
+    assert_eq!(got.lock().unwrap().len(), 1);
+    assert!(
+        reached.lock().unwrap().is_empty(),
+        "the redirect was followed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_webhook_receiver_does_not_hold_back_the_others() {
+    let s = Setup::new(CheckerConfig {
+        webhook_secret: Some("k".into()),
+        webhook_allow: vec!["127.0.0.1/32".parse().unwrap()],
+        ..CheckerConfig::default()
+    })
+    .await;
+    let (slow_m, fast_m) = (s.machine().await, s.machine().await);
+    // Slow, but within a delivery's 10 s: its attempt is still in flight at the end.
+    let (slow_url, slow) = receiver(200, None, Duration::from_secs(9)).await;
+    let (fast_url, fast) = receiver(200, None, Duration::ZERO).await;
+    s.start().await;
+    let slow_id = s.enqueue(&slow_m, Some(&slow_url)).await;
+    // The slow delivery is under way before the other run is even queued.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while slow.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the slow receiver got nothing");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let fast_id = s.enqueue(&fast_m, Some(&fast_url)).await;
+    let run = attempted(&s, &fast_id).await;
+    assert_eq!(run.webhook_state, Some(WebhookState::Delivered), "{run:?}");
+    let (slow_at, fast_at) = (slow.lock().unwrap()[0], fast.lock().unwrap()[0]);
+    assert!(
+        fast_at - slow_at < Duration::from_secs(7),
+        "the fast receiver waited {:?} for the slow one",
+        fast_at - slow_at
+    );
+    let slow_run = s.checker.get_run(&slow_id).await.unwrap();
+    assert_eq!(
+        slow_run.webhook_attempts, 0,
+        "the slow one is still in flight"
+    );
 }

@@ -197,6 +197,18 @@ pub struct CheckerSection {
     pub workers: usize,
     /// Key for webhook signatures; webhooks are refused without one.
     pub webhook_secret: Option<String>,
+    /// Non-public destinations (IPs or CIDRs) webhooks may go to anyway.
+    pub webhook_allow: Vec<String>,
+    /// Pytest checks run unprivileged, in a cgroup and namespaces of their own that reach
+    /// only the machine under test (needs root); false: as rnr's own user, no more.
+    pub pytest_sandbox: bool,
+    /// First uid and gid of the sandboxes (one per check running at once).
+    pub pytest_uid_base: u32,
+    /// Addresses of the sandboxes' network ends, routed on the host only.
+    pub pytest_subnet: String,
+    /// Memory and processes one pytest run may use.
+    pub pytest_memory_mib: u64,
+    pub pytest_pids: u64,
     /// Quiet time after terminal activity before live checks run.
     pub debounce_ms: u64,
     /// Finished check runs older than this many days are deleted (each machine keeps its
@@ -215,6 +227,12 @@ impl Default for CheckerSection {
             exercises_dir: None,
             workers: 4,
             webhook_secret: None,
+            webhook_allow: Vec::new(),
+            pytest_sandbox: true,
+            pytest_uid_base: 900_000_000,
+            pytest_subnet: "198.18.0.0/16".into(),
+            pytest_memory_mib: 512,
+            pytest_pids: 128,
             debounce_ms: 1500,
             retention_days: 30,
             max_attempts: 3,
@@ -589,6 +607,21 @@ workers = 4
 # Key for the webhook signature (X-Rnr-Signature: sha256=HMAC of the body); webhooks are
 # refused without one.
 # webhook_secret = "change me"
+# Webhooks go only to public addresses: a URL whose host is or resolves to a loopback,
+# private, CGNAT, link-local (metadata), unique-local or unspecified address is refused
+# when the run is queued and at delivery. Destinations (IPs or CIDRs) admitted anyway,
+# e.g. an LMS on your own network: ["10.0.5.20", "192.168.7.0/24"].
+webhook_allow = []
+# Pytest checks run in a sandbox (needs root): their own uid (pytest_uid_base + n), no
+# groups, a clean environment, a cgroup with the limits below, a read-only view of /usr,
+# /etc and the exercise, and a network namespace that reaches only the machine under
+# test. false runs them as rnr's own user with nothing more (trusted hosts only).
+pytest_sandbox = true
+pytest_uid_base = 900000000
+# The sandboxes' own addresses (one per check running at once), routed on the host only.
+pytest_subnet = "198.18.0.0/16"
+pytest_memory_mib = 512
+pytest_pids = 128
 # Quiet time after terminal activity before live checks run, in milliseconds.
 debounce_ms = 1500
 # Finished check runs older than this many days are deleted (hourly; each machine keeps

@@ -83,12 +83,13 @@ pub async fn run(cfg: &Config, cmd: ExerciseCommand) -> anyhow::Result<()> {
             repeat,
         } => {
             let ex = load(&dir)?;
+            let sandbox = crate::serve::checker_config(cfg)?.sandbox;
             let (store, platform) = open_platform(cfg).await?;
             let mut durations = Vec::new();
             let mut last = None;
             for _ in 0..repeat.max(1) {
                 let started = std::time::Instant::now();
-                last = Some(engine::run(&platform, &machine, &ex).await?);
+                last = Some(engine::run(&platform, &sandbox, &machine, &ex).await?);
                 durations.push(started.elapsed().as_secs_f64() * 1000.0);
             }
             store.close().await;
@@ -109,10 +110,11 @@ pub async fn run(cfg: &Config, cmd: ExerciseCommand) -> anyhow::Result<()> {
             Ok(())
         }
         ExerciseCommand::Test { dirs, keep } => {
+            let sandbox = crate::serve::checker_config(cfg)?.sandbox;
             let (store, platform) = open_platform(cfg).await?;
             let mut failed = Vec::new();
             for dir in expand(&dirs)? {
-                match test_one(&platform, &store, &dir, keep).await {
+                match test_one(&platform, &sandbox, &store, &dir, keep).await {
                     Ok(true) => {}
                     Ok(false) => failed.push(dir.display().to_string()),
                     Err(e) => {
@@ -159,6 +161,7 @@ fn cell(r: Option<&rnr_checker::CheckResult>) -> String {
 /// Tests one exercise; `Ok(false)` when it misbehaved (the table says how).
 async fn test_one(
     platform: &Platform,
+    sandbox: &rnr_checker::sandbox::SandboxConfig,
     store: &rnr_store::Store,
     dir: &Path,
     keep: bool,
@@ -172,6 +175,7 @@ async fn test_one(
         store.check_runs(),
         CheckerConfig {
             exercises_dir: dir.parent().map(Path::to_path_buf),
+            sandbox: sandbox.clone(),
             ..Default::default()
         },
     );
@@ -187,10 +191,10 @@ async fn test_one(
         .await?;
     let id = machine.id.clone();
     let res = async {
-        let fresh = engine::run(platform, &id, &ex).await?;
+        let fresh = engine::run(platform, sandbox, &id, &ex).await?;
         let solution =
             engine::run_script(platform, &id, &ex.solution, Duration::from_secs(300)).await?;
-        let solved = engine::run(platform, &id, &ex).await?;
+        let solved = engine::run(platform, sandbox, &id, &ex).await?;
         Ok::<_, anyhow::Error>((fresh, solution, solved))
     }
     .await;

@@ -284,9 +284,52 @@ pub fn http_config(cfg: &Config) -> anyhow::Result<rnr_http::HttpConfig> {
     )?)
 }
 
-pub fn checker_config(cfg: &Config) -> rnr_checker::CheckerConfig {
+/// The checker's settings; a bad `webhook_allow` or `pytest_subnet` entry is refused
+/// naming it.
+pub fn checker_config(cfg: &Config) -> anyhow::Result<rnr_checker::CheckerConfig> {
     let c = &cfg.checker;
-    rnr_checker::CheckerConfig {
+    let webhook_allow = c
+        .webhook_allow
+        .iter()
+        .map(|a| {
+            a.parse::<ipnet::IpNet>()
+                .or_else(|_| a.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .with_context(|| {
+                    format!("[checker] webhook_allow: {a:?} is not an IP address or CIDR")
+                })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let subnet: ipnet::Ipv4Net = c.pytest_subnet.parse().with_context(|| {
+        format!(
+            "[checker] pytest_subnet: {:?} is not an IPv4 CIDR",
+            c.pytest_subnet
+        )
+    })?;
+    anyhow::ensure!(
+        (8..=24).contains(&subnet.prefix_len()),
+        "[checker] pytest_subnet: {subnet} must be a /8 to a /24 (one address per check running at once)"
+    );
+    // Below 65536 are the host's own users; u32::MAX is "no change" to setresuid.
+    let last = u64::from(c.pytest_uid_base) + (1u64 << (32 - subnet.prefix_len()));
+    anyhow::ensure!(
+        c.pytest_uid_base >= 65_536 && last < u64::from(u32::MAX),
+        "[checker] pytest_uid_base: {} must be at least 65536 and leave room for {} uids below 4294967295",
+        c.pytest_uid_base,
+        1u64 << (32 - subnet.prefix_len())
+    );
+    let mut hide = rnr_checker::sandbox::SandboxConfig::default().hide;
+    hide.push(cfg.data_dir.clone());
+    let sandbox = rnr_checker::sandbox::SandboxConfig {
+        enabled: c.pytest_sandbox,
+        cgroup_root: cfg.cgroup_root.clone(),
+        proc_root: cfg.proc_root.clone(),
+        uid_base: c.pytest_uid_base,
+        subnet,
+        memory_mib: c.pytest_memory_mib,
+        pids: c.pytest_pids,
+        hide,
+    };
+    Ok(rnr_checker::CheckerConfig {
         exercises_dir: Some(
             c.exercises_dir
                 .clone()
@@ -294,12 +337,14 @@ pub fn checker_config(cfg: &Config) -> rnr_checker::CheckerConfig {
         ),
         workers: c.workers,
         webhook_secret: c.webhook_secret.clone(),
+        webhook_allow,
+        sandbox,
         debounce: Duration::from_millis(c.debounce_ms),
         retention: (c.retention_days > 0).then(|| Duration::from_secs(c.retention_days * 86_400)),
         retention_interval: Duration::from_secs(3600),
         max_attempts: c.max_attempts.max(1),
         retry_delay: Duration::from_millis(c.retry_delay_ms),
-    }
+    })
 }
 
 async fn shutdown_signal(token: CancellationToken) {
@@ -350,6 +395,13 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     }
     // Refused before anything starts: a typo in an origin or CIDR names itself.
     let http = http_config(&cfg).context("invalid configuration")?;
+    let checker_cfg = checker_config(&cfg).context("invalid configuration")?;
+    if !checker_cfg.sandbox.enabled {
+        tracing::warn!(
+            "[checker] pytest_sandbox = false: pytest checks run unconfined, as rnr's own user \
+             with its files and network; only for a trusted development host"
+        );
+    }
     if cfg.agent().is_none() {
         tracing::warn!(
             "no in-machine agent: set agent_path / RNR_AGENT_PATH (scripts/build-agent.sh) or put \
@@ -390,8 +442,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         let interval = Duration::from_secs(cfg.reap_interval_seconds.max(1));
         tokio::spawn(async move { platform.run_reaper(interval, token).await })
     };
-    let checker =
-        rnr_checker::Checker::new(platform.clone(), store.check_runs(), checker_config(&cfg));
+    let checker = rnr_checker::Checker::new(platform.clone(), store.check_runs(), checker_cfg);
     let checker_tasks = checker.start(token.clone()).await?;
     tracing::info!(driver = %driver_name, data_dir = %cfg.data_dir.display(), capacity = cfg.capacity, "platform ready");
     // Kept free of fields so scripts can read the address off the end of the line.
@@ -429,4 +480,46 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     }
     store.close().await;
     res.context("HTTP server failed")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checker(f: impl FnOnce(&mut crate::config::CheckerSection)) -> anyhow::Result<()> {
+        let mut cfg = Config::default();
+        f(&mut cfg.checker);
+        checker_config(&cfg).map(|_| ())
+    }
+
+    #[test]
+    fn bad_checker_settings_are_refused_naming_them() {
+        checker(|_| {}).expect("the defaults");
+        let e = checker(|c| c.webhook_allow = vec!["10.0.0.0/8".into(), "lms.local".into()])
+            .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("webhook_allow: \"lms.local\""),
+            "{e:#}"
+        );
+        let e = checker(|c| c.pytest_subnet = "198.18.0.0/28".into()).unwrap_err();
+        assert!(format!("{e:#}").contains("pytest_subnet"), "{e:#}");
+        // uid 0 to 65535 are the host's own users; -1 would leave the check root.
+        for base in [0, u32::MAX - 10] {
+            let e = checker(|c| c.pytest_uid_base = base).unwrap_err();
+            assert!(format!("{e:#}").contains("pytest_uid_base"), "{e:#}");
+        }
+        let allowed = checker_config(&Config {
+            checker: crate::config::CheckerSection {
+                webhook_allow: vec!["127.0.0.1".into(), "fd00::/8".into()],
+                ..Default::default()
+            },
+            ..Config::default()
+        })
+        .unwrap()
+        .webhook_allow;
+        assert_eq!(
+            allowed,
+            ["127.0.0.1/32".parse().unwrap(), "fd00::/8".parse().unwrap()]
+        );
+    }
 }

@@ -6,37 +6,13 @@
 
 mod common;
 
-use common::{ensure_debian, exercise_server, rnr, webhook_sink, write, Server};
+use common::{ensure_debian, exercise_server, rnr, run_checks, webhook_sink, write, Server};
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-/// Queues a run of the machine's checks and waits for it to end.
-fn run_checks(s: &Server, machine: &str) -> Value {
-    let (status, v) = s.call(
-        Method::POST,
-        &format!("/api/v1/machines/{machine}/checks"),
-        None,
-    );
-    assert_eq!(status, 202, "{v}");
-    wait_run(s, v["id"].as_str().unwrap(), Duration::from_secs(120))
-}
-
-fn wait_run(s: &Server, run: &str, limit: Duration) -> Value {
-    let deadline = Instant::now() + limit;
-    loop {
-        let (status, v) = s.call(Method::GET, &format!("/api/v1/checks/{run}"), None);
-        assert_eq!(status, 200, "{v}");
-        if v["state"] == "done" || v["state"] == "errored" {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "run {run} did not end: {v}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 fn by_name(run: &Value) -> HashMap<String, Value> {
     run["results"]
@@ -518,9 +494,29 @@ fn a_burst_of_500_runs_is_queued_none_lost_none_twice_and_survives_a_restart() {
 
 #[test]
 fn webhooks_are_signed_and_retried() {
-    let (s, _root) = quick_server(&[("RNR_CHECKER__WEBHOOK_SECRET", "s3cret")]);
+    // The receiver is on the loopback, which only webhook_allow opens to webhooks.
+    let (s, _root) = quick_server(&[
+        ("RNR_CHECKER__WEBHOOK_SECRET", "s3cret"),
+        ("RNR_CHECKER__WEBHOOK_ALLOW", r#"["127.0.0.1/32"]"#),
+    ]);
     let m = s.create(json!({"exercise": "quick"}));
     let id = m["id"].as_str().unwrap();
+    let metadata = "http://169.254.169.254/latest/meta-data";
+    let (status, v) = s.call(
+        Method::POST,
+        &format!("/api/v1/machines/{id}/checks"),
+        Some(json!({"webhook_url": metadata})),
+    );
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (422, Some("invalid_request")),
+        "{v}"
+    );
+    assert!(
+        message.contains(metadata) && message.contains("link-local"),
+        "{v}"
+    );
     let (url, rx) = webhook_sink(1);
     let (status, v) = s.call(
         Method::POST,

@@ -350,6 +350,8 @@ fn check_runs_killed_each_attempt_are_capped_and_webhooks_survive_a_crash() {
     let (mut s, _root) = server(&[
         ("RNR_CHECKER__MAX_ATTEMPTS", "2"),
         ("RNR_CHECKER__WEBHOOK_SECRET", "s3cret"),
+        // The receiver is on the loopback, which only webhook_allow opens to webhooks.
+        ("RNR_CHECKER__WEBHOOK_ALLOW", r#"["127.0.0.1/32"]"#),
     ]);
     let id = s.create(json!({"exercise": "crash"}))["id"]
         .as_str()

@@ -38,7 +38,8 @@ pub(crate) fn routes() -> Routes {
 pub struct StartChecksRequest {
     /// Exercise whose checks to run; default: the one the machine was created for.
     pub exercise: Option<String>,
-    /// Where to POST the result when the run ends (signed, retried).
+    /// Where to POST the result when the run ends (signed, retried): a public address,
+    /// unless the operator's `[checker] webhook_allow` admits it; 422 otherwise.
     pub webhook_url: Option<String>,
 }
 

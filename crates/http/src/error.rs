@@ -159,7 +159,7 @@ impl From<CheckerError> for HttpError {
             CheckerError::Setup { .. } => {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "setup_failed", message)
             }
-            CheckerError::Store(_) => Self::internal(message),
+            CheckerError::Store(_) | CheckerError::Sandbox { .. } => Self::internal(message),
         }
     }
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{mpsc, Once};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub const IMAGE: &str = "tiny";
 pub const NETWORK: &str = "rnr-test-api";
@@ -372,6 +372,30 @@ impl Server {
             Ok(o) => format!("rnr-{}", String::from_utf8_lossy(&o.stdout).trim()),
             Err(_) => String::new(),
         }
+    }
+}
+
+/// Queues a run of the machine's checks and waits for it to end.
+pub fn run_checks(s: &Server, machine: &str) -> Value {
+    let (status, v) = s.call(
+        reqwest::Method::POST,
+        &format!("/api/v1/machines/{machine}/checks"),
+        None,
+    );
+    assert_eq!(status, 202, "{v}");
+    wait_run(s, v["id"].as_str().unwrap(), Duration::from_secs(120))
+}
+
+pub fn wait_run(s: &Server, run: &str, limit: Duration) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let (status, v) = s.call(reqwest::Method::GET, &format!("/api/v1/checks/{run}"), None);
+        assert_eq!(status, 200, "{v}");
+        if v["state"] == "done" || v["state"] == "errored" {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "run {run} did not end: {v}");
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
