@@ -8,9 +8,10 @@ host's drift hits both alike; the peers are measured in the same run.
     sudo python3 bench/regression.py --before DIR --after DIR --ttyd /tmp/ttyd/build/ttyd
 
 DIR is a checkout with `cargo build --release -p rnr` and `scripts/build-agent.sh release`
-done. The ttyd binary is one you built yourself (this project never builds it). Needs
-dockerd, the debian image (`rnr image build debian`), python3 `websockets`, and
-pytest-testinfra in /tmp/rnr-bench-venv (see bench/checks.py). Bounded and self-cleaning:
+done. The ttyd binary is one you built yourself (this project never builds it); it serves
+busybox `sh`, the tiny machine's shell. Needs dockerd, busybox, the debian image (`rnr image
+build debian`), python3 `websockets`, and pytest-testinfra in /tmp/rnr-bench-venv (see
+bench/checks.py). Bounded and self-cleaning:
 the benches it runs remove their machines, servers and bridges, also on failure. Prints
 every raw result and a summary of medians.
 """
@@ -92,7 +93,9 @@ def main():
     parts = set(a.parts.split(","))
     builds = {"before": os.path.abspath(a.before), "after": os.path.abspath(a.after)}
     res = {k: {"native": [], "checks": [], "testinfra": [], "term": [], "ttyd": []} for k in builds}
-    ttyd = subprocess.Popen([a.ttyd, "-W", "-p", "7681", "-i", "lo", "sh"],
+    # busybox sh, the shell of rnr's tiny machine: dash would take terminal.py's answer to
+    # busybox's cursor query as typed text and fail the commands that follow it.
+    ttyd = subprocess.Popen([a.ttyd, "-W", "-p", "7681", "-i", "lo", "busybox", "sh"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(1)
