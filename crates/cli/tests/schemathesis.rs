@@ -43,7 +43,7 @@ fn the_api_answers_as_its_openapi_document_says() {
         ])
         // Bounded: a few examples per operation, a time budget for the whole run, one
         // worker (machines are real); the seed makes a failure reproducible.
-        .args(["--max-examples", "8", "--max-time", "100", "--workers", "1"])
+        .args(["--max-examples", "8", "--max-time", "75", "--workers", "1"])
         .args(["--seed", "1", "--request-timeout", "30"])
         .args(["--suppress-health-check", "all"])
         .arg("--report-dir")
