@@ -48,6 +48,8 @@ fn the_api_answers_as_its_openapi_document_says() {
         .args(["--suppress-health-check", "all"])
         .arg("--report-dir")
         .arg(report.path())
+        // It keeps a cache (.schemathesis/) in its working directory: the temporary one.
+        .current_dir(report.path())
         .output()
         .expect("run schemathesis");
     let stdout = String::from_utf8_lossy(&out.stdout);
