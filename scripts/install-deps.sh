@@ -20,6 +20,9 @@ pkgs=(docker.io debootstrap busybox-static crun runc iptables iproute2 sqlite3 c
       # (modprobe orders the initramfs's modules) and mkfs.ext4 (images as disks).
       qemu-system-x86 qemu-utils linux-image-cloud-amd64 kmod e2fsprogs
       python3-pytest python3-requests
+      # The fuzz targets (scripts/fuzz.sh): libFuzzer is C++. The API fuzzer (schemathesis)
+      # lives in a venv of its own.
+      g++ python3-venv
       curl python3 gcc libc6-dev pkg-config
       # The isolation suite's probe: gcc -static (libc.a) with the kernel's system call
       # tables (asm/unistd_{64,32,x32}.h).
@@ -81,6 +84,22 @@ for tool in rustfmt clippy; do
     rustup component add "$tool"
   fi
 done
+
+# The fuzz targets (scripts/fuzz.sh) are built and run by cargo-fuzz, pinned.
+cargo_fuzz=0.13.1
+if [ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz $cargo_fuzz" ]; then
+  log "installing cargo-fuzz $cargo_fuzz"
+  cargo install --quiet --locked cargo-fuzz --version "$cargo_fuzz"
+fi
+# schemathesis fuzzes the HTTP API from its OpenAPI document (crates/cli/tests/schemathesis.rs),
+# from PyPI into a venv of its own, pinned.
+st_venv=/opt/rnr-schemathesis
+st_version=4.32.5
+if [ "$("$st_venv/bin/schemathesis" --version 2>/dev/null)" != "schemathesis, version $st_version" ]; then
+  log "installing schemathesis $st_version into $st_venv"
+  python3 -m venv "$st_venv"
+  "$st_venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$st_version"
+fi
 
 # dockerd: use a running engine as it is (an operator's own), else start Debian's on a btrfs
 # data-root with the btrfs storage driver: each container's filesystem is then a subvolume

@@ -9,6 +9,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 # The habits a reviewer checks first: formatting and lints, before anything slow.
 echo "==> cargo fmt --check; cargo clippy -D warnings" >&2
 cargo fmt --all -- --check
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "==> building the in-machine agent" >&2
@@ -20,6 +21,14 @@ echo "==> cargo test --workspace (all but the drivers' suites)" >&2
 cargo test --workspace --locked --exclude rnr-driver-docker --exclude rnr-driver-native \
   --exclude rnr-driver-vm \
   -- --test-threads="${RNR_TEST_THREADS:-3}"
+
+# The fuzz targets (fuzz/, cargo-fuzz), FUZZ_SECONDS (20) each from their seeds: any
+# crash or broken invariant fails the run (SECURITY.md). Then the API fuzzed from its
+# OpenAPI document by schemathesis against a real `rnr serve`.
+echo "==> scripts/fuzz.sh (fuzz targets, ${FUZZ_SECONDS:-20} s each)" >&2
+./scripts/fuzz.sh
+echo "==> cargo test -p rnr --test schemathesis -- --ignored (the API against its OpenAPI document)" >&2
+cargo test -p rnr --locked --test schemathesis -- --ignored
 
 # Not run by root, the fake driver's machines have no user but root: its conformance tests
 # that run commands as other users are #[ignore]d, and run here, as root.

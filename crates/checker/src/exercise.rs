@@ -193,12 +193,18 @@ impl Exercise {
                 }])
             }
         };
+        Self::parse(dir, &text)
+    }
+
+    /// Validates `text` as the manifest of the exercise in `dir`, reading the files it names
+    /// from there; on failure, every problem found, at its line and column in `text`.
+    pub fn parse(dir: &Path, text: &str) -> Result<Self, Vec<Diagnostic>> {
         let mut r = Report {
-            file: file.clone(),
-            text: &text,
+            file: dir.join(MANIFEST),
+            text,
             out: Vec::new(),
         };
-        let doc = match toml_edit::ImDocument::parse(text.as_str()) {
+        let doc = match toml_edit::ImDocument::parse(text) {
             Ok(d) => d,
             Err(e) => {
                 r.at(e.span(), format!("invalid TOML: {}", e.message()));

@@ -172,6 +172,7 @@ pub struct ExecOutput {
         (status = 201, description = "Machine created and running", body = MachineOutput),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "`exercise_not_found`: no exercise of that name", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 422, description = "Invalid field or unknown image", body = ErrorBody),
         (status = 429, description = "`quota_exceeded`: the key's most machines at once or creations per minute (with `Retry-After`); the message names the limit and its value", body = ErrorBody),

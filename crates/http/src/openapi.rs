@@ -44,6 +44,82 @@ impl Modify for BearerAuth {
     }
 }
 
+/// The errors an operation answers whatever its handler, added where its annotation does
+/// not say them, so that the document cannot forget one: every route with a credential is
+/// refused with 401 without it (the API-key middleware, the learner and token extractors);
+/// every JSON body is read by one extractor (400 malformed, 413 too large, 415 not sent as
+/// JSON, 422 a field wrong); path parameters that do not decode are 400, query parameters
+/// that do not fit 422. All in the one error shape.
+struct CommonErrors;
+
+impl Modify for CommonErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::ParameterIn;
+        use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+        let error = |description: &str| {
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(description)
+                    .content(
+                        "application/json",
+                        ContentBuilder::new()
+                            .schema(Some(Ref::from_schema_name("ErrorBody")))
+                            .build(),
+                    )
+                    .build(),
+            )
+        };
+        for item in openapi.paths.paths.values_mut() {
+            let item_params = item.parameters.clone().unwrap_or_default();
+            for op in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.patch,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let params: Vec<_> = op
+                    .parameters
+                    .iter()
+                    .flatten()
+                    .chain(&item_params)
+                    .map(|p| p.parameter_in.clone())
+                    .collect();
+                let mut add = Vec::new();
+                if op.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                    add.push((
+                        "401",
+                        "`unauthorized`, `token_expired` or `token_revoked`: no valid credential",
+                    ));
+                }
+                if op.request_body.is_some() {
+                    add.extend([
+                        ("400", "`invalid_json`: the body is not JSON"),
+                        ("413", "`payload_too_large`: the body is over the limit"),
+                        ("415", "`unsupported_media_type`: the body is not sent as `application/json`"),
+                        ("422", "`invalid_request`: a field is missing, unknown or wrong; the message names it"),
+                    ]);
+                }
+                if params.iter().any(|p| matches!(p, ParameterIn::Path)) {
+                    add.push(("400", "`bad_request`: a path parameter does not decode"));
+                }
+                if params.iter().any(|p| matches!(p, ParameterIn::Query)) {
+                    add.push(("422", "`invalid_request`: a query parameter does not fit"));
+                }
+                for (status, description) in add {
+                    op.responses
+                        .responses
+                        .entry(status.to_string())
+                        .or_insert_with(|| error(description));
+                }
+            }
+        }
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "rootnroll API", description = "Throwaway Linux machines for interactive exercises."),
@@ -88,7 +164,7 @@ impl Modify for BearerAuth {
         (name = "learner", description = "What the exercise page calls, with its learner token (docs/embedding.md)"),
         (name = "ops", description = "Health, readiness, metrics and this document (public)"),
     ),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &CommonErrors),
 )]
 pub struct ApiDoc;
 
@@ -149,6 +225,37 @@ mod tests {
             assert!(doc["paths"][path][method].is_object(), "{method} {path}");
         }
         assert_eq!(dangling(&doc), Vec::new());
+    }
+
+    /// Found by schemathesis (crates/cli/tests/schemathesis.rs): 401 without a key, 415
+    /// for a body not sent as JSON and 400 for one that is not JSON were answered by
+    /// operations whose documentation did not list them.
+    #[test]
+    fn every_operation_documents_its_credential_and_body_errors() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let mut seen = 0;
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let has = |status: &str| {
+                    op["responses"][status]["content"]["application/json"].is_object()
+                };
+                if op["security"].as_array().is_some_and(|s| !s.is_empty()) {
+                    assert!(has("401"), "{method} {path}");
+                }
+                if op.get("requestBody").is_some() {
+                    for status in ["400", "413", "415", "422"] {
+                        assert!(has(status), "{status} of {method} {path}");
+                    }
+                    seen += 1;
+                }
+            }
+        }
+        assert!(seen >= 6, "{seen} operations with a body");
+        let checks = &doc["paths"]["/api/v1/checks/{id}"]["get"]["responses"];
+        assert!(
+            checks["401"].is_object() && checks["400"].is_object(),
+            "{checks}"
+        );
     }
 
     #[test]

@@ -149,7 +149,7 @@ pub fn compress(data: &[u8]) -> Option<Bytes> {
 }
 
 /// Inflates one message's payload (tail not yet appended) into at most `limit` bytes.
-fn inflate(mut comp: Vec<u8>, limit: usize) -> Result<Vec<u8>, GatewayError> {
+pub(crate) fn inflate(mut comp: Vec<u8>, limit: usize) -> Result<Vec<u8>, GatewayError> {
     comp.extend_from_slice(&TAIL);
     let (out, mut d) = DECOMPRESSORS.with(
         || Decompress::new(false),
@@ -232,7 +232,10 @@ pub struct Inflating<S> {
     /// Bytes for tungstenite not yet handed over.
     out: Vec<u8>,
     out_pos: usize,
-    failed: bool,
+    /// Why the client's bytes were refused, reported once what came before is read; then
+    /// every read fails.
+    failed: Option<GatewayError>,
+    failed_before: bool,
 }
 
 impl<S> Inflating<S> {
@@ -254,8 +257,15 @@ impl<S> Inflating<S> {
             comp: Vec::new(),
             out: Vec::new(),
             out_pos: 0,
-            failed: false,
+            failed: None,
+            failed_before: false,
         }
+    }
+
+    /// The socket under the adapter.
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
     }
 
     /// Header length once its first two bytes are known.
@@ -325,7 +335,8 @@ impl<S> Inflating<S> {
             }
         }
         if self.collecting {
-            if self.comp.len() as u64 + self.remaining > self.limit as u64 {
+            // Saturating: a continuation may claim up to 2^64 - 1 bytes.
+            if (self.comp.len() as u64).saturating_add(self.remaining) > self.limit as u64 {
                 return Err(GatewayError::MessageTooBig(self.limit));
             }
             self.comp.reserve_exact(self.remaining as usize);
@@ -430,7 +441,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Inflating<S> {
                 }
                 return Poll::Ready(Ok(()));
             }
-            if this.failed {
+            if let Some(e) = this.failed.take() {
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
+            }
+            if this.failed_before {
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     GatewayError::Protocol("the connection already failed".into()),
@@ -448,10 +462,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Inflating<S> {
                 return Poll::Ready(Ok(())); // end of stream
             }
             if let Err(e) = this.process(rb.filled()) {
-                this.failed = true;
-                this.out = Vec::new();
+                // The frames before the bad one are whole and go to tungstenite first (the
+                // keystrokes a client sent before breaking the protocol are not lost); the
+                // error follows them.
+                this.failed = Some(e);
+                this.failed_before = true;
                 this.comp = Vec::new();
-                return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
             }
         }
     }
@@ -592,6 +608,42 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(gateway_error(&e).unwrap().close().0, 1007, "{e}");
+    }
+
+    /// Found by fuzz/terminal_frames: a continuation claiming 2^64 - 1 bytes after a first
+    /// fragment wrapped the limit's sum and had the adapter reserve that much (a panic).
+    #[tokio::test]
+    async fn a_huge_continuation_length_is_refused_not_wrapped() {
+        let z = compress(&[b'x'; 300]).unwrap();
+        let mut wire = frame(RSV1 | 0x2, &z[..4]);
+        wire.extend_from_slice(&[FIN, MASKED | 127]);
+        wire.extend_from_slice(&(u64::MAX - 1).to_be_bytes());
+        wire.extend_from_slice(&[1, 2, 3, 4, 5]);
+        let e = through(true, wire).await.unwrap_err();
+        assert_eq!(gateway_error(&e).unwrap().close().0, 1009, "{e}");
+    }
+
+    /// Found by fuzz/websocket: frames that arrived in the same read as a bad one were
+    /// dropped with it; they are whole, and are read before the error.
+    #[tokio::test]
+    async fn frames_before_a_bad_one_are_read_before_the_error() {
+        let typed = frame(FIN | 0x2, b"ls\r");
+        let mut wire = typed.clone();
+        wire.extend(frame(FIN | RSV1 | 0x2, b"\x01"));
+        // All of it in one read.
+        let mut r = Inflating::new(&wire[..], false, 64 * 1024);
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        let e = loop {
+            match r.read(&mut buf).await {
+                Ok(0) => panic!("no error after {out:?}"),
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(out, typed);
+        assert_eq!(gateway_error(&e).unwrap().close().0, 1002, "{e}");
+        assert!(r.read(&mut buf).await.is_err(), "and it stays failed");
     }
 
     #[test]

@@ -11,6 +11,8 @@
 pub mod client;
 mod deflate;
 mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod pty;
 mod record;
 mod terminal;

@@ -31,7 +31,7 @@ type WebSocket = WebSocketStream<Inflating<TokioIo<hyper::upgrade::Upgraded>>>;
 /// plus one message in flight).
 const MAX_OUT_MESSAGE: usize = 64 * 1024;
 /// Largest message or frame taken from a browser, compressed or inflated.
-const MAX_IN_MESSAGE: usize = MAX_INPUT + 1024;
+pub(crate) const MAX_IN_MESSAGE: usize = MAX_INPUT + 1024;
 
 /// What the HTTP layer learnt from the opening handshake of terminal `terminal`'s socket.
 #[derive(Debug)]
@@ -59,19 +59,24 @@ impl Gateway {
     /// Speaks the terminal protocol over a connection the HTTP layer upgraded, until the
     /// browser leaves or the terminal ends.
     pub async fn serve_socket(self, upgraded: hyper::upgrade::Upgraded, opened: Opened) {
-        // Small socket buffers: an idle terminal should cost kilobytes (tungstenite's
-        // default is 128 KiB each way); output is already coalesced into large messages.
-        // Unmasked frames are the adapter's inflated ones: it refuses them from the client.
-        let config = WebSocketConfig::default()
-            .read_buffer_size(4096)
-            .write_buffer_size(0)
-            .max_message_size(Some(MAX_IN_MESSAGE))
-            .max_frame_size(Some(MAX_IN_MESSAGE))
-            .accept_unmasked_frames(true);
         let io = Inflating::new(TokioIo::new(upgraded), opened.deflate, MAX_IN_MESSAGE);
-        let socket = WebSocketStream::from_raw_socket(io, WsRole::Server, Some(config)).await;
+        let socket =
+            WebSocketStream::from_raw_socket(io, WsRole::Server, Some(socket_config())).await;
         session(self, opened, socket).await
     }
+}
+
+/// The browser socket's settings.
+pub(crate) fn socket_config() -> WebSocketConfig {
+    // Small socket buffers: an idle terminal should cost kilobytes (tungstenite's default
+    // is 128 KiB each way); output is already coalesced into large messages. Unmasked
+    // frames are the adapter's inflated ones: it refuses them from the client.
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_message_size(Some(MAX_IN_MESSAGE))
+        .max_frame_size(Some(MAX_IN_MESSAGE))
+        .accept_unmasked_frames(true)
 }
 
 async fn close_with(mut socket: WebSocket, code: u16, reason: String) {
@@ -169,6 +174,49 @@ async fn pump(
     }
 }
 
+/// What one message from the browser asks of the terminal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inbound {
+    /// Bytes for the shell: the owner's keystrokes.
+    Input(Bytes),
+    /// The owner's new window size, as asked (the terminal clamps it).
+    Resize {
+        rows: u16,
+        cols: u16,
+    },
+    Pause,
+    Resume,
+    /// Nothing to do: a viewer's keystrokes or resize, pings and pongs.
+    Ignore,
+    /// The browser closed the socket.
+    Leave,
+    /// A message outside the protocol: the socket closes with this code and reason.
+    Close(u16, String),
+}
+
+/// Reads one message from the browser by `role`'s rights (docs/terminal-protocol.md).
+pub(crate) fn classify(msg: Message, role: Role) -> Inbound {
+    match msg {
+        // Viewers' keystrokes are dropped: they watch.
+        Message::Binary(data) if role == Role::Owner => Inbound::Input(data),
+        Message::Binary(_) => Inbound::Ignore,
+        Message::Text(text) => match serde_json::from_str::<Control>(&text) {
+            Ok(Control::Resize { rows, cols }) if role == Role::Owner => {
+                Inbound::Resize { rows, cols }
+            }
+            Ok(Control::Resize { .. }) => Inbound::Ignore,
+            Ok(Control::Pause) => Inbound::Pause,
+            Ok(Control::Resume) => Inbound::Resume,
+            Err(e) => Inbound::Close(
+                close::BAD_MESSAGE,
+                close::reason(&format!("bad control message: {e}")),
+            ),
+        },
+        Message::Close(_) => Inbound::Leave,
+        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Inbound::Ignore,
+    }
+}
+
 /// Browser → shell. Returns a close to send, or `None` when the browser left.
 async fn from_browser(
     gw: &Gateway,
@@ -184,33 +232,21 @@ async fn from_browser(
             Err(e) => return read_error(&e),
         };
         last_seen.store(rnr_core::now_ms(), Ordering::Relaxed);
-        match msg {
-            // Viewers' keystrokes are dropped: they watch.
-            Message::Binary(data) if role == Role::Owner => {
+        match classify(msg, role) {
+            Inbound::Input(data) => {
                 term.input(&data).await;
                 gw.activity(&term.machine);
             }
-            Message::Binary(_) => {}
-            Message::Text(text) => match serde_json::from_str::<Control>(&text) {
-                Ok(Control::Resize { rows, cols }) if role == Role::Owner => {
-                    term.resize(rows, cols).await
-                }
-                Ok(Control::Resize { .. }) => {}
-                Ok(Control::Pause) => {
-                    paused.send_replace(true);
-                }
-                Ok(Control::Resume) => {
-                    paused.send_replace(false);
-                }
-                Err(e) => {
-                    return Some((
-                        close::BAD_MESSAGE,
-                        close::reason(&format!("bad control message: {e}")),
-                    ))
-                }
-            },
-            Message::Close(_) => return None,
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+            Inbound::Resize { rows, cols } => term.resize(rows, cols).await,
+            Inbound::Pause => {
+                paused.send_replace(true);
+            }
+            Inbound::Resume => {
+                paused.send_replace(false);
+            }
+            Inbound::Ignore => {}
+            Inbound::Leave => return None,
+            Inbound::Close(code, reason) => return Some((code, reason)),
         }
     }
     None
@@ -219,7 +255,7 @@ async fn from_browser(
 /// The close to send after a failed read: the client broke the protocol (a frame the
 /// negotiated extensions do not allow, a message over the limit), or `None` when the
 /// connection itself is gone.
-fn read_error(e: &tungstenite::Error) -> Option<(u16, String)> {
+pub(crate) fn read_error(e: &tungstenite::Error) -> Option<(u16, String)> {
     use tungstenite::error::ProtocolError;
     match e {
         tungstenite::Error::Io(io) => deflate::gateway_error(io).map(|g| g.close()),

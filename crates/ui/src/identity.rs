@@ -101,7 +101,10 @@ impl Signer {
         m.update(purpose.as_bytes());
         m.update(b"\0");
         m.update(payload.as_bytes());
-        hex::decode(mac).is_ok_and(|mac| m.verify_slice(&mac).is_ok())
+        // Lowercase only, as `mac` writes it: hex::decode takes either case, which made
+        // every token one of many spellings that all verify.
+        let canonical = mac.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        canonical && hex::decode(mac).is_ok_and(|mac| m.verify_slice(&mac).is_ok())
     }
 
     /// `<base64url(json)>.<mac>` for `purpose`.
@@ -166,7 +169,7 @@ impl Signer {
     /// The key id of a genuine, unexpired operator token.
     pub fn verify_operator(&self, token: &str, now: i64) -> Option<String> {
         let (payload, mac) = token.rsplit_once('.')?;
-        let (key_id, exp) = payload.split_once('.')?;
+        let (key_id, exp) = payload.rsplit_once('.')?;
         let exp: i64 = exp.parse().ok()?;
         (exp > now && self.check("operator", payload, mac)).then(|| key_id.into())
     }
@@ -231,6 +234,33 @@ mod tests {
         assert_eq!(s.verify_operator(&o, 49).as_deref(), Some("k-1"));
         assert_eq!(s.verify_operator(&o, 50), None, "expired");
         assert_eq!(other.verify_operator(&o, 0), None);
+    }
+
+    /// Found by fuzz/tokens: the operator token of a key id with a dot in it never
+    /// verified (the expiry was read from after the first dot, not the last).
+    #[test]
+    fn operator_tokens_of_dotted_key_ids_verify() {
+        let s = Signer::new(b"k1");
+        let o = s.operator_token("k.1.x", 50);
+        assert_eq!(s.verify_operator(&o, 49).as_deref(), Some("k.1.x"));
+        assert_eq!(s.verify_operator(&o, 50), None, "expired");
+    }
+
+    /// Found by fuzz/tokens: a token with its MAC's hex in capitals verified too, so one
+    /// token had many spellings (each is now refused but the one signed).
+    #[test]
+    fn a_token_verifies_only_as_it_was_signed() {
+        let s = Signer::new(b"k1");
+        let o = s.operator_token("k-1", 50);
+        let (payload, mac) = o.rsplit_once('.').unwrap();
+        assert!(mac.bytes().any(|b| b.is_ascii_lowercase()), "{mac}");
+        let upper = format!("{payload}.{}", mac.to_ascii_uppercase());
+        assert_eq!(s.verify_operator(&o, 0).as_deref(), Some("k-1"));
+        assert_eq!(s.verify_operator(&upper, 0), None);
+        let v = s.visitor_token("anon-a", 50);
+        let (payload, mac) = v.rsplit_once('.').unwrap();
+        let upper = format!("{payload}.{}", mac.to_ascii_uppercase());
+        assert_eq!(s.verify_visitor(&upper, 0), None);
     }
 
     #[test]

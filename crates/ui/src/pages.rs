@@ -2,7 +2,7 @@
 //! are small server-rendered shells; the scripts in assets/ do the rest against the
 //! learner and operator APIs.
 
-use pulldown_cmark::{Event, Options, Parser};
+use pulldown_cmark::{Event, Options, Parser, Tag, TagEnd};
 use rnr_checker::Exercise;
 
 /// Escapes text for HTML element content and attribute values.
@@ -22,17 +22,51 @@ pub fn esc(s: &str) -> String {
 }
 
 /// Markdown to HTML. Raw HTML in the source is shown as text, never interpreted: the page
-/// holds the learner's session token.
+/// holds the learner's session token. For the same reason a link or image whose URL could
+/// run script (`javascript:`, `data:`, … see [`safe_url`]) is left out, its text kept.
 pub fn markdown(md: &str) -> String {
-    let parser = Parser::new_ext(md, Options::ENABLE_TABLES | Options::ENABLE_STRIKETHROUGH).map(
-        |e| match e {
-            Event::Html(h) | Event::InlineHtml(h) => Event::Text(h),
-            e => e,
-        },
-    );
+    // Whether each open link and image is kept, to drop the end of one that is not.
+    let mut links: Vec<bool> = Vec::new();
+    let mut images: Vec<bool> = Vec::new();
+    let parser = Parser::new_ext(md, Options::ENABLE_TABLES | Options::ENABLE_STRIKETHROUGH)
+        .filter_map(|e| match e {
+            Event::Html(h) | Event::InlineHtml(h) => Some(Event::Text(h)),
+            Event::Start(Tag::Link { ref dest_url, .. }) => {
+                let keep = safe_url(dest_url);
+                links.push(keep);
+                keep.then_some(e)
+            }
+            Event::End(TagEnd::Link) => links.pop().unwrap_or(true).then_some(e),
+            Event::Start(Tag::Image { ref dest_url, .. }) => {
+                let keep = safe_url(dest_url);
+                images.push(keep);
+                keep.then_some(e)
+            }
+            Event::End(TagEnd::Image) => images.pop().unwrap_or(true).then_some(e),
+            e => Some(e),
+        });
     let mut out = String::new();
     pulldown_cmark::html::push_html(&mut out, parser);
     out
+}
+
+/// Whether instructions may link to `url` (character references already decoded): a
+/// relative URL, or one of `http:`, `https:`, `mailto:`. Every other scheme is refused,
+/// however spelled: browsers ignore its case, leading spaces and control characters, and
+/// tabs and newlines anywhere in it.
+pub fn safe_url(url: &str) -> bool {
+    let url: String = url
+        .trim_start_matches(|c: char| c <= ' ')
+        .chars()
+        .filter(|c| !matches!(c, '\t' | '\n' | '\r'))
+        .collect();
+    match url.find([':', '/', '?', '#']) {
+        Some(i) if url[i..].starts_with(':') => matches!(
+            url[..i].to_ascii_lowercase().as_str(),
+            "http" | "https" | "mailto"
+        ),
+        _ => true,
+    }
 }
 
 fn shell(title: &str, body_attrs: &str, body: &str, script: Option<&Asset>) -> String {
@@ -202,6 +236,39 @@ mod tests {
         assert!(html.contains("<code>ls</code>"));
         assert!(!html.contains("<script>"), "{html}");
         assert!(html.contains("&lt;script&gt;"), "{html}");
+    }
+
+    /// Found by fuzz/markdown: `[x](javascript:…)` became a live `javascript:` link.
+    #[test]
+    fn markdown_renders_no_script_links() {
+        let html = markdown(
+            "[a](javascript:alert(1)) [b](JaVaScRiPt:x) [c](&#106;avascript:x) \
+             [d](java&#x09;script:x) [e](data:text/html,x) <vbscript:x> \
+             ![i](javascript:x) [![j](data:image/png,x)](https://example.org/ok)\n\n\
+             [ref]: javascript:alert(1)\n\n[k][ref] [l](/relative) [m](#frag) \
+             [n](mailto:a@example.org) [o](http://example.org/a:b)\n",
+        );
+        // The safe links stay links, the others are their text alone.
+        let hrefs: Vec<&str> = html
+            .split("href=\"")
+            .skip(1)
+            .map(|h| &h[..h.find('"').unwrap()])
+            .collect();
+        assert_eq!(
+            hrefs,
+            [
+                "https://example.org/ok",
+                "/relative",
+                "#frag",
+                "mailto:a@example.org",
+                "http://example.org/a:b"
+            ],
+            "{html}"
+        );
+        assert!(!html.contains("src="), "{html}");
+        assert!(html.starts_with("<p>a b c d e vbscript:x i <a"), "{html}");
+        assert!(!safe_url(" \u{1}javascript:x"));
+        assert!(safe_url("folder/file:name") && safe_url("?q=a:b"));
     }
 
     #[test]
