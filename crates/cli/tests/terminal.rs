@@ -95,14 +95,7 @@ impl Ws {
             }
             Ok(Message::Close(c)) => panic!("closed: {c:?}"),
             Ok(_) => true,
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                false
-            }
+            Err(tungstenite::Error::Io(e)) if no_data_yet(&e) => false,
             Err(e) => panic!("read: {e}"),
         }
     }
@@ -140,6 +133,19 @@ impl Ws {
     }
 }
 
+/// A timed read that ended without data, to be tried again. Interrupted too: a read with a
+/// timeout (SO_RCVTIMEO) is never restarted after a signal handler ran, and tokio (the
+/// native driver's teardown in `Server::drop`) leaves a SIGCHLD handler in this process.
+/// (tungstenite keeps a partly read frame for the next read.)
+fn no_data_yet(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock
+            | std::io::ErrorKind::TimedOut
+            | std::io::ErrorKind::Interrupted
+    )
+}
+
 /// Reads until the server closes; returns the close code and reason.
 fn close_of(mut sock: WebSocket<MaybeTlsStream<TcpStream>>) -> (u16, String) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -149,11 +155,7 @@ fn close_of(mut sock: WebSocket<MaybeTlsStream<TcpStream>>) -> (u16, String) {
             Ok(Message::Close(Some(f))) => return (f.code.into(), f.reason.to_string()),
             Ok(Message::Close(None)) => return (1005, String::new()),
             Ok(_) => {}
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
+            Err(tungstenite::Error::Io(e)) if no_data_yet(&e) => {}
             Err(e) => panic!("read: {e}"),
         }
     }
@@ -500,11 +502,7 @@ fn a_stalled_client_costs_a_bounded_buffer_and_is_dropped() {
         match stalled.sock.read() {
             Ok(Message::Close(Some(f))) => code = Some(u16::from(f.code)),
             Ok(_) => {}
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
+            Err(tungstenite::Error::Io(e)) if no_data_yet(&e) => {}
             Err(_) => code = Some(0),
         }
     }
@@ -626,7 +624,10 @@ impl RawWs {
             if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
                 break i + 4;
             }
-            let n = s.read(&mut b).unwrap();
+            let n = match s.read(&mut b) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue, // no_data_yet
+                r => r.unwrap(),
+            };
             assert!(n > 0, "no handshake response");
             got.extend_from_slice(&b[..n]);
         };
@@ -647,7 +648,10 @@ impl RawWs {
         use std::io::Read;
         while self.rest.len() < n {
             let mut b = [0u8; 65536];
-            let got = self.s.read(&mut b).expect("read from the gateway");
+            let got = match self.s.read(&mut b) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue, // no_data_yet
+                r => r.expect("read from the gateway"),
+            };
             assert!(got > 0, "the gateway closed the connection");
             self.rest.extend_from_slice(&b[..got]);
         }
